@@ -1,0 +1,220 @@
+"""The `pneumocam` command: parse arguments -> a config dataclass -> call one stage.
+
+Exit codes: 0 success; 1 a user error (message on stderr, no traceback); 3 finished, but some input
+files were rejected or failed (listed in the command's rejected/failed CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pneumocam import __version__
+from pneumocam.errors import PneumocamError
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+log = logging.getLogger("pneumocam")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add(sub, name: str, help_text: str, examples: str, handler: Callable) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+# --- handlers: each imports its stage lazily so `pneumocam --help` stays fast -------------------
+
+def _synth(args) -> int:
+    from pneumocam.synthetic import SynthConfig, synthesize
+
+    out = synthesize(args.out, SynthConfig(args.n_images, args.positive_fraction, args.size, args.seed, args.workers))
+    print(f"wrote {args.n_images} phantom DICOMs and labels to {out}")
+    return EXIT_OK
+
+
+def _prepare(args) -> int:
+    from pneumocam.prepare import PrepareConfig, prepare
+
+    config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format)
+    report = prepare(args.source, args.out, config)
+    print(f"prepared {report.n_written + report.n_resumed} images ({report.n_resumed} resumed) into "
+          f"{report.out_dir / 'Processed'}; counts {json.dumps(report.counts)}; mean {report.mean:.4f} "
+          f"std {report.std:.4f}; rejected {report.n_rejected}")
+    if report.n_rejected:
+        print(f"rejected files and reasons: {report.out_dir / 'rejected.csv'}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _train(args) -> int:
+    from pneumocam.train import TrainConfig, fit
+
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, pos_weight=args.pos_weight, augment=args.augment, pretrained=args.pretrained,
+        data_stats=args.data_stats, seed=args.seed, num_workers=args.num_workers, accelerator=args.accelerator,
+        devices=args.devices, precision=args.precision, fast_dev_run=args.fast_dev_run,
+    )
+    result = fit(args.data, args.run, config)
+    print(f"best checkpoint: {result.best_checkpoint} (val_auroc {result.best_score}); last: {result.last_checkpoint}")
+    return EXIT_OK
+
+
+def _evaluate(args) -> int:
+    from pneumocam.evaluate import EvalConfig, evaluate
+
+    metrics = evaluate(args.checkpoint, args.data, args.out,
+                       EvalConfig(args.split, args.threshold, args.batch_size, args.bootstrap, args.seed, args.device))
+    keys = ("n", "n_positive", "threshold", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc")
+    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'predictions.csv'}")
+    return EXIT_OK
+
+
+def _cam(args) -> int:
+    from pneumocam.explain import CamConfig, explain_files
+
+    report = explain_files(args.checkpoint, args.images, args.out,
+                           CamConfig(args.alpha, args.colormap, args.batch_size, args.device))
+    print(f"wrote {len(report.rows)} CAM overlays and maps to {report.out_dir} (index: cams.csv)")
+    if report.failures:
+        print(f"{len(report.failures)} inputs could not be read: {report.out_dir / 'failed.csv'}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from pneumocam.demo import run_demo, scaled_config
+
+    summary = run_demo(args.out, scaled_config(args.n_images, args.epochs, args.seed))
+    m = summary["metrics"]
+    print(f"\npneumocam demo finished in {summary['total_s']:.0f} s ({summary['timings_s']})")
+    print(f"validation ({m['n']} images, {m['n_positive']} pneumonia): AUROC {m['auroc']:.3f}  "
+          f"accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  f1 {m['f1']:.3f}")
+    print(f"checkpoint: {summary['best_checkpoint']}")
+    print(f"metrics:    {Path(summary['out_dir']) / 'eval' / 'metrics.json'}")
+    print(f"CAM images: {Path(summary['out_dir']) / 'cam'}")
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumocam", description="Pneumonia detection on chest X-rays with a ResNet18 and Class Activation Maps.",
+        epilog=_examples("pneumocam demo pneumocam-demo", "pneumocam prepare rsna/ data/",
+                         "pneumocam train data/ run/ --pretrained none"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pneumocam {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "synth", "Make a phantom chest X-ray set in the RSNA layout (JPEG DICOMs + labels CSV with boxes).",
+             _examples("pneumocam synth phantoms/", "pneumocam synth phantoms/ --n-images 200 --seed 3"), _synth)
+    p.add_argument("out", help="output folder (gets stage_2_train_images/ and stage_2_train_labels.csv)")
+    p.add_argument("--n-images", type=int, default=800, help="number of images (default 800)")
+    p.add_argument("--positive-fraction", type=float, default=0.35, help="share of pneumonia images (default 0.35)")
+    p.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024, like RSNA)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+
+    p = _add(sub, "prepare", "Turn a data set into 224x224 float .npy files under OUT/Processed/{train,val}/{0,1}/.",
+             _examples("pneumocam prepare rsna-pneumonia-detection-challenge/ data/",
+                       "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1"), _prepare)
+    p.add_argument("source", help="RSNA layout: stage_2_train_images/*.dcm + stage_2_train_labels.csv")
+    p.add_argument("out", help="output folder (Processed/, manifest.csv, boxes.csv, stats.json, rejected.csv)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of patients in validation (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified validation split")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--resize-mode", choices=("pad", "stretch"), default="pad",
+                   help="non-square images: pad to square then resize (default) or stretch")
+    p.add_argument("--format", default="auto", help="source layout: auto (default) or rsna")
+
+    p = _add(sub, "train", "Train PneumoniaNet with PyTorch Lightning; writes RUN/checkpoints/{best,last}.ckpt.",
+             _examples("pneumocam train data/ run/ --pretrained none --epochs 10",
+                       "pneumocam train data/ run/ --pretrained resnet18-f37072fd.pth --augment original"), _train)
+    p.add_argument("data", help="prepared data folder (with Processed/train and Processed/val)")
+    p.add_argument("run", help="run folder for checkpoints, config.json and logs")
+    p.add_argument("--epochs", type=int, default=10, help="default 10")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
+    p.add_argument("--schedule", choices=("cosine", "onecycle", "none"), default="cosine",
+                   help="learning-rate schedule: cosine after a linear warm-up (default), onecycle, none")
+    p.add_argument("--pos-weight", default="auto", help="BCE positive-class weight: auto = n_neg/n_pos, or a number")
+    p.add_argument("--augment", choices=("original", "none"), default="original",
+                   help="original: affine ±5°, translate 5%%, scale 0.9-1.1 + random resized crop 0.35-1")
+    p.add_argument("--pretrained", default="imagenet",
+                   help="imagenet (download via torchvision), none (from scratch), or a resnet18 state-dict path")
+    p.add_argument("--data-stats", action=argparse.BooleanOptionalAction, default=False,
+                   help="normalise with the data set's own mean/std from stats.json (default: RSNA 0.49/0.248)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and augmentation")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    p.add_argument("--devices", default="auto", help="Lightning devices (default auto)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    p.add_argument("--fast-dev-run", action=argparse.BooleanOptionalAction, default=False,
+                   help="one training and one validation batch, to check the set-up")
+
+    p = _add(sub, "evaluate", "Evaluate a checkpoint on a prepared split; writes metrics.json and predictions.csv.",
+             _examples("pneumocam evaluate run/checkpoints/best.ckpt data/ eval/",
+                       "pneumocam evaluate run/checkpoints/best.ckpt data/ eval/ --threshold 0.3"), _evaluate)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("data", help="prepared data folder")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--split", default="val", help="split under DATA/Processed (default val)")
+    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the probability (default 0.5)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "cam", "Class Activation Maps: one side-by-side PNG per image plus the raw 7x7 and 224x224 maps.",
+             _examples("pneumocam cam run/checkpoints/best.ckpt xray.dcm --out cams/",
+                       "pneumocam cam run/checkpoints/best.ckpt data/Processed/val/1 --out cams/ --alpha 0.4"), _cam)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="DICOM, PNG, JPEG or .npy files, or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
+    p.add_argument("--colormap", default="jet", help="matplotlib colour map (default jet)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam on a phantom set, on CPU in minutes.",
+             _examples("pneumocam demo", "pneumocam demo my-demo/ --n-images 200 --epochs 2"), _demo)
+    p.add_argument("out", nargs="?", default="pneumocam-demo", help="output folder (default ./pneumocam-demo)")
+    p.add_argument("--n-images", type=int, default=None, help="phantom images (default 800)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
+    p.add_argument("--seed", type=int, default=None, help="seed for every stage (default 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if getattr(args, "workers", 1) is None:
+        import os
+
+        args.workers = os.cpu_count() or 1
+    try:
+        return args.handler(args)
+    except PneumocamError as exc:
+        print(f"pneumocam {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"pneumocam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

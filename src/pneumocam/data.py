@@ -1,0 +1,124 @@
+"""Prepared data: `load_file`, the transforms, and datasets over Processed/<split>/<label>/*.npy.
+
+The datasets are torchvision `DatasetFolder`s with `load_file` as the loader, exactly the course's
+layout, so any folder of 224x224 float .npy files in class sub-folders `0` and `1` works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import transforms
+from torchvision.datasets import DatasetFolder
+
+from pneumocam.errors import PneumocamError
+
+log = logging.getLogger(__name__)
+
+# The RSNA training set's pixel mean and std after scaling to [0, 1] (the course's constants).
+RSNA_MEAN = 0.49
+RSNA_STD = 0.248
+AUGMENTATIONS = ("original", "none")
+
+
+def load_file(path: str | Path) -> np.ndarray:
+    """Read one prepared image: a (224, 224) float32 array in [0, 1]."""
+    return np.load(path, allow_pickle=False).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: float = RSNA_MEAN
+    std: float = RSNA_STD
+    origin: str = "rsna-constants"  # or the stats.json the values came from
+
+
+def read_normalization(data_dir: str | Path, use_data_stats: bool = False) -> Normalization:
+    """The course's RSNA constants by default; the data set's own mean/std from stats.json on request."""
+    if not use_data_stats:
+        return Normalization()
+    stats_path = Path(data_dir) / "stats.json"
+    if not stats_path.exists():
+        raise PneumocamError(f"{stats_path}: not found; prepare the data with `pneumocam prepare` first")
+    stats = json.loads(stats_path.read_text())
+    return Normalization(float(stats["mean"]), float(stats["std"]), str(stats_path))
+
+
+def read_fingerprint(data_dir: str | Path) -> str | None:
+    """The data fingerprint recorded by `pneumocam prepare`, or None for a hand-made folder."""
+    stats_path = Path(data_dir) / "stats.json"
+    return json.loads(stats_path.read_text()).get("fingerprint") if stats_path.exists() else None
+
+
+def build_transform(norm: Normalization, augment: str = "none") -> transforms.Compose:
+    """ToTensor + Normalize, preceded by the course's augmentation for training.
+
+    "original": RandomAffine(±5°, translate 5%, scale 0.9-1.1) then RandomResizedCrop(224, scale 0.35-1).
+    """
+    steps: list = [transforms.ToTensor()]  # (H, W) float32 -> (1, H, W), values unchanged
+    if augment == "original":
+        steps += [
+            transforms.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+            transforms.RandomResizedCrop(224, scale=(0.35, 1.0), antialias=True),
+        ]
+    elif augment != "none":
+        raise PneumocamError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")
+    steps.append(transforms.Normalize(mean=[norm.mean], std=[norm.std]))
+    return transforms.Compose(steps)
+
+
+def split_dataset(data_dir: str | Path, split: str, transform=None) -> DatasetFolder:
+    """DATA/Processed/<split>/{0,1}/*.npy as a dataset of (tensor (1, 224, 224), label int)."""
+    root = Path(data_dir) / "Processed" / split
+    if not root.is_dir():
+        raise PneumocamError(f"{root}: split folder not found (expected DATA/Processed/{split}/<label>/*.npy)")
+    try:
+        dataset = DatasetFolder(str(root), loader=load_file, extensions=(".npy",), transform=transform)
+    except FileNotFoundError as exc:
+        raise PneumocamError(f"{root}: {exc}") from exc
+    unexpected = set(dataset.classes) - {"0", "1"}
+    if unexpected:
+        raise PneumocamError(f"{root}: class folders must be named 0 and 1, found {sorted(dataset.classes)}")
+    # DatasetFolder numbers classes by sorted name; map back to the folder's own label
+    dataset.target_transform = _FolderLabel(tuple(dataset.classes))
+    return dataset
+
+
+@dataclass(frozen=True)
+class _FolderLabel:
+    """Class index -> the label its folder name states (picklable, for DataLoader workers)."""
+
+    classes: tuple[str, ...]
+
+    def __call__(self, index: int) -> int:
+        return int(self.classes[index])
+
+
+def dataset_labels(dataset: DatasetFolder) -> np.ndarray:
+    return np.array([int(dataset.classes[t]) for t in dataset.targets], dtype=np.int64)
+
+
+def dataset_files(dataset: DatasetFolder, data_dir: str | Path) -> list[str]:
+    """Paths of the samples relative to the data folder (as in manifest.csv)."""
+    base = Path(data_dir).resolve()
+    return [str(Path(path).resolve().relative_to(base)) for path, _ in dataset.samples]
+
+
+def positive_weight(labels: np.ndarray) -> float:
+    """n_negative / n_positive, the BCE pos_weight that balances the two classes' total loss."""
+    n_pos = int((labels == 1).sum())
+    n_neg = int((labels == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise PneumocamError(f"the training split needs both classes, found {n_neg} negative and {n_pos} positive")
+    return n_neg / n_pos
+
+
+def collate_images(batch: list[np.ndarray], norm: Normalization) -> torch.Tensor:
+    """A list of (224, 224) images in [0, 1] -> a normalised (B, 1, 224, 224) tensor."""
+    stacked = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in batch]))[:, None]
+    return (stacked - norm.mean) / norm.std

@@ -1,0 +1,98 @@
+"""The whole method on the phantom set: synth -> prepare -> train -> evaluate -> cam, on CPU in minutes.
+
+Layout under OUT:
+  source/     phantom DICOMs + labels CSV (RSNA layout)
+  data/       Processed/{train,val}/{0,1}/*.npy, manifest.csv, boxes.csv, stats.json, rejected.csv
+  run/        checkpoints/{best,last}.ckpt, config.json, logs/metrics.csv
+  eval/       metrics.json, predictions.csv
+  cam/        side-by-side overlays of validation images, raw maps, cams.csv
+  summary.json
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from pneumocam.data import split_dataset
+from pneumocam.evaluate import EvalConfig, evaluate
+from pneumocam.explain import CamConfig, write_cam_outputs
+from pneumocam.files import write_csv, write_json
+from pneumocam.inference import Predictor
+from pneumocam.prepare import PrepareConfig, load_boxes, prepare
+from pneumocam.synthetic import SynthConfig, synthesize
+from pneumocam.train import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    synth: SynthConfig = SynthConfig(n_images=800, positive_fraction=0.35, seed=0, workers=2)
+    prepare: PrepareConfig = PrepareConfig(val_fraction=0.2, seed=0)
+    train: TrainConfig = TrainConfig(epochs=6, batch_size=16, lr=1e-3, augment="none", pretrained="none",
+                                     data_stats=True, seed=0)
+    n_cam_images: int = 8
+
+
+def _cam_examples(data_dir: Path, n: int) -> list[Path]:
+    """The first n/2 positive validation images that have boxes, then negatives to fill up to n."""
+    dataset = split_dataset(data_dir, "val")
+    boxes = load_boxes(data_dir)
+    base = data_dir.resolve()
+    positives = [Path(p) for p, _ in dataset.samples if str(Path(p).resolve().relative_to(base)) in boxes]
+    negatives = [Path(p) for p, t in dataset.samples if dataset.classes[t] == "0"]
+    chosen = positives[: n - n // 2] + negatives[: n // 2]
+    return chosen + [p for p in positives[len(chosen) :] if len(chosen) < n][: n - len(chosen)]
+
+
+def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - start, 1)
+        log.info("%s done in %.1f s", name, timings[name])
+        return result
+
+    timed("synth", synthesize, out_dir / "source", config.synth)
+    timed("prepare", prepare, out_dir / "source", out_dir / "data", config.prepare)
+    fitted = timed("train", fit, out_dir / "data", out_dir / "run", config.train)
+    metrics = timed("evaluate", evaluate, fitted.best_checkpoint, out_dir / "data", out_dir / "eval",
+                    EvalConfig(split="val"))
+    examples = _cam_examples(out_dir / "data", config.n_cam_images)
+
+    def cams():
+        predictor = Predictor.from_checkpoint(fitted.best_checkpoint)
+        predictions, _ = predictor.predict_files(examples)
+        rows = write_cam_outputs(predictions, out_dir / "cam", CamConfig().alpha, CamConfig().colormap)
+        write_csv(out_dir / "cam" / "cams.csv", list(rows[0]), rows)
+        return rows
+
+    cam_rows = timed("cam", cams)
+    summary = {
+        "out_dir": str(out_dir.resolve()), "timings_s": timings, "total_s": round(sum(timings.values()), 1),
+        "best_checkpoint": str(fitted.best_checkpoint), "metrics": {k: metrics[k] for k in (
+            "n", "n_positive", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc")},
+        "cam_images": [str(out_dir / "cam" / r["png"]) for r in cam_rows],
+        "config": {"synth": asdict(config.synth), "prepare": asdict(config.prepare), "train": asdict(config.train)},
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def scaled_config(n_images: int | None = None, epochs: int | None = None, seed: int | None = None) -> DemoConfig:
+    """The default demo with a different size, length or seed (for quick runs and tests)."""
+    config = DemoConfig()
+    if n_images is not None:
+        config = replace(config, synth=replace(config.synth, n_images=n_images))
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs))
+    if seed is not None:
+        config = replace(config, synth=replace(config.synth, seed=seed),
+                         prepare=replace(config.prepare, seed=seed), train=replace(config.train, seed=seed))
+    return config

@@ -1,0 +1,128 @@
+"""Predictor: a checkpoint -> probabilities and CAMs for arrays or files, in batches.
+
+The CAM comes from the same forward pass as the probability (the network returns its feature map),
+so explaining a prediction costs only an einsum, a min-max and a bilinear resize.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumocam.cam import class_activation_map, upsample_and_normalize
+from pneumocam.data import Normalization, collate_images
+from pneumocam.errors import PneumocamError
+from pneumocam.io import ImageReadError, read_image
+from pneumocam.model import PneumoniaNet
+from pneumocam.preprocess import IMAGE_SIZE, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: str
+    probability: float  # sigmoid(logit), in [0, 1]
+    logit: float
+    label: int  # 1 when probability >= threshold
+    threshold: float
+    image: np.ndarray  # (224, 224) model input in [0, 1]
+    cam: np.ndarray | None = None  # (224, 224) normalised CAM in [0, 1]
+    cam_raw: np.ndarray | None = None  # (7, 7) raw CAM in logit units: mean(cam_raw) + bias = logit
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True (no code from the file runs), with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PneumocamError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PneumocamError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pneumocam" not in checkpoint:
+        raise PneumocamError(f"{path}: not a pneumocam checkpoint (no model state or pneumocam metadata)")
+    return checkpoint
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Predictor:
+    """Runs a trained PneumoniaNet. Inputs are (224, 224) images in [0, 1] or any readable file."""
+
+    def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
+                 metadata: dict | None = None, device: str = "cpu"):
+        self.device = resolve_device(device)
+        self.net = net.eval().to(self.device)
+        self.normalization = normalization
+        self.threshold = threshold
+        self.metadata = metadata or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
+        checkpoint = load_checkpoint(path)
+        meta = checkpoint["pneumocam"]
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        net = PneumoniaNet("none")
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise PneumocamError(f"{path}: model weights do not match PneumoniaNet ({exc})") from exc
+        norm = meta["normalization"]
+        return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
+                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device)
+
+    @torch.inference_mode()
+    def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, 224, 224) images in [0, 1] -> logits (B,), raw CAMs (B, 7, 7), CAMs (B, 224, 224) in [0, 1]."""
+        x = collate_images(images, self.normalization).to(self.device)
+        logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
+        raw = class_activation_map(features.float(), self.net.fc.weight.float())  # (B, 7, 7)
+        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))  # (B, 224, 224)
+        return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
+
+    def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
+                       cam: bool = True, batch_size: int = 32) -> list[Prediction]:
+        sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(images))]
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [to_model_input(np.asarray(im, dtype=np.float32), IMAGE_SIZE)
+                     for im in images[start : start + batch_size]]
+            logits, raw, maps = self.forward(chunk)
+            for i, image in enumerate(chunk):
+                probability = float(1.0 / (1.0 + np.exp(-float(logits[i]))))
+                out.append(Prediction(
+                    sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
+                    self.threshold, image, maps[i] if cam else None, raw[i] if cam else None,
+                ))
+        return out
+
+    def predict_files(self, paths: Sequence[str | Path], cam: bool = True,
+                      batch_size: int = 32) -> tuple[list[Prediction], list[dict]]:
+        """Predict every readable file; unreadable ones come back as {"source", "reason"} rows."""
+        predictions, failures = [], []
+        for chunk in batches(list(paths), batch_size):
+            images, sources = [], []
+            for path in chunk:
+                try:
+                    images.append(read_image(path))
+                    sources.append(str(path))
+                except ImageReadError as exc:
+                    failures.append({"source": str(path), "reason": exc.reason})
+            if images:
+                predictions += self.predict_arrays(images, sources, cam=cam, batch_size=batch_size)
+        return predictions, failures

@@ -1,0 +1,105 @@
+"""Probabilities + labels -> classification metrics (scikit-learn), thresholds and bootstrap CIs.
+
+Edge cases give defined values, never NaN: a ratio with an empty denominator (e.g. precision with
+no positive predictions) is 0.0 (scikit-learn's zero_division=0), and ranking metrics (AUROC,
+AUPRC) on a split with one class are None, with the reason in `warnings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+RATE_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "npv", "balanced_accuracy")
+RANK_METRICS = ("auroc", "auprc")
+CI_METRICS = RATE_METRICS + RANK_METRICS + ("brier",)
+
+
+def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if probs.shape != labels.shape:
+        raise ValueError(f"{probs.size} probabilities but {labels.size} labels")
+    if probs.size == 0:
+        raise ValueError("no predictions to evaluate")
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probabilities must be finite and lie in [0, 1]")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return probs, labels
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def threshold_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+    """Confusion matrix and rate metrics at `threshold` (prediction = probability >= threshold)."""
+    probs, labels = _check(probs, labels)
+    preds = (probs >= threshold).astype(np.int64)
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel())
+    # every rate follows from the confusion matrix (tests check them against sklearn's own scorers)
+    precision, recall, specificity = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / labels.size,
+        "precision": precision,
+        "recall": recall,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "specificity": specificity,
+        "npv": _ratio(tn, tn + fn),
+        "balanced_accuracy": (recall + specificity) / 2,
+        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+    }
+
+
+def ranking_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """AUROC, AUPRC (average precision) and Brier score; AUROC/AUPRC are None with one class."""
+    probs, labels = _check(probs, labels)
+    both = 0 < labels.sum() < labels.size
+    return {
+        "auroc": float(skm.roc_auc_score(labels, probs)) if both else None,
+        "auprc": float(skm.average_precision_score(labels, probs)) if both else None,
+        "brier": float(skm.brier_score_loss(labels, probs, pos_label=1)),
+    }
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+    """Everything at one threshold: n, n_positive, the rate metrics, confusion, AUROC/AUPRC/Brier."""
+    probs, labels = _check(probs, labels)
+    result = {"n": int(labels.size), "n_positive": int(labels.sum())}
+    result.update(threshold_metrics(probs, labels, threshold))
+    result.update(ranking_metrics(probs, labels))
+    warnings = []
+    if result["auroc"] is None:
+        warnings.append("only one class present: AUROC and AUPRC are undefined (null)")
+    result["warnings"] = warnings
+    return result
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    n_resamples: int = 1000
+    seed: int = 0
+
+
+def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
+                 config: Bootstrap = Bootstrap()) -> dict[str, list[float] | None]:
+    """Percentile 95% CIs by stratified bootstrap (positives and negatives resampled separately,
+    so every resample keeps the split's prevalence and both classes)."""
+    probs, labels = _check(probs, labels)
+    rng = np.random.default_rng(config.seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    samples: dict[str, list[float]] = {m: [] for m in CI_METRICS}
+    for _ in range(config.n_resamples):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) if pos.size and neg.size \
+            else rng.choice(labels.size, labels.size)
+        p, y = probs[idx], labels[idx]
+        values = {**threshold_metrics(p, y, threshold), **ranking_metrics(p, y)}
+        for name in CI_METRICS:
+            if values[name] is not None:
+                samples[name].append(values[name])
+    return {name: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None)
+            for name, v in samples.items()}

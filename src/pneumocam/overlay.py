@@ -1,0 +1,62 @@
+"""CAM overlays: a colour-mapped heatmap blended on the gray image, and the side-by-side figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+
+def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend: out = (1 - alpha) * gray + alpha * colormap(cam).
+
+    image: (H, W) in [0, 1]; cam: (H, W) in [0, 1]; returns (H, W, 3) float32 RGB in [0, 1].
+    """
+    if image.shape != cam.shape:
+        raise ValueError(f"image {image.shape} and cam {cam.shape} must have the same shape")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
+    heat = matplotlib.colormaps[colormap](np.clip(cam, 0, 1))[..., :3]
+    return ((1 - alpha) * gray + alpha * heat).astype(np.float32)
+
+
+def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:
+    for x, y, w, h in boxes:
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="white", linewidth=1.5, linestyle="--"))
+
+
+def side_by_side(image: np.ndarray, cam: np.ndarray, title: str = "", alpha: float = 0.5,
+                 colormap: str = "jet", boxes: Sequence = ()) -> Figure:
+    """The original (left) and the CAM overlay (right); ground-truth boxes dashed on both if given."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.3), constrained_layout=True)
+    left.imshow(image, cmap="gray", vmin=0, vmax=1)
+    left.set_title("original")
+    right.imshow(overlay_cam(image, cam, alpha, colormap))
+    right.set_title(f"CAM ({colormap}, alpha {alpha})")
+    for ax in (left, right):
+        _draw_boxes(ax, boxes)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def overlay_grid(items: Sequence[tuple[np.ndarray, np.ndarray, str, Sequence]], columns: int = 4,
+                 alpha: float = 0.5, colormap: str = "jet") -> Figure:
+    """A grid of overlays, each item (image, cam, caption, boxes)."""
+    rows = max(1, -(-len(items) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, cam, caption, boxes) in zip(axes.flat, items, strict=False):
+        ax.imshow(overlay_cam(image, cam, alpha, colormap))
+        _draw_boxes(ax, boxes)
+        ax.set_title(caption, fontsize=9)
+    return fig

@@ -1,0 +1,237 @@
+"""Dataset preparation: a source folder -> OUT/Processed/{train,val}/{0,1}/*.npy plus manifests.
+
+Outputs (all written atomically, so an interrupted run never leaves a half-written file):
+  Processed/<split>/<label>/<stem>.npy   float32 (224, 224) in [0, 1]
+  manifest.csv    file, label, split, patient, source
+  boxes.csv       file, patient, x, y, width, height   (ground-truth boxes in 224-px space)
+  rejected.csv    source, reason                        (every input file not in the manifest)
+  stats.json      counts, training-split pixel mean/std, data fingerprint, settings, version
+A rerun with the same settings skips finished images (resume); nothing is silently dropped:
+manifest rows + rejected rows = input files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumocam import __version__
+from pneumocam.errors import PneumocamError
+from pneumocam.files import read_csv, save_npy, write_csv, write_json
+from pneumocam.io import ImageReadError, read_image, read_npy, read_size
+from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
+from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+SETTINGS_FILE = "prepare_settings.json"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    resize_mode: str = "pad"
+    source_format: str = "auto"
+
+    def split_settings(self) -> dict:
+        """The settings that decide which file goes where; a resume must not change them."""
+        return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
+                "image_size": IMAGE_SIZE}
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    out_dir: Path
+    counts: dict
+    n_written: int
+    n_resumed: int
+    n_rejected: int
+    mean: float
+    std: float
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    item: SourceItem
+    split: str
+    out_file: str  # relative to OUT
+    out_root: str
+    resize_mode: str
+
+
+def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> dict[str, str]:
+    """patient -> split. Stratified by label, grouped by patient, seeded; preassigned splits are kept.
+
+    A patient's label for stratification is the max over their images (any pneumonia -> 1).
+    """
+    if not 0 <= val_fraction < 1:
+        raise PneumocamError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    fixed = {it.patient: it.split for it in items if it.split}
+    patient_label: dict[str, int] = {}
+    for it in items:
+        if it.patient not in fixed:
+            patient_label[it.patient] = max(patient_label.get(it.patient, 0), it.label)
+    rng = np.random.default_rng(seed)
+    splits = dict(fixed)
+    for label in sorted(set(patient_label.values())):
+        patients = sorted(p for p, lab in patient_label.items() if lab == label)
+        rng.shuffle(patients)
+        n_val = int(round(len(patients) * val_fraction))
+        if val_fraction > 0 and n_val == 0 and len(patients) > 1:
+            n_val = 1  # keep every class represented in validation when possible
+        for i, patient in enumerate(patients):
+            splits[patient] = "val" if i < n_val else "train"
+    return splits
+
+
+def _process(job: _Job) -> dict:
+    """Decode (or, on resume, reload) one image; returns its manifest facts or a rejection reason."""
+    out_path = Path(job.out_root) / job.out_file
+    item = job.item
+    try:
+        resumed = out_path.exists()
+        if resumed:
+            array = read_npy(out_path)
+            height, width = read_size(item.source) if item.boxes else (0, 0)
+        else:
+            image = read_image(item.source) if item.array is None else item.array
+            height, width = image.shape
+            array = to_model_input(image, IMAGE_SIZE, job.resize_mode)
+            save_npy(out_path, array)
+    except ImageReadError as exc:
+        return {"source": item.source, "reason": exc.reason}
+    except Exception as exc:  # a batch never dies on one file: record what happened instead
+        return {"source": item.source, "reason": f"{type(exc).__name__}: {exc}"}
+    geometry = square_geometry(height, width, IMAGE_SIZE, job.resize_mode) if item.boxes else None
+    values = array.astype(np.float64)
+    return {
+        "file": job.out_file,
+        "resumed": resumed,
+        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+        "sum": float(values.sum()),
+        "sumsq": float((values**2).sum()),
+        "n": int(values.size),
+        "boxes": [tuple(round(v, 3) for v in geometry.box_to_output(*box)) for box in item.boxes],
+    }
+
+
+def _check_settings(out_dir: Path, config: PrepareConfig, source: Path) -> None:
+    settings = {"source": str(source.resolve()), **config.split_settings()}
+    path = out_dir / SETTINGS_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            raise PneumocamError(
+                f"{out_dir} was prepared with different settings ({previous}); "
+                "use a new output folder or delete it to start over"
+            )
+    write_json(path, settings)
+
+
+def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = PrepareConfig()) -> PrepareReport:
+    """Prepare every image under `source` into `out_dir`; see the module docstring for the outputs."""
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.exists():
+        raise PneumocamError(f"{source}: source not found")
+    fmt = detect_format(source) if config.source_format == "auto" else config.source_format
+    if fmt not in SOURCE_FORMATS:
+        raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
+    items, rejected = SOURCE_FORMATS[fmt](source)
+    if not items:
+        raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out_dir, config, source)
+    splits = assign_splits(items, config.val_fraction, config.seed)
+    jobs = [
+        _Job(it, splits[it.patient], f"Processed/{splits[it.patient]}/{it.label}/{it.stem}.npy", str(out_dir),
+             config.resize_mode)
+        for it in items
+    ]
+    results = _run_jobs(jobs, config.workers)
+    return _write_outputs(out_dir, jobs, results, rejected, fmt)
+
+
+def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
+    bar = dict(total=len(jobs), desc="prepare", unit="img", smoothing=0.1)
+    if workers <= 1 or len(jobs) < 8:
+        return [_process(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(_process, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8)))), **bar))
+
+
+def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
+    manifest, boxes, counts = [], [], Counter()
+    total, total_sq, n_pixels = 0.0, 0.0, 0
+    rejected = list(rejected)
+    for job, res in zip(jobs, results, strict=True):
+        if "reason" in res:
+            rejected.append(res)
+            continue
+        it = job.item
+        manifest.append({"file": res["file"], "label": it.label, "split": job.split, "patient": it.patient,
+                         "source": it.source_label or it.source, "sha256": res["sha256"]})
+        boxes += [{"file": res["file"], "patient": it.patient, "x": x, "y": y, "width": w, "height": h}
+                  for x, y, w, h in res["boxes"]]
+        counts[(job.split, it.label)] += 1
+        if job.split == "train":
+            total, total_sq, n_pixels = total + res["sum"], total_sq + res["sumsq"], n_pixels + res["n"]
+    if not manifest:
+        raise PneumocamError(f"every input was rejected; see the reasons in {out_dir / 'rejected.csv'}")
+    write_csv(out_dir / "rejected.csv", ["source", "reason"], rejected)
+    write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "sha256"], manifest)
+    write_csv(out_dir / "boxes.csv", ["file", "patient", "x", "y", "width", "height"], boxes)
+    if n_pixels == 0:
+        raise PneumocamError("the training split is empty; lower --val-fraction or add images")
+    mean = total / n_pixels
+    std = float(np.sqrt(max(total_sq / n_pixels - mean**2, 0.0)))
+    fingerprint = data_fingerprint(manifest)
+    settings = json.loads((out_dir / SETTINGS_FILE).read_text())
+    stats = {
+        "mean": round(mean, 6), "std": round(std, 6), "image_size": IMAGE_SIZE,
+        "counts": {s: {str(lab): counts[(s, lab)] for lab in (0, 1)} for s in SPLITS},
+        "n_images": len(manifest), "n_rejected": len(rejected), "n_boxes": len(boxes),
+        "fingerprint": fingerprint, "source_format": fmt, "settings": settings, "pneumocam_version": __version__,
+    }
+    write_json(out_dir / "stats.json", stats)
+    n_resumed = sum(1 for r in results if r.get("resumed"))
+    log.info("prepared %d images (%d resumed), rejected %d", len(manifest), n_resumed, len(rejected))
+    return PrepareReport(out_dir, stats["counts"], len(manifest) - n_resumed, n_resumed, len(rejected),
+                         stats["mean"], stats["std"], fingerprint)
+
+
+def data_fingerprint(manifest: list[dict]) -> str:
+    """sha256 over (file, label, split, content hash) of every prepared image, in file order."""
+    digest = hashlib.sha256()
+    for row in sorted(manifest, key=lambda r: r["file"]):
+        digest.update(f"{row['file']},{row['label']},{row['split']},{row['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """boxes.csv -> {file relative to the data dir: [(x, y, w, h) in 224-px space]}."""
+    path = Path(data_dir) / "boxes.csv"
+    if not path.exists():
+        raise PneumocamError(f"{path}: not found (run `pneumocam prepare` first)")
+    out: dict[str, list] = {}
+    for row in read_csv(path):
+        out.setdefault(row["file"], []).append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
+    return out
+
+
+def report_dict(report: PrepareReport) -> dict:
+    out = asdict(report)
+    out["out_dir"] = str(report.out_dir)
+    return out

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real sample data in ../shared/data, and a tiny phantom set + checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RSNA_SAMPLE = SHARED_DATA / "rsna_sample"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real sample data not found at {path} (set PNEUMOCAM_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rsna_sample() -> Path:
+    return require(RSNA_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def phantom_source(tmp_path_factory) -> Path:
+    from pneumocam.synthetic import SynthConfig, synthesize
+
+    return synthesize(tmp_path_factory.mktemp("phantom"), SynthConfig(n_images=24, positive_fraction=0.5,
+                                                                         size=256, seed=7))
+
+
+@pytest.fixture(scope="session")
+def phantom_data(phantom_source, tmp_path_factory) -> Path:
+    from pneumocam.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(phantom_source, out, PrepareConfig(val_fraction=0.25, seed=0, workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(phantom_data, tmp_path_factory) -> Path:
+    """A real Lightning fit of one batch (fast_dev_run) on the tiny phantom set."""
+    from pneumocam.train import TrainConfig, fit
+
+    run = tmp_path_factory.mktemp("run")
+    result = fit(phantom_data, run, TrainConfig(epochs=1, batch_size=4, pretrained="none", augment="original",
+                                                fast_dev_run=True, seed=0))
+    return result.last_checkpoint

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from pneumocam.cam import class_activation_map, normalize_maps, upsample_and_normalize
+from pneumocam.model import PneumoniaNet
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = PneumoniaNet("none").eval()
+    torch.nn.init.normal_(model.fc.weight, std=0.5)
+    torch.nn.init.normal_(model.fc.bias, std=0.5)
+    return model
+
+
+def test_mean_cam_plus_bias_equals_logit(net):
+    x = torch.randn(4, 1, 224, 224)
+    with torch.no_grad():
+        logit, features = net(x)
+    cam = class_activation_map(features, net.fc.weight)
+    assert cam.shape == (4, 7, 7)
+    assert torch.allclose(cam.mean(dim=(1, 2)) + net.fc.bias, logit[:, 0], atol=1e-5)
+
+
+def test_cam_is_the_weighted_sum_of_channels():
+    features = torch.zeros(1, 3, 2, 2)
+    features[0, 0] = torch.tensor([[1.0, 0], [0, 0]])
+    features[0, 2] = torch.tensor([[0, 0], [0, 2.0]])
+    cam = class_activation_map(features, torch.tensor([[3.0, 5.0, -1.0]]))
+    assert torch.equal(cam[0], torch.tensor([[3.0, 0], [0, -2.0]]))
+
+
+def test_batched_cam_equals_one_by_one(net):
+    x = torch.randn(3, 1, 224, 224)
+    with torch.no_grad():
+        _, features = net(x)
+        batched = upsample_and_normalize(class_activation_map(features, net.fc.weight))
+        for i in range(3):
+            _, single_features = net(x[i : i + 1])
+            single = upsample_and_normalize(class_activation_map(single_features, net.fc.weight))
+            assert torch.allclose(batched[i], single[0], atol=1e-5)
+
+
+def test_normalize_constant_map_gives_zeros_not_nan():
+    maps = torch.stack([torch.full((7, 7), 3.0), torch.arange(49.0).reshape(7, 7)])
+    out = normalize_maps(maps)
+    assert torch.equal(out[0], torch.zeros(7, 7))
+    assert out[1].min() == 0 and out[1].max() == 1
+    assert not torch.isnan(upsample_and_normalize(maps)).any()
+
+
+def test_upsample_gives_224_in_unit_range(net):
+    raw = torch.randn(2, 7, 7)
+    up = upsample_and_normalize(raw)
+    assert up.shape == (2, 224, 224)
+    assert up.min() >= 0 and up.max() <= 1
+    # the peak of the upsampled map lies in the cell of the raw map's peak
+    peak = int(torch.argmax(up[0]))
+    row, col = divmod(peak, 224)
+    raw_peak = divmod(int(torch.argmax(raw[0])), 7)
+    assert (row // 32, col // 32) == raw_peak
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="channels"):
+        class_activation_map(torch.zeros(1, 4, 7, 7), torch.zeros(5))
+    with pytest.raises(ValueError, match="B, C, h, w"):
+        class_activation_map(torch.zeros(4, 7, 7), torch.zeros(4))

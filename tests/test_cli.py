@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+
+from pneumocam.cli import build_parser, main
+
+COMMANDS = ["synth", "prepare", "train", "evaluate", "cam", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"pneumocam {command}" in out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["pneumocam", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and all(c in result.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "{tmp}/missing", "{tmp}/out"],
+        ["evaluate", "{tmp}/missing.ckpt", "{tmp}", "{tmp}/out"],
+        ["cam", "{tmp}/missing.ckpt", "{tmp}/x.png", "--out", "{tmp}/cams"],
+        ["train", "{tmp}/missing", "{tmp}/run", "--pretrained", "none"],
+    ],
+)
+def test_bad_input_gives_one_line_error_and_nonzero_exit(argv, tmp_path):
+    args = [a.format(tmp=tmp_path) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "pneumocam.cli", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "missing" in error_lines[0]
+
+
+def test_cam_on_unreadable_image_exits_partial(tiny_checkpoint, phantom_data, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    good = next((phantom_data / "Processed").rglob("*.npy"))
+    code = main(["cam", str(tiny_checkpoint), str(good), str(bad), "--out", str(tmp_path / "cams")])
+    assert code == 3
+    assert (tmp_path / "cams" / "failed.csv").read_text().count("bad.png") == 1
+
+
+def test_parser_defaults_follow_the_spec():
+    args = build_parser().parse_args(["evaluate", "c.ckpt", "data", "out"])
+    assert args.threshold == 0.5 and args.split == "val"

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import RSNA_SAMPLE, SHARED_DATA, require
+from pneumocam.io import ImageReadError, expand_inputs, read_image, read_size
+
+
+def _write_dicom(path, pixels, photometric="MONOCHROME2", bits=8, **extra):
+    """An uncompressed grayscale DICOM written with pydicom (explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_real_rsna_dicom_is_read_in_unit_range():
+    path = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[0]
+    image = read_image(path)
+    assert image.shape == (1024, 1024) and image.dtype == np.float32
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.05
+    assert read_size(path) == (1024, 1024)
+
+
+def test_real_kermany_jpeg_keeps_its_aspect():
+    path = sorted((require(SHARED_DATA / "kermany_sample" / "val" / "NORMAL")).glob("*.jpeg"))[0]
+    image = read_image(path)
+    with Image.open(path) as img:
+        assert image.shape == (img.height, img.width)
+    assert 0 <= image.min() and image.max() <= 1
+
+
+def test_eight_bit_dicom_scales_by_255(tmp_path):
+    pixels = np.array([[0, 51], [204, 255]], dtype=np.uint8)
+    image = read_image(_write_dicom(tmp_path / "a.dcm", pixels))
+    assert np.allclose(image, pixels / 255.0, atol=1e-6)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    pixels = np.array([[0, 255], [255, 0]], dtype=np.uint8)
+    image = read_image(_write_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1"))
+    assert np.allclose(image, 1 - pixels / 255.0)
+
+
+def test_twelve_bit_dicom_scales_by_bits_stored(tmp_path):
+    pixels = np.array([[0, 4095], [1024, 2048]], dtype=np.uint16)
+    image = read_image(_write_dicom(tmp_path / "b12.dcm", pixels, bits=12))
+    assert np.allclose(image, pixels / 4095.0, atol=1e-6)
+
+
+def test_window_is_applied(tmp_path):
+    pixels = np.array([[0, 100], [200, 255]], dtype=np.uint8)
+    path = _write_dicom(tmp_path / "w.dcm", pixels, WindowCenter=100, WindowWidth=100)
+    image = read_image(path)
+    assert image[0, 0] == 0.0 and image[1, 0] == 1.0  # outside the window: clipped
+    assert 0.4 < image[0, 1] < 0.6  # the centre maps to the middle
+
+
+def test_png_modes_become_one_gray_channel(tmp_path):
+    Image.fromarray(np.full((4, 6), 65535, np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(np.full((4, 6, 3), 255, np.uint8)).save(tmp_path / "rgb.png")
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 255, 0  # white but fully transparent -> black
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert np.allclose(read_image(tmp_path / "g16.png"), 1.0)
+    assert np.allclose(read_image(tmp_path / "rgb.png"), 1.0)
+    assert np.allclose(read_image(tmp_path / "rgba.png"), 0.0)
+    assert read_image(tmp_path / "rgb.png").shape == (4, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.dcm", b"", "empty file"),
+        ("text.png", b"hello, not an image", "not a readable image"),
+        ("text.dcm", b"hello, not a dicom", "not a readable DICOM"),
+        ("notes.txt", b"hello", "unsupported file type"),
+    ],
+)
+def test_bad_files_raise_with_file_and_reason(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        read_image(path)
+    assert name in str(info.value)
+
+
+def test_npy_checks(tmp_path):
+    np.save(tmp_path / "ok.npy", np.full((3, 3), 0.5, np.float32))
+    np.save(tmp_path / "nan.npy", np.array([[np.nan, 0.0]], np.float32))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 3), np.float32))
+    np.save(tmp_path / "range.npy", np.full((3, 3), 7.0, np.float32))
+    assert np.allclose(read_image(tmp_path / "ok.npy"), 0.5)
+    with pytest.raises(ImageReadError, match="NaN"):
+        read_image(tmp_path / "nan.npy")
+    with pytest.raises(ImageReadError, match="2-D"):
+        read_image(tmp_path / "cube.npy")
+    with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
+        read_image(tmp_path / "range.npy")
+
+
+def test_missing_file_and_dicom_without_pixels(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "nope.dcm")
+    path = _write_dicom(tmp_path / "nopix.dcm", np.zeros((2, 2), np.uint8))
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="no pixel data"):
+        read_image(path)
+
+
+def test_expand_inputs_recurses_into_folders(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    np.save(tmp_path / "a" / "b" / "x.npy", np.zeros((2, 2), np.float32))
+    (tmp_path / "a" / "readme.txt").write_text("skip me")
+    assert expand_inputs([tmp_path]) == [tmp_path / "a" / "b" / "x.npy"]
+    with pytest.raises(ImageReadError, match="not found"):
+        expand_inputs([tmp_path / "missing"])

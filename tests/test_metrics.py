@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pneumocam.metrics import Bootstrap, bootstrap_ci, classification_metrics
+
+PROBS = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_metrics_on_hand_made_example():
+    m = classification_metrics(PROBS, LABELS, threshold=0.5)
+    assert m["confusion"] == {"tp": 3, "fp": 1, "tn": 3, "fn": 1}
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["f1"] == pytest.approx(3 / 4)
+    assert m["npv"] == pytest.approx(3 / 4)
+    # 16 positive/negative pairs; positives 0.6 and 0.4 both rank below the 0.7 negative: 14 correct
+    assert m["auroc"] == pytest.approx(14 / 16)
+    assert m["brier"] == pytest.approx(np.mean((PROBS - LABELS) ** 2))
+    assert m["n"] == 8 and m["n_positive"] == 4
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.35, 0.5, 0.75, 0.95])
+def test_rates_agree_with_sklearn_scorers(threshold):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    probs = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
+    preds = (probs >= threshold).astype(int)
+    m = classification_metrics(probs, labels, threshold)
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, preds, zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, preds, zero_division=0))
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, preds, zero_division=0))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(labels, probs))
+
+
+def test_one_class_gives_null_ranking_metrics_and_a_warning():
+    m = classification_metrics(np.array([0.2, 0.7]), np.array([0, 0]))
+    assert m["auroc"] is None and m["auprc"] is None and m["warnings"]
+    assert m["precision"] == 0.0 and m["recall"] == 0.0
+
+
+def test_bootstrap_ci_contains_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+
+    def sample(n):
+        labels = np.repeat([0, 1], n // 2)
+        return np.clip(0.35 * labels + rng.uniform(0, 0.65, n), 0, 1), labels
+
+    small, large = sample(60), sample(2000)
+    ci_small = bootstrap_ci(*small, config=Bootstrap(300, 0))
+    ci_large = bootstrap_ci(*large, config=Bootstrap(300, 0))
+    point = classification_metrics(*small)
+    for name in ("accuracy", "auroc", "f1", "brier"):
+        low, high = ci_small[name]
+        assert low <= point[name] <= high
+        assert ci_large[name][1] - ci_large[name][0] < high - low
+    assert bootstrap_ci(*small, config=Bootstrap(50, 7)) == bootstrap_ci(*small, config=Bootstrap(50, 7))
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError, match="labels"):
+        classification_metrics(np.array([0.5]), np.array([2]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        classification_metrics(np.array([1.5]), np.array([1]))

@@ -1,0 +1,30 @@
+import matplotlib
+import numpy as np
+import pytest
+
+from pneumocam.overlay import overlay_cam, side_by_side
+
+
+def test_overlay_pixels_are_the_alpha_blend():
+    image = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
+    cam = np.array([[0.0, 1.0], [0.5, 0.0]], dtype=np.float32)
+    out = overlay_cam(image, cam, alpha=0.4, colormap="jet")
+    jet = matplotlib.colormaps["jet"]
+    for (r, c) in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        expected = 0.6 * image[r, c] + 0.4 * np.array(jet(float(cam[r, c]))[:3])
+        assert np.allclose(out[r, c], expected, atol=1e-6)
+    # jet: 0 is dark blue, 1 is dark red
+    assert out[0, 0, 2] > out[0, 0, 0] and out[0, 1, 0] > out[0, 1, 2]
+
+
+def test_overlay_rejects_mismatched_shapes_and_alpha():
+    with pytest.raises(ValueError, match="same shape"):
+        overlay_cam(np.zeros((2, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="alpha"):
+        overlay_cam(np.zeros((2, 2)), np.zeros((2, 2)), alpha=2)
+
+
+def test_side_by_side_has_original_and_overlay():
+    figure = side_by_side(np.zeros((8, 8)), np.ones((8, 8)), title="x", boxes=[(1, 1, 3, 3)])
+    assert [ax.get_title() for ax in figure.axes] == ["original", "CAM (jet, alpha 0.5)"]
+    assert len(figure.axes[1].patches) == 1
