@@ -11,7 +11,7 @@ def test_predictions_match_the_network_and_cam_identity(tiny_checkpoint, phantom
     files = sorted((phantom_data / "Processed").rglob("*.npy"))[:3]
     predictions, failures = predictor.predict_files(files)
     assert failures == [] and len(predictions) == 3
-    bias = float(predictor.net.fc.bias)
+    bias = float(predictor.net.fc.bias.detach())
     for p in predictions:
         assert 0 <= p.probability <= 1 and p.label == int(p.probability >= 0.5)
         assert p.cam.shape == (224, 224) and p.cam.min() >= 0 and p.cam.max() <= 1

@@ -61,11 +61,12 @@ def _train(args) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, pos_weight=args.pos_weight, augment=args.augment, pretrained=args.pretrained,
-        data_stats=args.data_stats, seed=args.seed, num_workers=args.num_workers, accelerator=args.accelerator,
+        data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers, accelerator=args.accelerator,
         devices=args.devices, precision=args.precision, fast_dev_run=args.fast_dev_run,
     )
     result = fit(args.data, args.run, config)
-    print(f"best checkpoint: {result.best_checkpoint} (val_auroc {result.best_score}); last: {result.last_checkpoint}")
+    print(f"best checkpoint: {result.best_checkpoint} ({args.monitor} {result.best_score}); "
+          f"last: {result.last_checkpoint}")
     return EXIT_OK
 
 
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagenet (download via torchvision), none (from scratch), or a resnet18 state-dict path")
     p.add_argument("--data-stats", action=argparse.BooleanOptionalAction, default=False,
                    help="normalise with the data set's own mean/std from stats.json (default: RSNA 0.49/0.248)")
+    p.add_argument("--monitor", choices=("val_loss", "val_auroc", "val_acc"), default="val_loss",
+                   help="validation metric that picks best.ckpt (default val_loss)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and augmentation")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")

@@ -89,7 +89,7 @@ def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> di
     for label in sorted(set(patient_label.values())):
         patients = sorted(p for p, lab in patient_label.items() if lab == label)
         rng.shuffle(patients)
-        n_val = int(round(len(patients) * val_fraction))
+        n_val = int(np.floor(len(patients) * val_fraction + 0.5))  # half up, not banker's rounding
         if val_fraction > 0 and n_val == 0 and len(patients) > 1:
             n_val = 1  # keep every class represented in validation when possible
         for i, patient in enumerate(patients):

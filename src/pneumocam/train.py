@@ -1,7 +1,7 @@
 """Training with PyTorch Lightning: a thin LightningModule around PneumoniaNet, a DataModule, and fit().
 
-This is the only module that imports lightning. Checkpoints (RUN/checkpoints/best.ckpt by validation
-AUROC, and last.ckpt) carry a "pneumocam" entry with the resolved config, normalisation, data
+This is the only module that imports lightning. Checkpoints (RUN/checkpoints/best.ckpt by the monitored
+validation metric, and last.ckpt) carry a "pneumocam" entry with the resolved config, normalisation, data
 fingerprint and package versions, in plain types so they load with torch.load(weights_only=True).
 """
 
@@ -38,7 +38,9 @@ from pneumocam.provenance import git_commit, package_versions
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "onecycle", "none")
-MONITOR = "val_auroc"
+# metric -> mode for "best.ckpt". val_loss is the default: AUROC alone can peak at an epoch whose
+# BatchNorm statistics still lag and whose probabilities are badly calibrated (seen on the phantom set).
+MONITORS = {"val_loss": "min", "val_auroc": "max", "val_acc": "max"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class TrainConfig:
     augment: str = "original"
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision resnet18 state dict
     data_stats: bool = False  # normalise with the data set's own mean/std (stats.json) instead of RSNA's
+    monitor: str = "val_loss"  # validation metric that chooses best.ckpt (see MONITORS)
     seed: int = 0
     num_workers: int = 0
     accelerator: str = "auto"
@@ -110,7 +113,7 @@ class PneumoniaModule(L.LightningModule):
         self.val_auroc(probs, labels)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log(MONITOR, self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(labels))
 
     def configure_optimizers(self):
         cfg = self.config
@@ -172,7 +175,7 @@ class EpochSummary(Callback):
         rate = self._seen / max(1e-9, time.perf_counter() - self._start)
         log.info("epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  %.1f img/s",
                  trainer.current_epoch, m.get("train_loss_epoch", float("nan")), m.get("val_loss", float("nan")),
-                 m.get(MONITOR, float("nan")), m.get("val_acc", float("nan")), rate)
+                 m.get("val_auroc", float("nan")), m.get("val_acc", float("nan")), rate)
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if config.schedule not in SCHEDULES:
         raise PneumocamError(f"unknown --schedule {config.schedule!r}; choose from {SCHEDULES}")
+    if config.monitor not in MONITORS:
+        raise PneumocamError(f"unknown --monitor {config.monitor!r}; choose from {sorted(MONITORS)}")
     L.seed_everything(config.seed, workers=True, verbose=False)
     norm = read_normalization(data_dir, config.data_stats)
     labels = dataset_labels(split_dataset(data_dir, "train"))
@@ -214,7 +219,8 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
                                           "n_train": int(len(labels)), "n_train_positive": int(labels.sum())})
     module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata)
     datamodule = PneumoniaDataModule(data_dir, norm, config.batch_size, config.augment, config.num_workers)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor,
+                                 mode=MONITORS[config.monitor],
                                  save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
@@ -228,5 +234,5 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
     score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    log.info("best %s = %s at %s", MONITOR, score, best)
+    log.info("best %s = %s at %s", config.monitor, score, best)
     return FitResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", score)
