@@ -67,3 +67,32 @@ def test_shape_errors():
         class_activation_map(torch.zeros(1, 4, 7, 7), torch.zeros(5))
     with pytest.raises(ValueError, match="B, C, h, w"):
         class_activation_map(torch.zeros(4, 7, 7), torch.zeros(4))
+
+
+def test_grad_cam_equals_relu_cam_over_hw(net):
+    from pneumocam.cam import grad_cam
+
+    x = torch.randn(3, 1, 224, 224)
+    logit, features = net(x)  # grad enabled: features are in the graph
+    cam = class_activation_map(features.detach(), net.fc.weight.detach())
+    assert torch.allclose(grad_cam(features, logit), torch.relu(cam) / 49, atol=1e-5)
+
+
+def test_grad_cam_plus_plus_is_nonnegative_and_batch_consistent(net):
+    from pneumocam.cam import grad_cam_plus_plus
+
+    x = torch.randn(2, 1, 224, 224)
+    logit, features = net(x)
+    maps = grad_cam_plus_plus(features, logit)
+    assert maps.shape == (2, 7, 7) and (maps >= 0).all()
+    single_logit, single_features = net(x[1:])
+    assert torch.allclose(grad_cam_plus_plus(single_features, single_logit)[0], maps[1], atol=1e-4)
+
+
+def test_gradient_methods_need_the_graph(net):
+    from pneumocam.cam import grad_cam
+
+    with torch.no_grad():
+        logit, features = net(torch.randn(1, 1, 224, 224))
+    with pytest.raises(ValueError, match="autograd graph"):
+        grad_cam(features, logit)

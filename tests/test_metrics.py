@@ -66,3 +66,56 @@ def test_invalid_inputs():
         classification_metrics(np.array([0.5]), np.array([2]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         classification_metrics(np.array([1.5]), np.array([1]))
+
+
+def test_target_sensitivity_threshold_reaches_the_target():
+    from pneumocam.metrics import threshold_for_sensitivity, threshold_metrics
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    probs = np.clip(0.25 * labels + rng.uniform(0, 0.75, 300), 0, 1)
+    for target in (0.5, 0.8, 0.9, 0.95, 1.0):
+        t = threshold_for_sensitivity(probs, labels, target)
+        assert threshold_metrics(probs, labels, t)["recall"] >= target
+        # and it is the highest such threshold: any higher score as threshold misses the target
+        higher = probs[probs > t]
+        if higher.size:
+            assert threshold_metrics(probs, labels, higher.min())["recall"] < target
+
+
+def test_youden_threshold_on_a_separable_example():
+    from pneumocam.metrics import youden_threshold
+
+    assert youden_threshold(np.array([0.1, 0.2, 0.7, 0.9]), np.array([0, 0, 1, 1])) == 0.7
+    assert youden_threshold(np.array([0.1, 0.2]), np.array([0, 0])) is None
+
+
+def test_expected_calibration_error_exact():
+    from pneumocam.metrics import expected_calibration_error
+
+    # bin (0.2,0.3]: confidence 0.25, accuracy 0/2; bin (0.7,0.8]: confidence 0.75, accuracy 2/2
+    probs = np.array([0.25, 0.25, 0.75, 0.75])
+    labels = np.array([0, 0, 1, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.25)
+    assert expected_calibration_error(np.array([0.0, 1.0]), np.array([0, 1])) == pytest.approx(0.0)
+
+
+def test_paired_auroc_difference():
+    from pneumocam.metrics import paired_auroc_difference
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 100)
+    good = np.clip(0.4 * labels + rng.uniform(0, 0.6, 200), 0, 1)
+    weak = np.clip(0.1 * labels + rng.uniform(0, 0.9, 200), 0, 1)
+    same = paired_auroc_difference(good, good, labels, Bootstrap(200, 0))
+    assert same["auroc_difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
+    better = paired_auroc_difference(good, weak, labels, Bootstrap(200, 0))
+    assert better["auroc_difference"] > 0 and better["ci95"][0] > 0 and better["p_value"] < 0.05
+
+
+def test_operating_points_mark_unavailable_thresholds():
+    from pneumocam.metrics import operating_points
+
+    points = operating_points(PROBS, LABELS, {"default": 0.5, "youden": None})
+    assert points[0]["available"] and points[0]["confusion"]["tp"] == 3
+    assert points[1] == {"name": "youden", "threshold": None, "available": False}

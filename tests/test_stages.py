@@ -1,9 +1,10 @@
-"""evaluate and cam stages end to end on the tiny checkpoint."""
+"""evaluate, cam and localize stages end to end on the tiny checkpoint."""
 
 import csv
 import json
 
 import numpy as np
+import pytest
 
 from pneumocam.evaluate import EvalConfig, evaluate
 from pneumocam.explain import CamConfig, explain_files
@@ -38,3 +39,68 @@ def test_cam_writes_overlay_and_maps_per_image(tiny_checkpoint, phantom_data, tm
         assert raw.shape == (7, 7) and up.shape == (224, 224) and 0 <= up.min() and up.max() <= 1
     with open(tmp_path / "cams.csv") as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+def test_localize_writes_scores_baselines_and_grid(tiny_checkpoint, phantom_data, tmp_path):
+    from pneumocam.localize import LocalizeConfig, localize
+
+    result = localize(tiny_checkpoint, phantom_data, tmp_path, LocalizeConfig(randomize_check=True, batch_size=8))
+    on_disk = json.loads((tmp_path / "localization.json").read_text())
+    assert {"n_images", "pointing_game", "mean_iou", "baseline_random"} <= set(on_disk)
+    assert on_disk["n_images"] == result["n_images"] == 12  # every positive phantom has boxes
+    assert set(on_disk["methods"]) == {"cam", "gradcam", "gradcam++"}
+    assert 0 <= on_disk["pointing_game"] <= 1 and 0 <= on_disk["baseline_random"]["pointing_game"] <= 1
+    check = on_disk["randomization_check"]
+    assert set(check) == {"cam", "gradcam", "gradcam++"}
+    assert all(-1 <= c["mean_rank_correlation"] <= 1 for c in check.values())
+    assert (tmp_path / "localization_grid.png").stat().st_size > 1000
+
+
+def test_randomization_check_fails_a_method_whose_maps_do_not_change(tiny_checkpoint, phantom_data, monkeypatch):
+    import pneumocam.localize as loc
+    from pneumocam.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    images = [np.load(p) for p in sorted((phantom_data / "Processed").rglob("*.npy"))[:4]]
+    fixed = np.repeat(np.linspace(0, 1, 224 * 224).reshape(1, 224, 224), 4, axis=0)
+    # a "method" that ignores the model gives identical maps before and after randomisation
+    monkeypatch.setattr(loc, "compute_maps", lambda *args, **kwargs: {"constant": fixed})
+    result = loc.randomization_check(predictor, images, {"constant": fixed}, loc.LocalizeConfig())
+    assert result["constant"]["mean_rank_correlation"] == pytest.approx(1.0)
+    assert result["constant"]["passed"] is False
+
+
+def test_evaluate_writes_plots_gallery_and_a_self_contained_report(tiny_checkpoint, phantom_data, tmp_path):
+    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path, EvalConfig(bootstrap=20, gallery_size=2))
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "gallery.csv"):
+        assert (tmp_path / name).stat().st_size > 100, name
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert metrics["data_fingerprint"] in html
+    names = [p["name"] for p in metrics["operating_points"]]
+    assert names == ["threshold 0.5", "Youden-optimal", "sensitivity >= 0.9"]
+    assert any("optimistic" in w for w in metrics["warnings"])
+    with open(tmp_path / "gallery.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all((tmp_path / r["png"]).exists() for r in rows)
+    with open(tmp_path / "predictions.csv") as f:
+        first = next(csv.DictReader(f))
+    assert first["patient"] and first["file"].startswith("Processed/val/")
+
+
+def test_thresholds_from_another_split_have_no_same_data_warning(tiny_checkpoint, phantom_data, tmp_path):
+    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path,
+                       EvalConfig(threshold_from="train", bootstrap=0, report=False))
+    assert metrics["thresholds_chosen_on"] == "train"
+    assert not any("optimistic" in w for w in metrics["warnings"])
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_compare_two_checkpoints(tiny_checkpoint, phantom_data, tmp_path):
+    from pneumocam.evaluate import compare
+
+    result = compare([tiny_checkpoint, tiny_checkpoint], phantom_data, tmp_path, EvalConfig(bootstrap=30, report=False))
+    assert [m["model"] for m in result["models"]] == [0, 1]
+    assert result["paired_auroc_differences"][0]["auroc_difference"] == 0
+    assert (tmp_path / "comparison.csv").exists() and (tmp_path / "model_1" / "metrics.json").exists()

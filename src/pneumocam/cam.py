@@ -31,6 +31,42 @@ def class_activation_map(features: torch.Tensor, fc_weight: torch.Tensor) -> tor
     return cam.reshape(batch, height, width)
 
 
+def grad_cam(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) for the single pneumonia logit, without hooks.
+
+    features: (B, C, h, w) feature map that `logits` (B,) or (B, 1) was computed from (in the graph).
+    alpha_k = mean_ij d logit / d A_k(i, j);  map = ReLU(sum_k alpha_k A_k)  -> (B, h, w).
+    For a GAP + linear head alpha_k = w_k / (h w), so Grad-CAM = ReLU(CAM) / (h w) exactly.
+    """
+    grads = _logit_gradients(features, logits)
+    alpha = grads.mean(dim=(2, 3))  # (B, C)
+    return torch.relu(torch.einsum("bc,bchw->bhw", alpha, features.detach()))
+
+
+def grad_cam_plus_plus(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018) for the single logit; same inputs as grad_cam.
+
+    With S = exp(logit) the higher derivatives reduce to powers of the first one:
+    a_k(i,j) = g^2 / (2 g^2 + sum_ab A_k(a,b) g^3), w_k = sum_ij a_k(i,j) ReLU(g),
+    map = ReLU(sum_k w_k A_k)  -> (B, h, w).
+    """
+    grads = _logit_gradients(features, logits)
+    acts = features.detach()
+    g2, g3 = grads**2, grads**3
+    denominator = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
+    alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    weights = (alpha * torch.relu(grads)).sum(dim=(2, 3))  # (B, C)
+    return torch.relu(torch.einsum("bc,bchw->bhw", weights, acts))
+
+
+def _logit_gradients(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if not features.requires_grad:
+        raise ValueError("features must be part of the autograd graph (run the forward pass with grad enabled)")
+    # each logit depends only on its own image, so the gradient of the sum is the per-image gradient
+    (grads,) = torch.autograd.grad(logits.reshape(-1).sum(), features, retain_graph=True)
+    return grads  # (B, C, h, w)
+
+
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Min-max each map of (B, h, w) to [0, 1]. A constant map becomes all zeros (no NaN)."""
     flat = maps.reshape(maps.shape[0], -1)

@@ -61,7 +61,8 @@ def _train(args) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, pos_weight=args.pos_weight, augment=args.augment, pretrained=args.pretrained,
-        data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers, accelerator=args.accelerator,
+        data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers,
+        accelerator=args.accelerator,
         devices=args.devices, precision=args.precision, fast_dev_run=args.fast_dev_run,
     )
     result = fit(args.data, args.run, config)
@@ -71,13 +72,34 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from pneumocam.evaluate import EvalConfig, evaluate
+    from pneumocam.evaluate import EvalConfig, compare, evaluate
 
-    metrics = evaluate(args.checkpoint, args.data, args.out,
-                       EvalConfig(args.split, args.threshold, args.batch_size, args.bootstrap, args.seed, args.device))
-    keys = ("n", "n_positive", "threshold", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc")
-    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'predictions.csv'}")
+    config = EvalConfig(split=args.split, threshold=args.threshold, target_sensitivity=args.target_sensitivity,
+                        threshold_from=args.threshold_from, bootstrap=args.bootstrap, seed=args.seed,
+                        batch_size=args.batch_size, device=args.device, report=args.report)
+    if len(args.checkpoints) > 1:
+        result = compare(args.checkpoints, args.data, args.out, config)
+        keys = ("accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")
+        print("model  " + "".join(f"{k:>12}" for k in keys) + "  checkpoint")
+        for row in result["models"]:
+            values = "".join(f"{row[k]:>12.4f}" if row[k] is not None else f"{'n/a':>12}" for k in keys)
+            print(f"{row['model']:<7}{values}  {row['checkpoint']}")
+        for d in result["paired_auroc_differences"]:
+            print(f"AUROC(model {d['model']}) - AUROC(model 0) = {d['auroc_difference']:+.4f}, 95% CI "
+                  f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], paired bootstrap p = {d['p_value']:.3f}")
+        print(f"wrote {Path(args.out) / 'comparison.json'} and one folder per model")
+        return EXIT_OK
+    metrics = evaluate(args.checkpoints[0], args.data, args.out, config)
+    ci = metrics.get("ci95") or {}
+    print(f"{metrics['n']} images ({metrics['n_positive']} pneumonia), threshold {metrics['threshold']}")
+    for key in ("accuracy", "precision", "recall", "f1", "specificity", "npv", "auroc", "auprc", "brier", "ece"):
+        value = metrics.get(key)
+        interval = f"  [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci.get(key) else ""
+        print(f"  {key:<12}{value:.4f}{interval}" if value is not None else f"  {key:<12}n/a")
+    for warning in metrics["warnings"]:
+        print(f"note: {warning}", file=sys.stderr)
+    written = "metrics.json, predictions.csv" + (", plots and report.html" if args.report else "")
+    print(f"wrote {written} to {args.out}")
     return EXIT_OK
 
 
@@ -85,12 +107,35 @@ def _cam(args) -> int:
     from pneumocam.explain import CamConfig, explain_files
 
     report = explain_files(args.checkpoint, args.images, args.out,
-                           CamConfig(args.alpha, args.colormap, args.batch_size, args.device))
+                           CamConfig(args.alpha, args.colormap, args.batch_size, args.device, args.method))
     print(f"wrote {len(report.rows)} CAM overlays and maps to {report.out_dir} (index: cams.csv)")
     if report.failures:
         print(f"{len(report.failures)} inputs could not be read: {report.out_dir / 'failed.csv'}", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _localize(args) -> int:
+    from pneumocam.localize import LocalizeConfig, localize
+
+    config = LocalizeConfig(split=args.split, methods=tuple(args.methods), batch_size=args.batch_size,
+                            seed=args.seed, randomize_check=args.randomize_check, device=args.device)
+    result = localize(args.checkpoint, args.data, args.out, config)
+    named = [*result["methods"].items(), ("random map", result["baseline_random"]),
+             ("centre prior", result["baseline_centre"])]
+    rows = [(name, s["pointing_game"], s["mean_iou"], s["hit_rate_iobb"]["0.25"]) for name, s in named]
+    print(f"{result['n_images']} images with boxes ({args.split})")
+    print(f"{'method':<14}{'pointing':>10}{'IoU@0.5':>10}{'hit@IoBB.25':>13}")
+    for name, pointing, iou, hit in rows:
+        print(f"{name:<14}{pointing:>10.3f}{iou:>10.3f}{hit:>13.3f}")
+    check = result.get("randomization_check")
+    if check:
+        for name, c in check.items():
+            verdict = "passed" if c["passed"] else "FAILED"
+            print(f"randomisation check {name}: rank correlation {c['mean_rank_correlation']:.3f} -> {verdict}")
+    print(f"wrote {Path(args.out) / 'localization.json'} and localization_grid.png")
+    failed = check and not all(c["passed"] for c in check.values())
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def _demo(args) -> int:
@@ -104,6 +149,10 @@ def _demo(args) -> int:
     print(f"checkpoint: {summary['best_checkpoint']}")
     print(f"metrics:    {Path(summary['out_dir']) / 'eval' / 'metrics.json'}")
     print(f"CAM images: {Path(summary['out_dir']) / 'cam'}")
+    loc = summary["localization"]
+    print(f"localisation ({loc['n_images']} boxed images): CAM pointing game {loc['pointing_game']:.3f} "
+          f"(random map {loc['random_pointing_game']:.3f}), mean IoU {loc['mean_iou']:.3f} "
+          f"-> {Path(summary['out_dir']) / 'localize'}")
     return EXIT_OK
 
 
@@ -168,14 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-dev-run", action=argparse.BooleanOptionalAction, default=False,
                    help="one training and one validation batch, to check the set-up")
 
-    p = _add(sub, "evaluate", "Evaluate a checkpoint on a prepared split; writes metrics.json and predictions.csv.",
+    p = _add(sub, "evaluate", "Evaluate checkpoints on a prepared split: metrics.json, predictions.csv, plots, "
+                              "report.html; with several checkpoints, a comparison table.",
              _examples("pneumocam evaluate run/checkpoints/best.ckpt data/ eval/",
-                       "pneumocam evaluate run/checkpoints/best.ckpt data/ eval/ --threshold 0.3"), _evaluate)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+                       "pneumocam evaluate run/checkpoints/best.ckpt data/ eval/ --split test --threshold-from val",
+                       "pneumocam evaluate runA/checkpoints/best.ckpt runB/checkpoints/best.ckpt data/ compare/"),
+             _evaluate)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more .ckpt files written by pneumocam train")
     p.add_argument("data", help="prepared data folder")
     p.add_argument("out", help="output folder")
     p.add_argument("--split", default="val", help="split under DATA/Processed (default val)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the probability (default 0.5)")
+    p.add_argument("--target-sensitivity", type=float, default=0.9,
+                   help="operating point: the highest threshold reaching this sensitivity (default 0.9)")
+    p.add_argument("--threshold-from", default=None,
+                   help="split on which the Youden/target-sensitivity thresholds are chosen (default: --split)")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the plots, the CAM gallery and report.html (default on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0 = none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
@@ -189,10 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
     p.add_argument("--colormap", default="jet", help="matplotlib colour map (default jet)")
+    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="cam",
+                   help="cam (from the forward pass, default), gradcam or gradcam++ (one backward pass)")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
-    p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam on a phantom set, on CPU in minutes.",
+    p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB).",
+             _examples("pneumocam localize run/checkpoints/best.ckpt data/ loc/",
+                       "pneumocam localize run/checkpoints/best.ckpt data/ loc/ --split val --randomize-check"),
+             _localize)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("data", help="prepared data folder with boxes.csv")
+    p.add_argument("out", help="output folder (localization.json, localization_grid.png)")
+    p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
+    p.add_argument("--methods", nargs="+", choices=("cam", "gradcam", "gradcam++"),
+                   default=["cam", "gradcam", "gradcam++"], help="saliency methods to score (default all three)")
+    p.add_argument("--randomize-check", action=argparse.BooleanOptionalAction, default=False,
+                   help="model-randomisation sanity check: re-initialise layer4+fc, maps must change "
+                        "(exit code 3 if a method fails)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the randomisation")
+    p.add_argument("--batch-size", type=int, default=16, help="default 16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam -> localize on a phantom set, on CPU.",
              _examples("pneumocam demo", "pneumocam demo my-demo/ --n-images 200 --epochs 2"), _demo)
     p.add_argument("out", nargs="?", default="pneumocam-demo", help="output folder (default ./pneumocam-demo)")
     p.add_argument("--n-images", type=int, default=None, help="phantom images (default 800)")
@@ -203,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes figures to files; never open a window
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if getattr(args, "workers", 1) is None:

@@ -1,11 +1,12 @@
-"""The whole method on the phantom set: synth -> prepare -> train -> evaluate -> cam, on CPU in minutes.
+"""The whole method on the phantom set: synth -> prepare -> train -> evaluate -> cam -> localize, on CPU.
 
 Layout under OUT:
   source/     phantom DICOMs + labels CSV (RSNA layout)
   data/       Processed/{train,val}/{0,1}/*.npy, manifest.csv, boxes.csv, stats.json, rejected.csv
   run/        checkpoints/{best,last}.ckpt, config.json, logs/metrics.csv
   eval/       metrics.json, predictions.csv
-  cam/        side-by-side overlays of validation images, raw maps, cams.csv
+  cam/        side-by-side overlays of validation images (boxes dashed), raw maps, cams.csv
+  localize/   localization.json (pointing game, IoU, IoBB vs random/centre baselines), overlay grid
   summary.json
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 
 from pneumocam.data import split_dataset
 from pneumocam.evaluate import EvalConfig, evaluate
-from pneumocam.explain import CamConfig, write_cam_outputs
+from pneumocam.explain import CAM_FIELDS, CamConfig, write_cam_outputs
 from pneumocam.files import write_csv, write_json
 from pneumocam.inference import Predictor
+from pneumocam.localize import LocalizeConfig, localize
 from pneumocam.prepare import PrepareConfig, load_boxes, prepare
 from pneumocam.synthetic import SynthConfig, synthesize
 from pneumocam.train import TrainConfig, fit
@@ -32,20 +34,24 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     synth: SynthConfig = SynthConfig(n_images=800, positive_fraction=0.35, seed=0, workers=2)
     prepare: PrepareConfig = PrepareConfig(val_fraction=0.2, seed=0)
-    train: TrainConfig = TrainConfig(epochs=6, batch_size=16, lr=1e-3, augment="none", pretrained="none",
+    train: TrainConfig = TrainConfig(epochs=6, batch_size=16, lr=2e-3, augment="none", pretrained="none",
                                      data_stats=True, seed=0)
     n_cam_images: int = 8
 
 
-def _cam_examples(data_dir: Path, n: int) -> list[Path]:
-    """The first n/2 positive validation images that have boxes, then negatives to fill up to n."""
+def _cam_examples(data_dir: Path, n: int) -> tuple[list[Path], list[list]]:
+    """Up to n - n//2 boxed positive validation images, then negatives; with each image's boxes."""
     dataset = split_dataset(data_dir, "val")
     boxes = load_boxes(data_dir)
-    base = data_dir.resolve()
-    positives = [Path(p) for p, _ in dataset.samples if str(Path(p).resolve().relative_to(base)) in boxes]
-    negatives = [Path(p) for p, t in dataset.samples if dataset.classes[t] == "0"]
+    relative = [(Path(p), dataset_files_key(p, data_dir)) for p, _ in dataset.samples]
+    positives = [(p, boxes[key]) for p, key in relative if key in boxes]
+    negatives = [(p, []) for p, key in relative if "/0/" in key]
     chosen = positives[: n - n // 2] + negatives[: n // 2]
-    return chosen + [p for p in positives[len(chosen) :] if len(chosen) < n][: n - len(chosen)]
+    return [p for p, _ in chosen], [b for _, b in chosen]
+
+
+def dataset_files_key(path: str, data_dir: Path) -> str:
+    return str(Path(path).resolve().relative_to(data_dir.resolve()))
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
@@ -64,21 +70,26 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     fitted = timed("train", fit, out_dir / "data", out_dir / "run", config.train)
     metrics = timed("evaluate", evaluate, fitted.best_checkpoint, out_dir / "data", out_dir / "eval",
                     EvalConfig(split="val"))
-    examples = _cam_examples(out_dir / "data", config.n_cam_images)
+    examples, example_boxes = _cam_examples(out_dir / "data", config.n_cam_images)
 
     def cams():
         predictor = Predictor.from_checkpoint(fitted.best_checkpoint)
         predictions, _ = predictor.predict_files(examples)
-        rows = write_cam_outputs(predictions, out_dir / "cam", CamConfig().alpha, CamConfig().colormap)
-        write_csv(out_dir / "cam" / "cams.csv", list(rows[0]), rows)
+        rows = write_cam_outputs(predictions, out_dir / "cam", CamConfig().alpha, CamConfig().colormap, example_boxes)
+        write_csv(out_dir / "cam" / "cams.csv", CAM_FIELDS, rows)
         return rows
 
     cam_rows = timed("cam", cams)
+    loc = timed("localize", localize, fitted.best_checkpoint, out_dir / "data", out_dir / "localize",
+                LocalizeConfig(split="val"))
     summary = {
         "out_dir": str(out_dir.resolve()), "timings_s": timings, "total_s": round(sum(timings.values()), 1),
         "best_checkpoint": str(fitted.best_checkpoint), "metrics": {k: metrics[k] for k in (
             "n", "n_positive", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc")},
         "cam_images": [str(out_dir / "cam" / r["png"]) for r in cam_rows],
+        "localization": {"n_images": loc["n_images"], "pointing_game": loc["pointing_game"],
+                         "mean_iou": loc["mean_iou"], "random_pointing_game": loc["baseline_random"]["pointing_game"],
+                         "methods": {m: v["pointing_game"] for m, v in loc["methods"].items()}},
         "config": {"synth": asdict(config.synth), "prepare": asdict(config.prepare), "train": asdict(config.train)},
     }
     write_json(out_dir / "summary.json", summary)
@@ -96,3 +107,20 @@ def scaled_config(n_images: int | None = None, epochs: int | None = None, seed: 
         config = replace(config, synth=replace(config.synth, seed=seed),
                          prepare=replace(config.prepare, seed=seed), train=replace(config.train, seed=seed))
     return config
+
+
+def ensure_phantom_run(workdir: str | Path, n_images: int = 400, epochs: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """A prepared phantom data set and a trained checkpoint under `workdir`, made only if absent.
+
+    The notebooks call this so each runs on its own, and reuse what an earlier notebook made.
+    Returns (data_dir, best_checkpoint).
+    """
+    workdir = Path(workdir)
+    config = scaled_config(n_images, epochs, seed)
+    data_dir, checkpoint = workdir / "data", workdir / "run" / "checkpoints" / "best.ckpt"
+    if not (data_dir / "stats.json").exists():
+        synthesize(workdir / "source", config.synth)
+        prepare(workdir / "source", data_dir, config.prepare)
+    if not checkpoint.exists():
+        checkpoint = fit(data_dir, workdir / "run", config.train).best_checkpoint
+    return data_dir, checkpoint

@@ -1,12 +1,14 @@
-"""Evaluation stage: a checkpoint on a prepared split -> metrics.json + predictions.csv.
+"""Evaluation stage: a checkpoint on a prepared split -> metrics.json, predictions.csv, plots, report.html.
 
 Probabilities are sigmoid(logit); the decision is probability >= threshold (0.5 by default).
-metrics.json also records the checkpoint's config, data fingerprint and versions, so a number can
-always be traced to the model and data that produced it.
+Data-driven thresholds (Youden, target sensitivity) are chosen on `threshold_from` (default: the
+evaluated split itself, which the report flags as optimistic). metrics.json also records the
+checkpoint's config, data fingerprints and versions, so a number can be traced to its model and data.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -16,72 +18,215 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumocam.data import dataset_files, dataset_labels, load_file, read_fingerprint, split_dataset
-from pneumocam.files import write_csv, write_json
+from pneumocam.errors import PneumocamError
+from pneumocam.files import read_csv, save_figure, write_csv, write_json
 from pneumocam.inference import Predictor, batches
-from pneumocam.metrics import Bootstrap, bootstrap_ci, classification_metrics
+from pneumocam.metrics import (
+    Bootstrap,
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    operating_points,
+    paired_auroc_difference,
+    threshold_for_sensitivity,
+    youden_threshold,
+)
 from pneumocam.provenance import package_versions
 
 log = logging.getLogger(__name__)
+GALLERY = ("true positives", "false positives", "false negatives", "true negatives")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     split: str = "val"
     threshold: float = 0.5
-    batch_size: int = 32
+    target_sensitivity: float = 0.9
+    threshold_from: str | None = None  # split on which data-driven thresholds are chosen; None = `split`
     bootstrap: int = 1000
     seed: int = 0
+    batch_size: int = 32
     device: str = "cpu"
+    gallery_size: int = 4
+    report: bool = True
 
 
 @dataclass(frozen=True)
 class SplitPredictions:
     files: list[str]
+    patients: list[str]
     labels: np.ndarray  # (N,) 0/1
     logits: np.ndarray  # (N,)
     probabilities: np.ndarray  # (N,) in [0, 1]
+
+
+def _patients(data_dir: Path, files: list[str]) -> list[str]:
+    manifest = data_dir / "manifest.csv"
+    by_file = {row["file"]: row["patient"] for row in read_csv(manifest)} if manifest.exists() else {}
+    return [by_file.get(f, Path(f).stem) for f in files]
 
 
 def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_size: int = 32) -> SplitPredictions:
     """Run the model on every prepared image of a split, in batches, with a progress bar."""
     dataset = split_dataset(data_dir, split)
     files, labels = dataset_files(dataset, data_dir), dataset_labels(dataset)
+    if not files:
+        raise PneumocamError(f"{Path(data_dir) / 'Processed' / split}: no images to evaluate")
     paths = [path for path, _ in dataset.samples]
-    logits = []
-    for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch"):
-        batch_logits, _, _ = predictor.forward([load_file(p) for p in chunk])
-        logits.append(batch_logits)
-    logits_arr = np.concatenate(logits) if logits else np.zeros(0, dtype=np.float32)
-    return SplitPredictions(files, labels, logits_arr, 1.0 / (1.0 + np.exp(-logits_arr.astype(np.float64))))
+    logits = [predictor.forward([load_file(p) for p in chunk])[0]
+              for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch")]
+    logits_arr = np.concatenate(logits)
+    probabilities = 1.0 / (1.0 + np.exp(-logits_arr.astype(np.float64)))
+    return SplitPredictions(files, _patients(Path(data_dir), files), labels, logits_arr, probabilities)
+
+
+def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: EvalConfig) -> dict:
+    """Point metrics, ECE, bootstrap CIs and operating points (thresholds chosen on `choose`)."""
+    metrics = classification_metrics(preds.probabilities, preds.labels, config.threshold)
+    metrics["ece"] = expected_calibration_error(preds.probabilities, preds.labels)
+    metrics["ci95"] = bootstrap_ci(preds.probabilities, preds.labels, config.threshold,
+                                   Bootstrap(config.bootstrap, config.seed)) if config.bootstrap else {}
+    target = config.target_sensitivity
+    thresholds = {
+        f"threshold {config.threshold:g}": config.threshold,
+        "Youden-optimal": youden_threshold(choose.probabilities, choose.labels),
+        f"sensitivity >= {target:g}": threshold_for_sensitivity(choose.probabilities, choose.labels, target),
+    }
+    metrics["operating_points"] = operating_points(preds.probabilities, preds.labels, thresholds)
+    chosen_on = config.threshold_from or config.split
+    metrics["thresholds_chosen_on"] = chosen_on
+    if chosen_on == config.split:
+        metrics["warnings"].append(
+            f"The Youden and target-sensitivity thresholds were chosen on the '{chosen_on}' split and are reported "
+            "on the same images, so their numbers are optimistic; choose them on other data with --threshold-from.")
+    return metrics
 
 
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig = EvalConfig()) -> dict:
-    """Write OUT/metrics.json and OUT/predictions.csv; returns the metrics dict."""
-    out_dir = Path(out_dir)
+    """Write OUT/metrics.json, OUT/predictions.csv and (with config.report) plots and report.html."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
     start = time.perf_counter()
     preds = predict_split(predictor, data_dir, config.split, config.batch_size)
-    inference_s = time.perf_counter() - start
+    same = config.threshold_from in (None, config.split)
+    choose = preds if same else predict_split(predictor, data_dir, config.threshold_from, config.batch_size)
+    timing = {"inference": time.perf_counter() - start}
     start = time.perf_counter()
-    metrics = classification_metrics(preds.probabilities, preds.labels, config.threshold)
-    metrics["ci95"] = bootstrap_ci(preds.probabilities, preds.labels, config.threshold,
-                                   Bootstrap(config.bootstrap, config.seed)) if config.bootstrap else {}
-    metrics_s = time.perf_counter() - start
+    metrics = compute_metrics(preds, choose, config)
+    timing["metrics_and_bootstrap"] = time.perf_counter() - start
     meta = predictor.metadata
     metrics.update({
-        "split": config.split, "bootstrap_resamples": config.bootstrap,
-        "timing_s": {"inference": round(inference_s, 3), "metrics": round(metrics_s, 3)},
-        "checkpoint": str(Path(checkpoint).resolve()), "data_dir": str(Path(data_dir).resolve()),
+        "split": config.split, "bootstrap_resamples": config.bootstrap, "bootstrap_seed": config.seed,
+        "checkpoint": str(Path(checkpoint).resolve()), "data_dir": str(data_dir.resolve()),
         "data_fingerprint": read_fingerprint(data_dir), "train_data_fingerprint": meta.get("data_fingerprint"),
         "model_config": meta.get("config"), "normalization": meta.get("normalization"),
-        "versions": package_versions(),
+        "git_commit": meta.get("git_commit"), "versions": package_versions(),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", metrics)
-    rows = [{"file": f, "label": int(y), "probability": f"{p:.6f}", "logit": f"{z:.6f}",
+    rows = [{"file": f, "patient": pid, "label": int(y), "probability": f"{p:.6f}", "logit": f"{z:.6f}",
              "prediction": int(p >= config.threshold)}
-            for f, y, p, z in zip(preds.files, preds.labels, preds.probabilities, preds.logits, strict=True)]
-    write_csv(out_dir / "predictions.csv", ["file", "label", "probability", "logit", "prediction"], rows)
-    log.info("evaluated %d images: accuracy %.4f, AUROC %s", metrics["n"], metrics["accuracy"], metrics["auroc"])
+            for f, pid, y, p, z in zip(preds.files, preds.patients, preds.labels, preds.probabilities,
+                                       preds.logits, strict=True)]
+    write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "prediction"], rows)
+    if config.report:
+        start = time.perf_counter()
+        write_report(out_dir, metrics, preds, predictor, data_dir, config)
+        timing["plots_and_report"] = time.perf_counter() - start
+    metrics["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("evaluated %d images: accuracy %.4f, AUROC %s (%s)", metrics["n"], metrics["accuracy"],
+             metrics["auroc"], metrics["timing_s"])
     return metrics
+
+
+def _figure_png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def gallery_indices(preds: SplitPredictions, threshold: float, size: int) -> dict[str, list[int]]:
+    """The most confident cases of each outcome: highest probability for predicted positives,
+    lowest for predicted negatives."""
+    predicted = preds.probabilities >= threshold
+    order = np.argsort(-preds.probabilities, kind="stable")
+    pick = {
+        "true positives": [i for i in order if predicted[i] and preds.labels[i] == 1],
+        "false positives": [i for i in order if predicted[i] and preds.labels[i] == 0],
+        "false negatives": [i for i in order[::-1] if not predicted[i] and preds.labels[i] == 1],
+        "true negatives": [i for i in order[::-1] if not predicted[i] and preds.labels[i] == 0],
+    }
+    return {name: [int(i) for i in indices[:size]] for name, indices in pick.items()}
+
+
+def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
+                 config: EvalConfig) -> None:
+    """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
+    from pneumocam.files import atomic_open
+    from pneumocam.overlay import side_by_side
+    from pneumocam.plots import calibration_figure, confusion_figure, pr_figure, roc_figure
+    from pneumocam.report import build_report
+
+    points = [p for p in metrics["operating_points"] if p.get("available")]
+    figures = {
+        "ROC curve": ("roc.png", roc_figure(preds.probabilities, preds.labels, metrics["auroc"], points)),
+        "Precision-recall curve": ("pr.png", pr_figure(preds.probabilities, preds.labels, metrics["auprc"])),
+        "Confusion matrix": ("confusion.png", confusion_figure(metrics["confusion"], config.threshold)),
+        "Calibration": ("calibration.png", calibration_figure(preds.probabilities, preds.labels, metrics["brier"],
+                                                              metrics["ece"])),
+    }
+    plots = {}
+    for title, (name, figure) in figures.items():
+        save_figure(out_dir / name, figure, dpi=90)
+        plots[title] = _figure_png(figure)
+    gallery, gallery_rows = {}, []
+    for category, indices in gallery_indices(preds, config.threshold, config.gallery_size).items():
+        images = [load_file(data_dir / preds.files[i]) for i in indices]
+        predictions = predictor.predict_arrays(images, [preds.files[i] for i in indices]) if images else []
+        gallery[category] = []
+        for rank, (i, prediction) in enumerate(zip(indices, predictions, strict=True)):
+            caption = f"{Path(preds.files[i]).stem[:16]}  p = {prediction.probability:.3f}  label {preds.labels[i]}"
+            png = _figure_png(side_by_side(prediction.image, prediction.cam, caption))
+            name = f"gallery/{category.replace(' ', '_')}_{rank}.png"
+            with atomic_open(out_dir / name, "wb") as f:
+                f.write(png)
+            gallery[category].append((caption, png))
+            gallery_rows.append({"category": category, "rank": rank, "file": preds.files[i],
+                                 "label": int(preds.labels[i]), "probability": f"{prediction.probability:.6f}",
+                                 "png": name})
+    write_csv(out_dir / "gallery.csv", ["category", "rank", "file", "label", "probability", "png"], gallery_rows)
+    provenance = {"checkpoint": metrics["checkpoint"], "data": metrics["data_dir"], "split": config.split,
+                  "data fingerprint": metrics["data_fingerprint"],
+                  "training data fingerprint": metrics["train_data_fingerprint"], "git commit": metrics["git_commit"],
+                  "bootstrap resamples": config.bootstrap, "model config": metrics["model_config"],
+                  "normalization": metrics["normalization"], "versions": metrics["versions"]}
+    with atomic_open(out_dir / "report.html", "w", encoding="utf-8") as f:
+        f.write(build_report(metrics, plots, gallery, provenance))
+
+
+def compare(checkpoints: list[str | Path], data_dir: str | Path, out_dir: str | Path,
+            config: EvalConfig = EvalConfig()) -> dict:
+    """Evaluate several checkpoints on the same split (OUT/model_<k>/ each), then a comparison table and the
+    paired-bootstrap AUROC difference of every model against the first -> OUT/comparison.json + .csv."""
+    out_dir = Path(out_dir)
+    results, probabilities = [], []
+    for k, checkpoint in enumerate(checkpoints):
+        metrics = evaluate(checkpoint, data_dir, out_dir / f"model_{k}", config)
+        rows = read_csv(out_dir / f"model_{k}" / "predictions.csv")
+        probabilities.append(np.array([float(r["probability"]) for r in rows]))
+        labels = np.array([int(r["label"]) for r in rows])
+        results.append({"model": k, "checkpoint": str(checkpoint), **{m: metrics[m] for m in (
+            "n", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")}})
+    differences = []
+    for k in range(1, len(checkpoints)):
+        diff = paired_auroc_difference(probabilities[k], probabilities[0], labels, Bootstrap(config.bootstrap or 1000,
+                                                                                            config.seed))
+        differences.append({"model": k, "versus": 0, **diff})
+    comparison = {"models": results, "paired_auroc_differences": differences, "split": config.split}
+    write_json(out_dir / "comparison.json", comparison)
+    write_csv(out_dir / "comparison.csv", list(results[0]), results)
+    return comparison

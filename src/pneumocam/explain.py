@@ -21,7 +21,8 @@ from pneumocam.overlay import side_by_side
 
 log = logging.getLogger(__name__)
 
-CAM_FIELDS = ["source", "probability", "logit", "label", "threshold", "peak_x", "peak_y", "png", "cam7x7", "cam224"]
+CAM_FIELDS = ["source", "probability", "logit", "label", "threshold", "method", "peak_x", "peak_y", "png", "cam7x7",
+              "cam224"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class CamConfig:
     colormap: str = "jet"
     batch_size: int = 32
     device: str = "cpu"
+    method: str = "cam"
 
 
 @dataclass(frozen=True)
@@ -49,23 +51,29 @@ def _unique_names(predictions: list[Prediction]) -> list[str]:
     return names
 
 
-def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str) -> list[dict]:
-    """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows."""
+def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str,
+                      boxes: list | None = None) -> list[dict]:
+    """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
+
+    boxes: optional ground-truth boxes per prediction (224-px space), drawn dashed on the figure.
+    """
     import matplotlib.pyplot as plt
 
     rows = []
     named = list(zip(predictions, _unique_names(predictions), strict=True))
-    for prediction, name in tqdm(named, desc="cam", unit="img"):
+    for index, (prediction, name) in enumerate(tqdm(named, desc="cam", unit="img")):
         verdict = "pneumonia" if prediction.label else "no pneumonia"
         title = f"{Path(prediction.source).name}\np(pneumonia) = {prediction.probability:.3f} -> {verdict}"
-        figure = side_by_side(prediction.image, prediction.cam, title, alpha, colormap)
+        figure = side_by_side(prediction.image, prediction.cam, title, alpha, colormap,
+                              boxes=boxes[index] if boxes else (), method=prediction.method)
         save_figure(out_dir / f"{name}_cam.png", figure, dpi=100)
         plt.close(figure)
         save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
         peak_y, peak_x = np.unravel_index(int(np.argmax(prediction.cam)), prediction.cam.shape)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
-                     "logit": f"{prediction.logit:.6f}", "label": prediction.label, "threshold": prediction.threshold,
+                     "logit": f"{prediction.logit:.6f}", "label": prediction.label,
+                     "threshold": prediction.threshold, "method": prediction.method,
                      "peak_x": int(peak_x), "peak_y": int(peak_y), "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy", "cam224": f"{name}_cam224.npy"})
     return rows
@@ -76,7 +84,7 @@ def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
-    predictions, failures = predictor.predict_files(paths, cam=True, batch_size=config.batch_size)
+    predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap)
     write_csv(out_dir / "cams.csv", CAM_FIELDS, rows)

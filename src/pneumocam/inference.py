@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumocam.cam import class_activation_map, upsample_and_normalize
+from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
@@ -22,6 +22,9 @@ from pneumocam.model import PneumoniaNet
 from pneumocam.preprocess import IMAGE_SIZE, to_model_input
 
 log = logging.getLogger(__name__)
+
+GRADIENT_METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}
+METHODS = ("cam", *GRADIENT_METHODS)
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,9 @@ class Prediction:
     label: int  # 1 when probability >= threshold
     threshold: float
     image: np.ndarray  # (224, 224) model input in [0, 1]
-    cam: np.ndarray | None = None  # (224, 224) normalised CAM in [0, 1]
-    cam_raw: np.ndarray | None = None  # (7, 7) raw CAM in logit units: mean(cam_raw) + bias = logit
+    cam: np.ndarray | None = None  # (224, 224) normalised map in [0, 1]
+    cam_raw: np.ndarray | None = None  # (7, 7) raw map; for CAM in logit units: mean(cam_raw) + bias = logit
+    method: str = "cam"
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -95,24 +99,37 @@ class Predictor:
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))  # (B, 224, 224)
         return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
 
+    def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like forward, with the map from `method`: cam (free, same pass), gradcam or gradcam++ (one backward)."""
+        if method == "cam":
+            return self.forward(images)
+        if method not in GRADIENT_METHODS:
+            raise PneumocamError(f"unknown CAM method {method!r}; choose from {METHODS}")
+        x = collate_images(images, self.normalization).to(self.device)
+        with torch.enable_grad():
+            logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
+            raw = GRADIENT_METHODS[method](features, logits[:, 0]).detach().float()  # (B, 7, 7)
+        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))
+        return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
+
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
-                       cam: bool = True, batch_size: int = 32) -> list[Prediction]:
+                       cam: bool = True, batch_size: int = 32, method: str = "cam") -> list[Prediction]:
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(images))]
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = [to_model_input(np.asarray(im, dtype=np.float32), IMAGE_SIZE)
                      for im in images[start : start + batch_size]]
-            logits, raw, maps = self.forward(chunk)
+            logits, raw, maps = self.saliency(chunk, method) if cam else self.forward(chunk)
             for i, image in enumerate(chunk):
                 probability = float(1.0 / (1.0 + np.exp(-float(logits[i]))))
                 out.append(Prediction(
                     sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
-                    self.threshold, image, maps[i] if cam else None, raw[i] if cam else None,
+                    self.threshold, image, maps[i] if cam else None, raw[i] if cam else None, method,
                 ))
         return out
 
-    def predict_files(self, paths: Sequence[str | Path], cam: bool = True,
-                      batch_size: int = 32) -> tuple[list[Prediction], list[dict]]:
+    def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,
+                      method: str = "cam") -> tuple[list[Prediction], list[dict]]:
         """Predict every readable file; unreadable ones come back as {"source", "reason"} rows."""
         predictions, failures = [], []
         for chunk in batches(list(paths), batch_size):
@@ -124,5 +141,5 @@ class Predictor:
                 except ImageReadError as exc:
                     failures.append({"source": str(path), "reason": exc.reason})
             if images:
-                predictions += self.predict_arrays(images, sources, cam=cam, batch_size=batch_size)
+                predictions += self.predict_arrays(images, sources, cam, batch_size, method)
         return predictions, failures

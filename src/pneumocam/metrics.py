@@ -103,3 +103,68 @@ def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
                 samples[name].append(values[name])
     return {name: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None)
             for name, v in samples.items()}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
+    """ECE with equal-width bins (torchmetrics' binary calibration error, L1 norm)."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    probs, labels = _check(probs, labels)
+    return float(binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=n_bins))
+
+
+def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """The threshold maximising sensitivity + specificity - 1 (None with one class)."""
+    probs, labels = _check(probs, labels)
+    if not 0 < labels.sum() < labels.size:
+        return None
+    fpr, tpr, thresholds = skm.roc_curve(labels, probs)
+    return _finite_threshold(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def threshold_for_sensitivity(probs: np.ndarray, labels: np.ndarray, target: float) -> float | None:
+    """The highest threshold whose sensitivity reaches `target` (so specificity is as high as it can be)."""
+    probs, labels = _check(probs, labels)
+    if labels.sum() == 0:
+        return None
+    fpr, tpr, thresholds = skm.roc_curve(labels, probs, drop_intermediate=False)
+    index = int(np.flatnonzero(tpr >= target - 1e-12)[0])
+    return _finite_threshold(thresholds[index])
+
+
+def _finite_threshold(value: float) -> float:
+    # roc_curve's first threshold is +inf ("predict nothing positive"); just above 1 means the same
+    return float(value) if np.isfinite(value) else float(np.nextafter(1.0, 2.0))
+
+
+def operating_points(probs: np.ndarray, labels: np.ndarray, thresholds: dict[str, float | None]) -> list[dict]:
+    """The threshold metrics at each named threshold; a None threshold is reported as unavailable."""
+    points = []
+    for name, threshold in thresholds.items():
+        if threshold is None:
+            points.append({"name": name, "threshold": None, "available": False})
+        else:
+            points.append({"name": name, "available": True, **threshold_metrics(probs, labels, threshold)})
+    return points
+
+
+def paired_auroc_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
+                            config: Bootstrap = Bootstrap()) -> dict:
+    """AUROC(a) - AUROC(b) on the same images, with a stratified paired-bootstrap 95% CI and a
+    two-sided bootstrap p-value (twice the share of resampled differences on the other side of 0)."""
+    probs_a, labels = _check(probs_a, labels)
+    probs_b, _ = _check(probs_b, labels)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if not pos.size or not neg.size:
+        raise ValueError("a paired AUROC comparison needs both classes")
+    rng = np.random.default_rng(config.seed)
+    diffs = np.empty(config.n_resamples)
+    for i in range(config.n_resamples):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        diffs[i] = skm.roc_auc_score(labels[idx], probs_a[idx]) - skm.roc_auc_score(labels[idx], probs_b[idx])
+    point = skm.roc_auc_score(labels, probs_a) - skm.roc_auc_score(labels, probs_b)
+    p_value = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return {"auroc_difference": float(point), "ci95": [float(np.percentile(diffs, 2.5)),
+                                                        float(np.percentile(diffs, 97.5))],
+            "p_value": float(p_value), "n_resamples": config.n_resamples}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # figures are written to files; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
 def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
@@ -33,13 +33,13 @@ def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:
 
 
 def side_by_side(image: np.ndarray, cam: np.ndarray, title: str = "", alpha: float = 0.5,
-                 colormap: str = "jet", boxes: Sequence = ()) -> Figure:
+                 colormap: str = "jet", boxes: Sequence = (), method: str = "cam") -> Figure:
     """The original (left) and the CAM overlay (right); ground-truth boxes dashed on both if given."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.3), constrained_layout=True)
     left.imshow(image, cmap="gray", vmin=0, vmax=1)
     left.set_title("original")
     right.imshow(overlay_cam(image, cam, alpha, colormap))
-    right.set_title(f"CAM ({colormap}, alpha {alpha})")
+    right.set_title(f"{METHOD_NAMES.get(method, method)} ({colormap}, alpha {alpha})")
     for ax in (left, right):
         _draw_boxes(ax, boxes)
         ax.axis("off")

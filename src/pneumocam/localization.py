@@ -1,0 +1,105 @@
+"""How well saliency maps hit ground-truth boxes: pointing game, IoU, IoBB, hit rates, energy.
+
+All maps are (N, H, W) arrays in [0, 1]; boxes are (x, y, width, height) in the same pixel space
+(a pixel (row r, column c) is inside a box when its centre (c + 0.5, r + 0.5) is). An image's
+ground truth is the union of its boxes.
+
+- pointing game (Zhang et al., 2016): the map's maximum falls inside a box.
+- IoU at threshold t: region = map >= t; |region ∩ boxes| / |region ∪ boxes|.
+- IoBB at threshold t (ChestX-ray8, Wang et al., 2017): the bounding box of the region is the
+  detected box; |detected ∩ boxes| / |detected|. A hit at level L means IoBB >= L.
+- energy: the share of the map's total mass inside the boxes (energy-based pointing game).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THRESHOLDS = (0.3, 0.5, 0.7)
+IOBB_LEVELS = (0.1, 0.25, 0.5)
+Box = tuple[float, float, float, float]
+
+
+def box_mask(boxes: Sequence[Box], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask of the union of the boxes."""
+    height, width = shape
+    rows = np.arange(height)[:, None] + 0.5
+    cols = np.arange(width)[None, :] + 0.5
+    mask = np.zeros(shape, dtype=bool)
+    for x, y, w, h in boxes:
+        mask |= (cols >= x) & (cols < x + w) & (rows >= y) & (rows < y + h)
+    return mask
+
+
+def pointing_hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
+    row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    return bool(mask[row, col])
+
+
+def iou(region: np.ndarray, mask: np.ndarray) -> float:
+    union = np.logical_or(region, mask).sum()
+    return float(np.logical_and(region, mask).sum() / union) if union else 0.0
+
+
+def iobb(region: np.ndarray, mask: np.ndarray) -> float:
+    if not region.any():
+        return 0.0
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    detected = np.zeros_like(region)
+    detected[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+    return float(np.logical_and(detected, mask).sum() / detected.sum())
+
+
+def energy_in_boxes(saliency: np.ndarray, mask: np.ndarray) -> float:
+    total = float(saliency.sum())
+    return float(saliency[mask].sum() / total) if total > 0 else 0.0
+
+
+def score_image(saliency: np.ndarray, boxes: Sequence[Box]) -> dict:
+    mask = box_mask(boxes, saliency.shape)
+    scores = {"pointing": pointing_hit(saliency, mask), "energy": energy_in_boxes(saliency, mask)}
+    for t in THRESHOLDS:
+        region = saliency >= t
+        scores[f"iou@{t}"] = iou(region, mask)
+        scores[f"iobb@{t}"] = iobb(region, mask)
+    return scores
+
+
+def score_maps(maps: np.ndarray, boxes: Sequence[Sequence[Box]]) -> dict:
+    """Mean scores over images: pointing_game, mean_iou (at 0.5), iou/iobb per threshold, hit rates
+    at IoBB 0.1/0.25/0.5 (region at threshold 0.5), energy."""
+    if len(maps) != len(boxes):
+        raise ValueError(f"{len(maps)} maps but {len(boxes)} box lists")
+    if len(maps) == 0:
+        raise ValueError("no images with boxes to score")
+    per_image = [score_image(m, b) for m, b in zip(maps, boxes, strict=True)]
+
+    def mean(key: str) -> float:
+        return float(np.mean([s[key] for s in per_image]))
+
+    result = {"n_images": len(per_image), "pointing_game": mean("pointing"), "mean_iou": mean("iou@0.5"),
+              "energy_in_boxes": mean("energy")}
+    result["iou"] = {str(t): mean(f"iou@{t}") for t in THRESHOLDS}
+    result["iobb"] = {str(t): mean(f"iobb@{t}") for t in THRESHOLDS}
+    result["hit_rate_iobb"] = {str(level): float(np.mean([s["iobb@0.5"] >= level for s in per_image]))
+                               for level in IOBB_LEVELS}
+    return result
+
+
+def centre_prior(shape: tuple[int, int], sigma_fraction: float = 0.25) -> np.ndarray:
+    """A Gaussian bump at the image centre in [0, 1]: the 'looks at the middle' baseline."""
+    height, width = shape
+    rows = (np.arange(height) + 0.5 - height / 2) / (sigma_fraction * height)
+    cols = (np.arange(width) + 0.5 - width / 2) / (sigma_fraction * width)
+    return np.exp(-0.5 * (rows[:, None] ** 2 + cols[None, :] ** 2)).astype(np.float32)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (Pearson on ranks; ties broken by position)."""
+    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
+    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])

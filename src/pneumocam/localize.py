@@ -1,0 +1,128 @@
+"""Localisation stage: saliency maps of positive images vs their ground-truth boxes.
+
+Writes OUT/localization.json (scores per method, a random-map and a centre-prior baseline, and
+optionally the model-randomisation check) and OUT/localization_grid.png (overlays with boxes).
+Only images with at least one box in boxes.csv are scored (the boxes mark pneumonia).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pneumocam.cam import upsample_and_normalize
+from pneumocam.data import load_file, read_fingerprint
+from pneumocam.errors import PneumocamError
+from pneumocam.files import save_figure, write_json
+from pneumocam.inference import METHODS, Predictor, batches
+from pneumocam.localization import centre_prior, rank_correlation, score_maps
+from pneumocam.overlay import overlay_grid
+from pneumocam.prepare import load_boxes
+from pneumocam.provenance import package_versions
+
+log = logging.getLogger(__name__)
+
+# The model-randomisation test (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018):
+# after re-initialising layer4 and fc a faithful method's maps must change; a mean Spearman rank
+# correlation with the trained model's maps at or above this value fails the check.
+RANDOMIZATION_MAX_CORRELATION = 0.5
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    split: str = "all"  # "all", "train" or "val"
+    methods: tuple[str, ...] = METHODS
+    batch_size: int = 16
+    seed: int = 0
+    randomize_check: bool = False
+    grid_images: int = 16
+    device: str = "cpu"
+
+
+def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
+    boxes = load_boxes(data_dir)
+    files = sorted(f for f in boxes if split == "all" or f.startswith(f"Processed/{split}/"))
+    if not files:
+        raise PneumocamError(f"{data_dir}: no images with boxes in split {split!r} (see boxes.csv)")
+    return files, [boxes[f] for f in files]
+
+
+def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int) -> dict[str, np.ndarray]:
+    """method -> (N, 224, 224) maps in [0, 1], computed in batches."""
+    maps: dict[str, list] = {m: [] for m in methods}
+    for chunk in tqdm(list(batches(images, batch_size)), desc="saliency", unit="batch"):
+        for method in methods:
+            maps[method].append(predictor.saliency(chunk, method)[2])
+    return {m: np.concatenate(v) for m, v in maps.items()}
+
+
+def random_maps(n: int, seed: int, size: int = 224, cells: int = 7) -> np.ndarray:
+    """Uniform random maps at the CAM's own 7x7 resolution, upsampled like a CAM: a fair chance level."""
+    generator = torch.Generator().manual_seed(seed)
+    return upsample_and_normalize(torch.rand(n, cells, cells, generator=generator), (size, size)).numpy()
+
+
+def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
+    """A copy whose layer4 and fc are re-initialised (seeded): what the maps look like without learning."""
+    net = copy.deepcopy(predictor.net).cpu()
+    torch.manual_seed(seed)
+    for module in list(net.feature_map[7].modules()) + [net.fc]:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return Predictor(net, predictor.normalization, predictor.threshold, predictor.metadata, str(predictor.device))
+
+
+def randomization_check(predictor: Predictor, images, maps: dict[str, np.ndarray], config: LocalizeConfig) -> dict:
+    randomized = compute_maps(randomized_predictor(predictor, config.seed), images, list(maps), config.batch_size)
+    result = {}
+    for method, original in maps.items():
+        pairs = zip(original, randomized[method], strict=True)
+        correlation = float(np.mean([rank_correlation(a, b) for a, b in pairs]))
+        result[method] = {"mean_rank_correlation": correlation, "passed": correlation < RANDOMIZATION_MAX_CORRELATION}
+    return result
+
+
+def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+             config: LocalizeConfig = LocalizeConfig()) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    files, boxes = _boxed_files(data_dir, config.split)
+    images = [load_file(data_dir / f) for f in files]
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    maps = compute_maps(predictor, images, config.methods, config.batch_size)
+    scores = {method: score_maps(m, boxes) for method, m in maps.items()}
+    baselines = {"random": score_maps(random_maps(len(images), config.seed), boxes),
+                 "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
+    main = scores.get("cam") or next(iter(scores.values()))
+    result = {
+        "n_images": len(files), "split": config.split, "method": "cam" if "cam" in scores else config.methods[0],
+        "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
+        "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
+        "methods": scores, "config": asdict(config), "checkpoint": str(Path(checkpoint).resolve()),
+        "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
+    }
+    if config.randomize_check:
+        result["randomization_check"] = randomization_check(predictor, images, maps, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "localization.json", result)
+    _write_grid(out_dir / "localization_grid.png", images, maps[result["method"]], files, boxes, config.grid_images)
+    log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
+             baselines["random"]["pointing_game"], result["mean_iou"], len(files))
+    return result
+
+
+def _write_grid(path: Path, images, maps, files, boxes, n: int) -> None:
+    import matplotlib.pyplot as plt
+
+    items = [(images[i], maps[i], Path(files[i]).stem[:12], boxes[i]) for i in range(min(n, len(images)))]
+    figure = overlay_grid(items, columns=4)
+    save_figure(path, figure, dpi=90)
+    plt.close(figure)

@@ -1,0 +1,88 @@
+"""Evaluation figures from probabilities and labels: ROC, precision-recall, confusion matrix, calibration.
+
+Each function returns a matplotlib Figure (the caller saves it), titled, with labelled axes and
+the summary number (AUROC, AUPRC, Brier/ECE) in the legend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def roc_figure(probs: np.ndarray, labels: np.ndarray, auroc: float | None,
+               operating_points: Sequence[dict] = ()) -> Figure:
+    """ROC curve with the chance diagonal; each operating point {name, threshold, recall, specificity} marked."""
+    fig, ax = plt.subplots(figsize=(5.2, 5), constrained_layout=True)
+    if auroc is not None:
+        fpr, tpr, _ = roc_curve(labels, probs)
+        ax.plot(fpr, tpr, lw=2, label=f"model (AUROC = {auroc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="chance (AUROC = 0.5)")
+    for marker, point in zip(MARKERS, operating_points, strict=False):
+        ax.plot(1 - point["specificity"], point["recall"], marker, ms=9, mec="black",
+                label=f"{point['name']} (t = {point['threshold']:.3f})")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           title="ROC curve", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def pr_figure(probs: np.ndarray, labels: np.ndarray, auprc: float | None) -> Figure:
+    """Precision-recall curve with the prevalence line (the precision of a random classifier)."""
+    fig, ax = plt.subplots(figsize=(5.2, 5), constrained_layout=True)
+    prevalence = float(np.mean(labels))
+    if auprc is not None:
+        precision, recall, _ = precision_recall_curve(labels, probs)
+        ax.step(recall, precision, where="post", lw=2, label=f"model (AUPRC = {auprc:.3f})")
+    ax.axhline(prevalence, ls="--", color="gray", lw=1, label=f"prevalence = {prevalence:.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall curve",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion_figure(confusion: dict, threshold: float) -> Figure:
+    """2x2 confusion matrix: counts, and the rate within each true class (row-normalised)."""
+    matrix = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]], dtype=float)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.3), constrained_layout=True)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    names = ["no pneumonia (0)", "pneumonia (1)"]
+    for r in range(2):
+        for c in range(2):
+            ax.text(c, r, f"{int(matrix[r, c])}\n{rates[r, c]:.1%}", ha="center", va="center", fontsize=12,
+                    color="white" if rates[r, c] > 0.5 else "black")
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names, rotation=90, va="center")
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (threshold {threshold:.3f})")
+    return fig
+
+
+def calibration_figure(probs: np.ndarray, labels: np.ndarray, brier: float, ece: float | None,
+                       n_bins: int = 10) -> Figure:
+    """Reliability diagram (observed frequency vs mean predicted probability) over a histogram."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), height_ratios=(3, 1.2), sharex=True,
+                                      constrained_layout=True)
+    observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
+    top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
+    ece_text = f", ECE = {ece:.3f}" if ece is not None else ""
+    top.plot(predicted, observed, "o-", lw=2, label=f"model (Brier = {brier:.3f}{ece_text})")
+    top.set(ylabel="observed frequency of pneumonia", title="Calibration (reliability diagram)",
+            xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bins = np.linspace(0, 1, n_bins + 1)
+    bottom.hist([probs[labels == 0], probs[labels == 1]], bins=bins, stacked=True,
+                label=["no pneumonia", "pneumonia"], color=["tab:blue", "tab:red"])
+    bottom.set(xlabel="predicted probability of pneumonia", ylabel="images")
+    bottom.legend(fontsize=8)
+    return fig

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from pneumocam.localization import (
+    box_mask,
+    centre_prior,
+    energy_in_boxes,
+    iobb,
+    iou,
+    pointing_hit,
+    rank_correlation,
+    score_maps,
+)
+
+
+def test_box_mask_uses_pixel_centres():
+    mask = box_mask([(1, 1, 2, 2)], (5, 5))
+    expected = np.zeros((5, 5), bool)
+    expected[1:3, 1:3] = True
+    assert np.array_equal(mask, expected)
+    assert box_mask([(0, 0, 1, 1), (3, 3, 1, 2)], (5, 5)).sum() == 3
+
+
+def test_pointing_iou_iobb_energy_exact():
+    mask = box_mask([(0, 0, 2, 2)], (4, 4))  # top-left 2x2
+    saliency = np.zeros((4, 4))
+    saliency[0, 1], saliency[0, 2] = 1.0, 0.6
+    assert pointing_hit(saliency, mask)
+    region = saliency >= 0.5  # pixels (0,1) and (0,2)
+    assert iou(region, mask) == pytest.approx(1 / 5)  # intersection 1, union 4 + 1
+    assert iobb(region, mask) == pytest.approx(1 / 2)  # detected box = row 0, cols 1-2
+    assert energy_in_boxes(saliency, mask) == pytest.approx(1 / 1.6)
+    saliency[3, 3] = 2.0
+    assert not pointing_hit(saliency, mask)
+
+
+def test_empty_region_and_empty_map_score_zero():
+    mask = box_mask([(0, 0, 1, 1)], (3, 3))
+    assert iobb(np.zeros((3, 3), bool), mask) == 0.0
+    assert energy_in_boxes(np.zeros((3, 3)), mask) == 0.0
+
+
+def test_score_maps_aggregates_per_image():
+    boxes = [[(0, 0, 2, 2)], [(2, 2, 2, 2)]]
+    maps = np.zeros((2, 4, 4))
+    maps[0, 0, 0] = 1.0  # hit
+    maps[1, 0, 0] = 1.0  # miss
+    result = score_maps(maps, boxes)
+    assert result["n_images"] == 2 and result["pointing_game"] == 0.5
+    assert result["iou"]["0.5"] == pytest.approx((1 / 4 + 0) / 2)
+    assert result["hit_rate_iobb"]["0.5"] == 0.5
+    with pytest.raises(ValueError, match="box lists"):
+        score_maps(maps, boxes[:1])
+
+
+def test_centre_prior_peaks_in_the_middle_and_rank_correlation():
+    prior = centre_prior((8, 8))
+    assert prior.max() == prior[3:5, 3:5].max() and prior.min() == prior[0, 0]
+    a = np.arange(16.0).reshape(4, 4)
+    assert rank_correlation(a, a * 3 + 1) == pytest.approx(1.0)
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)

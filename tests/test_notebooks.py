@@ -1,0 +1,34 @@
+"""Execute the three notebooks top to bottom with small parameters (nbclient), as CI does."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ORDER = ["1_train_model.ipynb", "2_evaluate_model.ipynb", "3_interpretability.ipynb"]
+
+
+def test_notebooks_are_committed_without_outputs():
+    for name in ORDER:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert code and all(not c.outputs and c.execution_count is None for c in code), name
+        assert "parameters" in code[0].metadata.get("tags", []), name
+
+
+@pytest.mark.slow
+def test_notebooks_run_top_to_bottom(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMOCAM_NB_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("PNEUMOCAM_NB_N_IMAGES", "60")
+    monkeypatch.setenv("PNEUMOCAM_NB_EPOCHS", "1")
+    for name in ORDER:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()
+        nbformat.write(nb, tmp_path / name)  # the executed copy, kept for inspection
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
+    assert images >= 3  # notebook 3 shows the step-by-step CAM, the gallery and Grad-CAM
