@@ -49,3 +49,16 @@ def tiny_checkpoint(phantom_data, tmp_path_factory) -> Path:
     result = fit(phantom_data, run, TrainConfig(epochs=1, batch_size=4, pretrained="none", augment="original",
                                                 fast_dev_run=True, seed=0))
     return result.last_checkpoint
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header (correct CRCs) that declares width x height pixels: a decompression-bomb probe."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    pixels = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")

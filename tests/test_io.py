@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import RSNA_SAMPLE, SHARED_DATA, require
+from conftest import RSNA_SAMPLE, SHARED_DATA, bomb_png, require
 from pneumocam.io import ImageReadError, expand_inputs, read_image, read_size
 
 
@@ -139,3 +139,52 @@ def test_expand_inputs_recurses_into_folders(tmp_path):
     assert expand_inputs([tmp_path]) == [tmp_path / "a" / "b" / "x.npy"]
     with pytest.raises(ImageReadError, match="not found"):
         expand_inputs([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("00000001_000.png", (512, 512)),
+        ("00027426_000.png", (512, 512)),
+        ("1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm", (1024, 1024)),
+        ("16747_3_1.jpg", (885, 1036)),
+        ("ryct.2020003.fig2-a.png", (156, 157)),
+        ("yxppt-2020-02-19_00-51-27_287214-day8.jpg", (324, 331)),
+    ],
+)
+def test_real_other_formats(name, shape):
+    path = require(SHARED_DATA / "other_formats") / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    image = read_image(path)
+    assert image.dtype == np.float32 and image.shape == shape == read_size(path)
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.02
+
+
+def test_every_real_other_format_file_reads():
+    folder = require(SHARED_DATA / "other_formats")
+    for path in sorted(folder.iterdir()):
+        image = read_image(path)
+        assert image.ndim == 2 and 0 <= image.min() and image.max() <= 1, path.name
+
+
+def test_decompression_bomb_header_is_refused(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png())  # declares 100000 x 100000 pixels
+    with pytest.raises(ImageReadError, match="image too large"):
+        read_image(path)
+
+
+def test_truncated_and_corrupted_files(tmp_path):
+    from pneumocam.io import write_dicom_jpeg
+
+    write_dicom_jpeg(tmp_path / "ok.dcm", (np.arange(64 * 64) % 255).reshape(64, 64).astype(np.uint8), "p1")
+    data = (tmp_path / "ok.dcm").read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError):
+        read_image(tmp_path / "truncated.dcm")
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "ok.jpg")
+    jpeg = bytearray((tmp_path / "ok.jpg").read_bytes())
+    (tmp_path / "corrupt.jpg").write_bytes(bytes(jpeg[: len(jpeg) // 3]))
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(tmp_path / "corrupt.jpg")

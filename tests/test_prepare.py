@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import RSNA_SAMPLE, require
+from conftest import RSNA_SAMPLE, bomb_png, require
 from pneumocam.errors import PneumocamError
 from pneumocam.prepare import PrepareConfig, assign_splits, load_boxes, prepare
 from pneumocam.sources import SourceItem
@@ -105,3 +105,112 @@ def test_missing_source_and_unknown_layout(tmp_path):
 def test_load_boxes(phantom_data):
     boxes = load_boxes(phantom_data)
     assert boxes and all(f.startswith("Processed/") and "/1/" in f for f in boxes)
+
+
+def test_prepare_real_kermany_and_medmnist_subset(tmp_path):
+    from conftest import SHARED_DATA
+
+    kermany = require(SHARED_DATA / "kermany_sample")
+    report = prepare(kermany, tmp_path / "k", PrepareConfig(workers=1))
+    assert report.counts["val"] == {"0": 8, "1": 8} and report.n_rejected == 0
+    stats = json.loads((tmp_path / "k" / "stats.json").read_text())
+    assert stats["stats_split"] == "all" and stats["source_format"] == "folders"
+    image = np.load(next((tmp_path / "k" / "Processed" / "val" / "1").glob("*.npy")))
+    assert image.shape == (224, 224) and image[0].max() == 0.0  # wide image: padded rows on top are black
+
+    npz = require(SHARED_DATA / "pneumoniamnist" / "pneumoniamnist_trainval.npz")
+    with np.load(npz) as archive:
+        subset = {k: archive[k][:20] for k in ("train_images", "train_labels", "val_images", "val_labels")}
+    np.savez(tmp_path / "mnist.npz", **subset)
+    report = prepare(tmp_path / "mnist.npz", tmp_path / "m", PrepareConfig(workers=1))
+    assert sum(report.counts["train"].values()) == 20 and sum(report.counts["val"].values()) == 20
+    manifest = _rows(tmp_path / "m" / "manifest.csv")
+    assert manifest[0]["source"].startswith("mnist.npz:") and manifest[0]["split"] in ("train", "val")
+    first = next(r for r in manifest if r["source"] == "mnist.npz:train[0]")
+    image = np.load(tmp_path / "m" / first["file"])
+    assert image.shape == (224, 224) and int(first["label"]) == int(subset["train_labels"][0, 0])
+    assert abs(image.mean() - subset["train_images"][0].mean() / 255) < 0.01
+
+
+def _bad_input_corpus(folder):
+    """Every kind of bad or odd file a real export contains, in one class folder."""
+    from PIL import Image
+
+    from pneumocam.io import write_dicom_jpeg
+
+    folder.mkdir(parents=True)
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.png").write_text("this is not an image")
+    good = (np.arange(96 * 80) % 251).reshape(96, 80).astype(np.uint8)
+    write_dicom_jpeg(folder / "good.dcm", good, "p-good")
+    data = (folder / "good.dcm").read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    import pydicom
+
+    ds = pydicom.dcmread(folder / "good.dcm")
+    del ds.PixelData
+    ds.save_as(folder / "nopixels.dcm")
+    Image.fromarray(good).save(folder / "good.jpg")
+    (folder / "corrupt.jpg").write_bytes((folder / "good.jpg").read_bytes()[:200])
+    Image.fromarray(good.astype(np.uint16) * 257).save(folder / "sixteen.png")
+    rgba = np.dstack([good, good, good, np.full_like(good, 255)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    np.save(folder / "nan.npy", np.full((8, 8), np.nan, np.float32))
+    np.save(folder / "cube.npy", np.zeros((2, 8, 8), np.float32))
+    (folder / "bomb.png").write_bytes(bomb_png())
+
+
+def test_bad_input_corpus_is_read_or_rejected_with_reasons(tmp_path):
+    _bad_input_corpus(tmp_path / "src" / "NORMAL")
+    (tmp_path / "src" / "PNEUMONIA").mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 30), 60 * i, np.uint8)).save(tmp_path / "src" / "PNEUMONIA" / f"p{i}.png")
+    report = prepare(tmp_path / "src", tmp_path / "out", PrepareConfig(workers=2, val_fraction=0.3))
+    rejected = {r["source"].split("/")[-1]: r["reason"] for r in _rows(tmp_path / "out" / "rejected.csv")}
+    manifest = _rows(tmp_path / "out" / "manifest.csv")
+    accepted = {r["source"].split("/")[-1] for r in manifest}
+    assert accepted == {"good.dcm", "good.jpg", "sixteen.png", "rgba.png", "p0.png", "p1.png", "p2.png"}
+    assert set(rejected) == {"zero.png", "text.png", "truncated.dcm", "nopixels.dcm", "corrupt.jpg", "nan.npy",
+                             "cube.npy", "bomb.png"}
+    assert "empty" in rejected["zero.png"] and "no pixel data" in rejected["nopixels.dcm"]
+    assert "NaN" in rejected["nan.npy"] and "2-D" in rejected["cube.npy"]
+    assert "too large" in rejected["bomb.png"]
+    assert len(manifest) + len(rejected) == 15 and report.n_rejected == 8
+
+
+def test_prepare_killed_midway_resumes_to_identical_outputs(tmp_path):
+    """kill -9 a real `pneumocam prepare` process part-way, rerun it, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pneumocam.synthetic import SynthConfig, synthesize
+
+    source = synthesize(tmp_path / "src", SynthConfig(n_images=120, size=1024, seed=2, workers=2))
+    command = [sys.executable, "-m", "pneumocam.cli", "prepare", str(source), "--workers", "1"]
+    subprocess.run([*command, str(tmp_path / "full")], check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen([*command, str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((tmp_path / "killed").rglob("*.npy"))) < 30:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = len(list((tmp_path / "killed").rglob("*.npy")))
+    assert 30 <= written < 120, "the run was not interrupted part-way"
+    assert not (tmp_path / "killed" / "manifest.csv").exists()
+    result = subprocess.run([*command, str(tmp_path / "killed")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "resumed" in result.stdout
+    full_files = sorted(p.relative_to(tmp_path / "full") for p in (tmp_path / "full").rglob("*") if p.is_file())
+    killed_files = sorted(p.relative_to(tmp_path / "killed") for p in (tmp_path / "killed").rglob("*") if p.is_file())
+    assert full_files == killed_files  # no temporary or half-written file left behind
+    for relative in full_files:
+        if relative.suffix == ".npy" or relative.name in ("manifest.csv", "boxes.csv", "rejected.csv"):
+            assert (tmp_path / "full" / relative).read_bytes() == (tmp_path / "killed" / relative).read_bytes()
+    full_stats = json.loads((tmp_path / "full" / "stats.json").read_text())
+    killed_stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
+    assert full_stats["fingerprint"] == killed_stats["fingerprint"] and full_stats["mean"] == killed_stats["mean"]

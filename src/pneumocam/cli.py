@@ -44,7 +44,7 @@ def _synth(args) -> int:
 def _prepare(args) -> int:
     from pneumocam.prepare import PrepareConfig, prepare
 
-    config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format)
+    config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format, args.class_map)
     report = prepare(args.source, args.out, config)
     print(f"prepared {report.n_written + report.n_resumed} images ({report.n_resumed} resumed) into "
           f"{report.out_dir / 'Processed'}; counts {json.dumps(report.counts)}; mean {report.mean:.4f} "
@@ -138,6 +138,48 @@ def _localize(args) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
+def _predict(args) -> int:
+    from pneumocam.predict import PredictConfig, run_predict
+
+    config = PredictConfig(args.threshold, args.batch_size, args.device, args.overlays, args.format)
+    rows, failures, text = run_predict(args.checkpoint, args.inputs, args.out, config)
+    if text:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
+    for failure in failures:
+        print(f"failed: {failure['source']}: {failure['reason']}", file=sys.stderr)
+    if not rows and failures:
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def _serve(args) -> int:
+    import os
+
+    from pneumocam.server import ServeConfig, serve
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise PneumocamError(f"--token-env {args.token_env}: that environment variable is empty or unset")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        log.warning("serving on %s without a token: anyone who can reach this address can upload images", args.host)
+    serve(args.checkpoint, args.host, args.port, ServeConfig(token, args.max_upload_mb, args.max_concurrency),
+          args.device)
+    return EXIT_OK
+
+
+def _export(args) -> int:
+    from pneumocam.export import ExportConfig, export_model
+
+    report = export_model(args.checkpoint, args.out, ExportConfig(args.format, args.tolerance))
+    print(f"exported {args.format} model to {args.out} (description: {args.out}.json); parity with PyTorch: "
+          f"max |diff| logit {report['max_abs_diff_logit']:.2e}, feature map {report['max_abs_diff_feature_map']:.2e}")
+    return EXIT_OK
+
+
 def _demo(args) -> int:
     from pneumocam.demo import run_demo, scaled_config
 
@@ -179,15 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "prepare", "Turn a data set into 224x224 float .npy files under OUT/Processed/{train,val}/{0,1}/.",
              _examples("pneumocam prepare rsna-pneumonia-detection-challenge/ data/",
+                       "pneumocam prepare chest_xray/ kermany-data/ --class-map NORMAL=0,PNEUMONIA=1",
+                       "pneumocam prepare pneumoniamnist.npz mnist-data/",
                        "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1"), _prepare)
-    p.add_argument("source", help="RSNA layout: stage_2_train_images/*.dcm + stage_2_train_labels.csv")
+    p.add_argument("source", help="RSNA layout (stage_2_train_images/ + stage_2_train_labels.csv), class folders "
+                                  "(<root>/[train|val|test/]<CLASS>/*) or a MedMNIST .npz")
     p.add_argument("out", help="output folder (Processed/, manifest.csv, boxes.csv, stats.json, rejected.csv)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of patients in validation (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified validation split")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--resize-mode", choices=("pad", "stretch"), default="pad",
                    help="non-square images: pad to square then resize (default) or stretch")
-    p.add_argument("--format", default="auto", help="source layout: auto (default) or rsna")
+    p.add_argument("--format", choices=("auto", "rsna", "folders", "medmnist"), default="auto",
+                   help="source layout (default: detected)")
+    p.add_argument("--class-map", default=None,
+                   help="class folders: folder name -> label, e.g. NORMAL=0,PNEUMONIA=1 (the default)")
 
     p = _add(sub, "train", "Train PneumoniaNet with PyTorch Lightning; writes RUN/checkpoints/{best,last}.ckpt.",
              _examples("pneumocam train data/ run/ --pretrained none --epochs 10",
@@ -247,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
     p.add_argument("--colormap", default="jet", help="matplotlib colour map (default jet)")
-    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++"), default="cam",
-                   help="cam (from the forward pass, default), gradcam or gradcam++ (one backward pass)")
+    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
+                   default="cam", help="cam (from the forward pass, default), gradcam or gradcam++ (one backward "
+                                       "pass); scorecam, eigencam, layercam need pip install 'pneumocam[cam-extra]'")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
@@ -260,14 +309,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="prepared data folder with boxes.csv")
     p.add_argument("out", help="output folder (localization.json, localization_grid.png)")
     p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
-    p.add_argument("--methods", nargs="+", choices=("cam", "gradcam", "gradcam++"),
-                   default=["cam", "gradcam", "gradcam++"], help="saliency methods to score (default all three)")
+    p.add_argument("--methods", nargs="+", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
+                   default=["cam", "gradcam", "gradcam++"],
+                   help="saliency methods to score (default the three built-in ones; scorecam, eigencam and layercam "
+                        "need pneumocam[cam-extra])")
     p.add_argument("--randomize-check", action=argparse.BooleanOptionalAction, default=False,
                    help="model-randomisation sanity check: re-initialise layer4+fc, maps must change "
                         "(exit code 3 if a method fails)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the randomisation")
     p.add_argument("--batch-size", type=int, default=16, help="default 16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "predict", "Pneumonia probabilities for files, folders (recursive) or glob patterns.",
+             _examples("pneumocam predict run/checkpoints/best.ckpt xray.dcm",
+                       "pneumocam predict run/checkpoints/best.ckpt 'scans/**/*.dcm' --out preds/ --overlays",
+                       "pneumocam predict run/checkpoints/best.ckpt folder/ --format json --threshold 0.3"), _predict)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG/npy files, folders or quoted globs")
+    p.add_argument("--out", default=None, help="output folder (default: print the table to stdout)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="table format (default csv)")
+    p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=False,
+                   help="also write CAM overlay PNGs to OUT/overlays/ (needs --out)")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "serve", "Web service and page: upload an X-ray, see the probability and the CAM.",
+             _examples("pneumocam serve run/checkpoints/best.ckpt",
+                       "PNEUMOCAM_TOKEN=secret pneumocam serve run/checkpoints/best.ckpt --port 8080 "
+                       "--token-env PNEUMOCAM_TOKEN"), _serve)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload (default 32 MB)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="predictions running at once (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "export", "Export a checkpoint to ONNX or TorchScript (outputs logit and feature map), "
+                            "with a parity check against PyTorch.",
+             _examples("pneumocam export run/checkpoints/best.ckpt model.onnx",
+                       "pneumocam export run/checkpoints/best.ckpt model.pt --format torchscript"), _export)
+    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("out", help="output file (a description OUT.json is written beside it)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |difference| (default 1e-4)")
 
     p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam -> localize on a phantom set, on CPU.",
              _examples("pneumocam demo", "pneumocam demo my-demo/ --n-images 200 --epochs 2"), _demo)

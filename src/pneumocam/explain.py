@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.files import save_figure, save_npy, write_csv
+from pneumocam.files import save_figure, save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import expand_inputs
 from pneumocam.overlay import side_by_side
@@ -41,16 +41,6 @@ class CamReport:
     failures: list[dict]
 
 
-def _unique_names(predictions: list[Prediction]) -> list[str]:
-    names, seen = [], {}
-    for p in predictions:
-        stem = Path(p.source).stem or "image"
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        names.append(stem if count == 0 else f"{stem}_{count}")
-    return names
-
-
 def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str,
                       boxes: list | None = None) -> list[dict]:
     """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
@@ -60,7 +50,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
     import matplotlib.pyplot as plt
 
     rows = []
-    named = list(zip(predictions, _unique_names(predictions), strict=True))
+    named = list(zip(predictions, unique_stems([p.source for p in predictions]), strict=True))
     for index, (prediction, name) in enumerate(tqdm(named, desc="cam", unit="img")):
         verdict = "pneumonia" if prediction.label else "no pneumonia"
         title = f"{Path(prediction.source).name}\np(pneumonia) = {prediction.probability:.3f} -> {verdict}"
@@ -68,14 +58,16 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
                               boxes=boxes[index] if boxes else (), method=prediction.method)
         save_figure(out_dir / f"{name}_cam.png", figure, dpi=100)
         plt.close(figure)
-        save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
+        if prediction.cam_raw is not None:  # library methods have no raw low-resolution map
+            save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
         peak_y, peak_x = np.unravel_index(int(np.argmax(prediction.cam)), prediction.cam.shape)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
                      "logit": f"{prediction.logit:.6f}", "label": prediction.label,
                      "threshold": prediction.threshold, "method": prediction.method,
                      "peak_x": int(peak_x), "peak_y": int(peak_y), "png": f"{name}_cam.png",
-                     "cam7x7": f"{name}_cam7x7.npy", "cam224": f"{name}_cam224.npy"})
+                     "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
+                     "cam224": f"{name}_cam224.npy"})
     return rows
 
 

@@ -66,6 +66,17 @@ def save_figure(path: str | Path, figure, **kwargs: Any) -> None:
         figure.savefig(tmp, format=fmt, **kwargs)
 
 
+def unique_stems(paths: Iterable[str | Path]) -> list[str]:
+    """File stems made unique in order: a.png, b/a.png -> a, a_1 (output names for many inputs)."""
+    names, seen = [], {}
+    for path in paths:
+        stem = Path(path).stem or "image"
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        names.append(stem if count == 0 else f"{stem}_{count}")
+    return names
+
+
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))

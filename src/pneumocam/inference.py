@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
+from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
@@ -24,7 +25,7 @@ from pneumocam.preprocess import IMAGE_SIZE, to_model_input
 log = logging.getLogger(__name__)
 
 GRADIENT_METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}
-METHODS = ("cam", *GRADIENT_METHODS)
+METHODS = ("cam", *GRADIENT_METHODS)  # built in; cam_extra.LIBRARY_METHODS need pneumocam[cam-extra]
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,19 @@ class Predictor:
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))  # (B, 224, 224)
         return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
 
-    def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Like forward, with the map from `method`: cam (free, same pass), gradcam or gradcam++ (one backward)."""
+    def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray | None,
+                                                                                    np.ndarray]:
+        """Like forward, with the map from `method`: cam (free, same pass), gradcam or gradcam++ (one backward),
+        or a pytorch-grad-cam method (cam_extra.LIBRARY_METHODS; no raw map, returned as None)."""
         if method == "cam":
             return self.forward(images)
-        if method not in GRADIENT_METHODS:
-            raise PneumocamError(f"unknown CAM method {method!r}; choose from {METHODS}")
         x = collate_images(images, self.normalization).to(self.device)
+        if method in LIBRARY_METHODS:
+            with torch.no_grad():
+                logits = self.net(x)[0][:, 0].float().cpu().numpy()
+            return logits, None, library_saliency(self.net, x, method).numpy()
+        if method not in GRADIENT_METHODS:
+            raise PneumocamError(f"unknown CAM method {method!r}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
         with torch.enable_grad():
             logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
             raw = GRADIENT_METHODS[method](features, logits[:, 0]).detach().float()  # (B, 7, 7)
@@ -124,7 +131,8 @@ class Predictor:
                 probability = float(1.0 / (1.0 + np.exp(-float(logits[i]))))
                 out.append(Prediction(
                     sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
-                    self.threshold, image, maps[i] if cam else None, raw[i] if cam else None, method,
+                    self.threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,
+                    method,
                 ))
         return out
 

@@ -126,7 +126,7 @@ def read_raster(path: Path) -> np.ndarray:
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(path, f"refused as a possible decompression bomb ({exc})") from exc
+        raise ImageReadError(path, f"image too large, refused as a possible decompression bomb ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"not a readable image ({exc})") from exc
 

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from pneumocam.cam import upsample_and_normalize
+from pneumocam.cam_extra import LIBRARY_METHODS
 from pneumocam.data import load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_json
@@ -91,9 +92,9 @@ def randomization_check(predictor: Predictor, images, maps: dict[str, np.ndarray
 def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: LocalizeConfig = LocalizeConfig()) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    unknown = set(config.methods) - set(METHODS)
+    unknown = set(config.methods) - set(METHODS) - set(LIBRARY_METHODS)
     if unknown:
-        raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+        raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
     files, boxes = _boxed_files(data_dir, config.split)
     images = [load_file(data_dir / f) for f in files]
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)

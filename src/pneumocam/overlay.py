@@ -10,7 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
+                "eigencam": "Eigen-CAM", "layercam": "LayerCAM", "gradcam-lib": "Grad-CAM (pytorch-grad-cam)"}
 
 
 def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
@@ -25,6 +26,18 @@ def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap
     gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
     heat = matplotlib.colormaps[colormap](np.clip(cam, 0, 1))[..., :3]
     return ((1 - alpha) * gray + alpha * heat).astype(np.float32)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """(H, W) gray or (H, W, 3) RGB float in [0, 1] -> 8-bit PNG bytes (Pillow; no figure)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.clip(np.round(np.asarray(image) * 255), 0, 255).astype(np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:

@@ -1,4 +1,7 @@
-"""Dataset preparation: a source folder -> OUT/Processed/{train,val}/{0,1}/*.npy plus manifests.
+"""Dataset preparation: a source -> OUT/Processed/{train,val[,test]}/{0,1}/*.npy plus manifests.
+
+Sources (see sources.py): the RSNA challenge layout, class folders (Kermany style, with their own
+train/val/test folders kept), or a MedMNIST .npz.
 
 Outputs (all written atomically, so an interrupted run never leaves a half-written file):
   Processed/<split>/<label>/<stem>.npy   float32 (224, 224) in [0, 1]
@@ -29,11 +32,11 @@ from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv, save_npy, write_csv, write_json
 from pneumocam.io import ImageReadError, read_image, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
-from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format
+from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, parse_class_map
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 SETTINGS_FILE = "prepare_settings.json"
 
 
@@ -43,12 +46,13 @@ class PrepareConfig:
     seed: int = 0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     resize_mode: str = "pad"
-    source_format: str = "auto"
+    source_format: str = "auto"  # auto | rsna | folders | medmnist
+    class_map: str | None = None  # class folders: "NORMAL=0,PNEUMONIA=1" (the default)
 
     def split_settings(self) -> dict:
         """The settings that decide which file goes where; a resume must not change them."""
         return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
-                "image_size": IMAGE_SIZE}
+                "image_size": IMAGE_SIZE, "class_map": self.class_map}
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     fmt = detect_format(source) if config.source_format == "auto" else config.source_format
     if fmt not in SOURCE_FORMATS:
         raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
-    items, rejected = SOURCE_FORMATS[fmt](source)
+    items, rejected = (SOURCE_FORMATS[fmt](source, parse_class_map(config.class_map)) if fmt == "folders"
+                       else SOURCE_FORMATS[fmt](source))
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +179,7 @@ def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
 
 def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
     manifest, boxes, counts = [], [], Counter()
-    total, total_sq, n_pixels = 0.0, 0.0, 0
+    sums = {split: np.zeros(3) for split in SPLITS}  # pixel sum, sum of squares, count per split
     rejected = list(rejected)
     for job, res in zip(jobs, results, strict=True):
         if "reason" in res:
@@ -186,21 +191,23 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
         boxes += [{"file": res["file"], "patient": it.patient, "x": x, "y": y, "width": w, "height": h}
                   for x, y, w, h in res["boxes"]]
         counts[(job.split, it.label)] += 1
-        if job.split == "train":
-            total, total_sq, n_pixels = total + res["sum"], total_sq + res["sumsq"], n_pixels + res["n"]
+        sums[job.split] += (res["sum"], res["sumsq"], res["n"])
     if not manifest:
         raise PneumocamError(f"every input was rejected; see the reasons in {out_dir / 'rejected.csv'}")
     write_csv(out_dir / "rejected.csv", ["source", "reason"], rejected)
     write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "sha256"], manifest)
     write_csv(out_dir / "boxes.csv", ["file", "patient", "x", "y", "width", "height"], boxes)
-    if n_pixels == 0:
-        raise PneumocamError("the training split is empty; lower --val-fraction or add images")
+    # mean/std of the training split; a source without one (e.g. a test-only set) uses all its images
+    stats_split = "train" if sums["train"][2] else "all"
+    total, total_sq, n_pixels = sums["train"] if sums["train"][2] else sum(sums.values())
+    if not sums["train"][2]:
+        log.warning("no training images: stats.json mean/std are computed over all splits")
     mean = total / n_pixels
     std = float(np.sqrt(max(total_sq / n_pixels - mean**2, 0.0)))
     fingerprint = data_fingerprint(manifest)
     settings = json.loads((out_dir / SETTINGS_FILE).read_text())
     stats = {
-        "mean": round(mean, 6), "std": round(std, 6), "image_size": IMAGE_SIZE,
+        "mean": round(mean, 6), "std": round(std, 6), "stats_split": stats_split, "image_size": IMAGE_SIZE,
         "counts": {s: {str(lab): counts[(s, lab)] for lab in (0, 1)} for s in SPLITS},
         "n_images": len(manifest), "n_rejected": len(rejected), "n_boxes": len(boxes),
         "fingerprint": fingerprint, "source_format": fmt, "settings": settings, "pneumocam_version": __version__,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocam.errors import PneumocamError
+from pneumocam.io import SUPPORTED_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +84,113 @@ def discover_rsna(source: Path) -> tuple[list[SourceItem], list[dict]]:
     return items, rejected
 
 
-SOURCE_FORMATS: dict[str, Callable[[Path], tuple[list[SourceItem], list[dict]]]] = {
+DEFAULT_CLASS_MAP = {"normal": 0, "pneumonia": 1, "0": 0, "1": 1}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# Kermany / Guangzhou names: person1946_bacteria_4874.jpeg, NORMAL2-IM-1427-0001.jpeg, IM-0115-0001.jpeg
+PATIENT_PATTERNS = (re.compile(r"^(person\d+)_", re.I), re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.I))
+
+
+def patient_from_name(stem: str) -> str:
+    """The patient id in a Kermany-style file name, else the file stem (one image = one patient)."""
+    for pattern in PATIENT_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def parse_class_map(text: str | None) -> dict[str, int]:
+    """"NORMAL=0,PNEUMONIA=1,VIRUS=1" -> {"normal": 0, ...}; None -> the default (NORMAL/PNEUMONIA, 0/1)."""
+    if not text:
+        return dict(DEFAULT_CLASS_MAP)
+    mapping = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if value.strip() not in ("0", "1") or not name.strip():
+            raise PneumocamError(f"--class-map entries must look like NAME=0 or NAME=1, got {part!r}")
+        mapping[name.strip().lower()] = int(value)
+    return mapping
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def discover_class_folders(source: Path, class_map: dict[str, int] | None = None) -> tuple[list, list]:
+    """<root>/[<split>/]<CLASS>/<image>: split folders (train/val/test) are kept when present; without a
+    val folder, validation is carved out of train later (grouped by patient)."""
+    class_map = class_map or dict(DEFAULT_CLASS_MAP)
+    top = _class_dirs(source)
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in top if d.name.lower() in SPLIT_NAMES}
+    layout = list(split_dirs.items()) if split_dirs else [(None, source)]
+    has_val = "val" in split_dirs
+    items, rejected = [], []
+    for split, root in layout:
+        fixed = split if split in ("val", "test") or (split == "train" and has_val) else None
+        for class_dir in _class_dirs(root):
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+            label = class_map.get(class_dir.name.lower())
+            for path in files:
+                if label is None:
+                    rejected.append({"source": str(path), "reason": f"class folder {class_dir.name!r} is not in the "
+                                     f"class map {sorted(class_map)} (see --class-map)"})
+                elif path.suffix.lower() not in SUPPORTED_SUFFIXES - {""}:
+                    rejected.append({"source": str(path), "reason": f"unsupported file type {path.suffix!r}"})
+                else:
+                    stem = "__".join(path.relative_to(source).with_suffix("").parts)
+                    items.append(SourceItem(str(path), patient_from_name(path.stem), label, stem, split=fixed))
+    return items, rejected
+
+
+def discover_medmnist(source: Path) -> tuple[list[SourceItem], list[dict]]:
+    """A MedMNIST .npz (train/val/test _images and _labels; 1 = pneumonia). Its splits are kept."""
+    path = source if source.is_file() else next(iter(sorted(source.glob("*.npz"))), None)
+    if path is None:
+        raise PneumocamError(f"{source}: no .npz file found")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PneumocamError(f"{path}: not a readable .npz archive ({exc})") from exc
+    items, rejected = [], []
+    with archive:
+        splits = [s for s in ("train", "val", "test") if f"{s}_images" in archive.files]
+        if not splits:
+            raise PneumocamError(f"{path}: no MedMNIST keys (expected train_images, train_labels, ...)")
+        for split in splits:
+            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"].reshape(-1)
+            if len(images) != len(labels):
+                raise PneumocamError(f"{path}: {split}_images has {len(images)} entries but {split}_labels "
+                                     f"{len(labels)}")
+            scale = 255.0 if images.dtype == np.uint8 else 1.0
+            for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+                name = f"{path.name}:{split}[{i}]"
+                if int(label) not in (0, 1) or image.ndim not in (2, 3):
+                    rejected.append({"source": name, "reason": f"label {label} or shape {image.shape} not usable"})
+                    continue
+                gray = image.mean(axis=-1) if image.ndim == 3 else image
+                items.append(SourceItem(str(path), f"{split}-{i}", int(label), f"{split}_{i:05d}", split=split,
+                                        array=(gray / scale).astype(np.float32), source_label=name))
+    return items, rejected
+
+
+SOURCE_FORMATS: dict[str, Callable[..., tuple[list[SourceItem], list[dict]]]] = {
     "rsna": discover_rsna,
+    "folders": discover_class_folders,
+    "medmnist": discover_medmnist,
 }
 
 
 def detect_format(source: Path) -> str:
+    if source.is_file() and source.suffix == ".npz":
+        return "medmnist"
     if (source / RSNA_LABELS).is_file():
         return "rsna"
+    if source.is_dir() and list(source.glob("*.npz")) and not _class_dirs(source):
+        return "medmnist"
+    if source.is_dir() and _class_dirs(source):
+        return "folders"
     raise PneumocamError(
-        f"{source}: unrecognised source layout; expected the RSNA layout "
-        f"({RSNA_IMAGES}/ + {RSNA_LABELS}); pass --format to choose one of {sorted(SOURCE_FORMATS)}"
+        f"{source}: unrecognised source layout; expected the RSNA layout ({RSNA_IMAGES}/ + {RSNA_LABELS}), "
+        f"class folders (<root>/[train|val|test/]<CLASS>/*) or a MedMNIST .npz; "
+        f"pass --format to choose one of {sorted(SOURCE_FORMATS)}"
     )

@@ -102,12 +102,17 @@ def _add_distractors(rng: np.random.Generator, image: np.ndarray, xx, yy) -> Non
 
 
 def _add_opacities(rng: np.random.Generator, image: np.ndarray, lungs: np.ndarray, xx, yy) -> list:
-    """Patchy soft opacities inside the lungs; returns boxes (x, y, w, h) in [0, 1] units."""
+    """Patchy soft opacities inside the lungs; returns boxes (x, y, w, h) in [0, 1] units.
+
+    Count and size follow the real RSNA labels (stage_2_train_labels.csv, 9,555 boxes): 1 box for 44%
+    of positive patients, 2 for 54%, 3+ for 2%; box width median 217 px (IQR 177-259) and height
+    median 298 px (IQR 203-438) of 1024. A box spans +-2 sigma of its opacity.
+    """
     boxes = []
     candidates = np.argwhere(lungs > 0.9)
-    for _ in range(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])):
+    for _ in range(rng.choice([1, 2, 3], p=[0.44, 0.54, 0.02])):
         cy, cx = (candidates[rng.integers(len(candidates))] + 0.5) / WORK_SIZE
-        sx, sy = rng.uniform(0.035, 0.065), rng.uniform(0.04, 0.075)
+        sx, sy = rng.uniform(0.04, 0.065), rng.uniform(0.05, 0.1)
         blob = np.exp(-(((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2) / 2)
         texture = 0.65 + 0.35 * _smooth_noise(rng, 24)
         image += rng.uniform(0.25, 0.4) * blob * texture * np.clip(lungs * 1.2, 0, 1)

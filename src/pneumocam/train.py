@@ -220,12 +220,16 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata)
     datamodule = PneumoniaDataModule(data_dir, norm, config.batch_size, config.augment, config.num_workers)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor,
-                                 mode=MONITORS[config.monitor],
-                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+                                 mode=MONITORS[config.monitor], auto_insert_metric_name=False,
+                                 enable_version_counter=False)
+    # Lightning 2.6 refreshes save_last's file only when the monitored checkpoint improves; a separate
+    # monitor-less callback keeps last.ckpt at the latest epoch, which is what --resume needs.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                           enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         precision=config.precision, deterministic="warn", fast_dev_run=config.fast_dev_run,
-        callbacks=[checkpoint, LearningRateMonitor("step"), EpochSummary()],
+        callbacks=[checkpoint, last, LearningRateMonitor("step"), EpochSummary()],
         logger=CSVLogger(run_dir, name="logs", version=""), log_every_n_steps=5,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )

@@ -1,0 +1,89 @@
+"""Speed of `pneumocam prepare` on RSNA-like JPEG DICOMs vs a naive single-process loop.
+
+Makes N phantom DICOMs (1024x1024, 8-bit, JPEG Baseline, like the RSNA files) with `pneumocam synth`,
+then measures, on the same files:
+  naive    one process: pydicom dcmread + ds.pixel_array (pydicom's own plugin choice), scale to [0, 1],
+           resize to 224 with Pillow, np.save
+  decode   pneumocam's decode + resize alone, one process, no output (the per-image work floor)
+  prepare  `pneumocam prepare` with --workers W (default: all cores), from a clean output folder
+Targets (issue 3): prepare >= 1.8x naive, and >= 90% of W x (1 / decode time).
+
+usage: python benchmarks/prepare_speed.py [--n-images 600] [--workers 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def naive_loop(files: list[Path], out: Path) -> float:
+    import pydicom
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        image = ds.pixel_array.astype(np.float32) / 255.0
+        small = np.asarray(Image.fromarray(image, mode="F").resize((224, 224), Image.Resampling.BILINEAR))
+        np.save(out / f"{path.stem}.npy", small.astype(np.float32))
+    return time.perf_counter() - start
+
+
+def decode_resize(files: list[Path]) -> float:
+    from pneumocam.io import read_image
+    from pneumocam.preprocess import to_model_input
+
+    start = time.perf_counter()
+    for path in files:
+        to_model_input(read_image(path))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="pneumocam-bench-"))
+    source = work / "source"
+    if not (source / "stage_2_train_labels.csv").exists():
+        subprocess.run([sys.executable, "-m", "pneumocam.cli", "synth", str(source), "--n-images",
+                        str(args.n_images), "--workers", str(args.workers)], check=True, capture_output=True)
+    files = sorted((source / "stage_2_train_images").glob("*.dcm"))[: args.n_images]
+    n = len(files)
+
+    decode_resize(files[:20])  # warm the page cache and imports
+    naive_s = naive_loop(files, work / "naive")
+    decode_s = decode_resize(files)
+    shutil.rmtree(work / "prepared", ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pneumocam.cli", "prepare", str(source), str(work / "prepared"),
+                    "--workers", str(args.workers)], check=True, capture_output=True)
+    prepare_s = time.perf_counter() - start
+
+    naive_rate, prepare_rate = n / naive_s, n / prepare_s
+    ceiling = args.workers / (decode_s / n)
+    print(f"{n} RSNA-like JPEG DICOMs (1024x1024), {args.workers} workers, {os.cpu_count()} cores\n")
+    print(f"{'what':<44}{'images/s':>10}{'ms/image':>10}")
+    print(f"{'naive loop (pydicom default plugin, 1 proc)':<44}{naive_rate:>10.1f}{1000 / naive_rate:>10.2f}")
+    print(f"{'pneumocam decode+resize only (1 proc)':<44}{n / decode_s:>10.1f}{1000 * decode_s / n:>10.2f}")
+    print(f"{'pneumocam prepare (end to end, CLI)':<44}{prepare_rate:>10.1f}{1000 / prepare_rate:>10.2f}")
+    print(f"\nprepare / naive = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
+    print(f"prepare / ({args.workers} x decode+resize rate) = {prepare_rate / ceiling:.1%} (target >= 90%)")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Export a trained PneumoniaNet to ONNX or TorchScript, with a parity check against PyTorch.
+
+The exported model keeps the contract of PneumoniaNet: input `image` (B, 1, 224, 224), normalised
+with the mean/std stored beside it; outputs `logit` (B, 1) and `feature_map` (B, 512, 7, 7), so CAM
+works on the exported model too. OUT.json beside the model records the normalisation, threshold,
+data fingerprint and the measured parity. If parity fails, the export is deleted and an error raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumocam.errors import PneumocamError
+from pneumocam.files import atomic_path, write_json
+from pneumocam.inference import Predictor
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: str = "onnx"
+    tolerance: float = 1e-4
+    seed: int = 0
+
+
+def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError as exc:
+        raise PneumocamError("ONNX export needs onnx: pip install 'pneumocam[export]'") from exc
+    axes = {"image": {0: "batch"}, "logit": {0: "batch"}, "feature_map": {0: "batch"}}
+    torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logit", "feature_map"],
+                      dynamic_axes=axes, dynamo=False)
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise PneumocamError("the ONNX parity check needs onnxruntime: pip install 'pneumocam[export]'") from exc
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logit, features = session.run(["logit", "feature_map"], {"image": x})
+    return logit, features
+
+
+def _run_torchscript(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        logit, features = module(torch.from_numpy(x))
+    return logit.numpy(), features.numpy()
+
+
+def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> dict:
+    """Write the exported model to OUT and its description to OUT.json; returns the parity report."""
+    if config.format not in FORMATS:
+        raise PneumocamError(f"unknown export format {config.format!r}; choose from {FORMATS}")
+    out = Path(out)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    net = predictor.net.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    example = torch.randn(2, 1, 224, 224, generator=generator)
+    check = torch.randn(3, 1, 224, 224, generator=generator)  # another batch size: the batch axis is dynamic
+    with atomic_path(out) as tmp:
+        if config.format == "onnx":
+            _export_onnx(net, example, tmp)
+            logit, features = _run_onnx(tmp, check.numpy())
+        else:
+            with torch.no_grad():
+                torch.jit.trace(net, example).save(str(tmp))
+            logit, features = _run_torchscript(tmp, check.numpy())
+        with torch.no_grad():
+            ref_logit, ref_features = net(check)
+        report = {
+            "format": config.format, "path": str(out.resolve()), "tolerance": config.tolerance,
+            "max_abs_diff_logit": float(np.abs(logit - ref_logit.numpy()).max()),
+            "max_abs_diff_feature_map": float(np.abs(features - ref_features.numpy()).max()),
+        }
+        report["parity_passed"] = max(report["max_abs_diff_logit"], report["max_abs_diff_feature_map"]) \
+            <= config.tolerance
+        if not report["parity_passed"]:
+            raise PneumocamError(f"exported {config.format} model differs from PyTorch by more than "
+                                 f"{config.tolerance}: {report}; nothing was written")
+    meta = predictor.metadata
+    write_json(out.with_name(out.name + ".json"), {
+        **report, "inputs": {"image": "(B, 1, 224, 224) float32, (x - mean) / std of a [0, 1] gray image"},
+        "outputs": {"logit": "(B, 1) pneumonia logit; probability = sigmoid(logit)",
+                    "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map"},
+        "normalization": meta.get("normalization"), "threshold": predictor.threshold,
+        "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),
+        "data_fingerprint": meta.get("data_fingerprint"), "checkpoint": str(Path(checkpoint).resolve()),
+    })
+    log.info("exported %s to %s (max |diff| logit %.2e, feature map %.2e)", config.format, out,
+             report["max_abs_diff_logit"], report["max_abs_diff_feature_map"])
+    return report

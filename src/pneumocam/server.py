@@ -1,0 +1,174 @@
+"""The web service: upload an X-ray, get the pneumonia probability and its CAM (FastAPI, pneumocam[serve]).
+
+Safety, because uploads can carry patient data and can be hostile:
+- binds to 127.0.0.1 unless told otherwise; an optional bearer token guards the /v1 endpoints;
+- uploads over the size limit get 413 (checked on Content-Length and while reading); images over
+  the pixel limit (decompression bombs) and unreadable or unsupported files get 4xx JSON messages;
+- an upload lives only in memory and in a temporary file that is deleted in a `finally`;
+- logs carry sizes, timings and status codes only: no file names, pixel data or DICOM fields;
+- at most `max_concurrency` predictions run at once, and at most `max_queue` more wait; the rest get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from pneumocam.inference import Predictor
+from pneumocam.io import ImageReadError, read_image
+from pneumocam.overlay import overlay_cam, to_png
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+# what the upload's first bytes say it is -> the suffix the reader needs
+MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"BM", ".bmp"),
+         (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    token: str | None = None
+    max_upload_mb: float = 32.0
+    max_concurrency: int = 2
+    max_queue: int = 8
+
+
+def sniff_suffix(data: bytes) -> str | None:
+    """The file type from its content (never from the client's file name): DICOM, PNG, JPEG, npy, BMP, TIFF."""
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return ".dcm"
+    for magic, suffix in MAGIC:
+        if data.startswith(magic):
+            return suffix
+    return None
+
+
+def png_base64(rgb_or_gray: np.ndarray) -> str:
+    """(H, W) or (H, W, 3) float in [0, 1] -> base64 PNG."""
+    return base64.b64encode(to_png(rgb_or_gray)).decode("ascii")
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def predict_upload(predictor: Predictor, data: bytes) -> dict:
+    """Bytes of one uploaded file -> the JSON answer. Raises UploadError with a 4xx status."""
+    if not data:
+        raise UploadError(400, "the uploaded file is empty")
+    suffix = sniff_suffix(data)
+    if suffix is None:
+        raise UploadError(415, "unsupported file type: send a DICOM, PNG, JPEG, BMP, TIFF or .npy file")
+    with tempfile.TemporaryDirectory(prefix="pneumocam-upload-") as folder:  # deleted on every path out
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            status = 413 if "too large" in exc.reason else 422
+            raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {exc.reason}") from exc
+    prediction = predictor.predict_arrays([image], ["upload"], cam=True)[0]
+    return {
+        "probability": prediction.probability,
+        "label": prediction.label,
+        "threshold": prediction.threshold,
+        "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
+                  "git_commit": predictor.metadata.get("git_commit")},
+        "cam_png_base64": png_base64(overlay_cam(prediction.image, prediction.cam, 0.5, "jet")),
+        "image_png_base64": png_base64(prediction.image),
+    }
+
+
+def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> FastAPI:
+    app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
+                  description="Pneumonia probability and Class Activation Map for one chest X-ray.")
+    limit = int(config.max_upload_mb * 1024 * 1024)
+    slots = asyncio.Semaphore(config.max_concurrency)
+    waiting = {"n": 0}
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    def authorised(request: Request) -> bool:
+        if config.token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        return secrets.compare_digest(header.encode(), f"Bearer {config.token}".encode())
+
+    async def read_limited(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+            raise UploadError(413, f"upload larger than {config.max_upload_mb:g} MB")
+        form = await request.form(max_files=1, max_fields=4, max_part_size=limit + 1)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(422, "send the image as a multipart form field named 'file'")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise UploadError(413, f"upload larger than {config.max_upload_mb:g} MB")
+        return data
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/v1/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        if not authorised(request):
+            return error(401, "missing or wrong bearer token")
+        meta = predictor.metadata
+        return {"config": meta.get("config"), "normalization": meta.get("normalization"),
+                "threshold": predictor.threshold, "data_fingerprint": meta.get("data_fingerprint"),
+                "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string",
+                                                                                    "format": "binary"}}}}}}})
+    async def predict(request: Request):
+        if not authorised(request):
+            return error(401, "missing or wrong bearer token")
+        if waiting["n"] >= config.max_queue + config.max_concurrency:
+            return error(503, "server busy, try again shortly")
+        start = time.perf_counter()
+        waiting["n"] += 1
+        try:
+            data = await read_limited(request)
+            async with slots:
+                answer = await run_in_threadpool(predict_upload, predictor, data)
+        except UploadError as exc:
+            log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))
+            return error(exc.status, exc.message)
+        except ValueError as exc:  # malformed multipart bodies
+            log.info("predict: 400 malformed request")
+            return error(400, f"malformed multipart request ({type(exc).__name__})")
+        finally:
+            waiting["n"] -= 1
+        log.info("predict: 200, %d bytes, %d ms", len(data), 1000 * (time.perf_counter() - start))
+        return answer
+
+    return app
+
+
+def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig = ServeConfig(),
+          device: str = "cpu") -> None:
+    import uvicorn
+
+    app = create_app(Predictor.from_checkpoint(checkpoint, device=device), config)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)  # access logs carry query strings

@@ -1,0 +1,36 @@
+import torch
+
+from pneumocam.augment import AffineCropRanges, augment_batch, sample_matrices
+
+IDENTITY = AffineCropRanges(degrees=0, translate=0, scale=(1, 1), crop_scale=(1, 1), crop_ratio=(1, 1))
+
+
+def test_identity_ranges_leave_images_unchanged():
+    images = torch.rand(3, 1, 32, 32)
+    out = augment_batch(images, torch.Generator().manual_seed(0), IDENTITY)
+    assert torch.allclose(out, images, atol=1e-5)
+
+
+def test_centre_crop_of_a_quarter_area_zooms_by_two():
+    ranges = AffineCropRanges(degrees=0, translate=0, scale=(1, 1), crop_scale=(0.25, 0.25), crop_ratio=(1, 1))
+    theta = sample_matrices(2, torch.Generator().manual_seed(1), ranges)
+    assert torch.allclose(theta[:, :, :2], torch.eye(2).expand(2, 2, 2) * 0.5, atol=1e-6)
+    assert (theta[:, :, 2].abs() <= 0.5 + 1e-6).all()  # the crop stays inside the frame
+
+
+def test_each_image_gets_its_own_parameters_and_the_generator_makes_it_repeatable():
+    images = torch.rand(1, 1, 64, 64).repeat(4, 1, 1, 1)
+    a = augment_batch(images, torch.Generator().manual_seed(5))
+    b = augment_batch(images, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1])
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == images.shape
+
+
+def test_parameter_ranges_match_the_course_augmentation():
+    theta = sample_matrices(4000, torch.Generator().manual_seed(2)).double()
+    linear = theta[:, :, :2]
+    # |det| = crop area / zoom^2: area in [0.35, 1], zoom in [0.9, 1.1]
+    det = torch.linalg.det(linear).abs()
+    assert det.min() >= 0.35 / 1.1**2 - 1e-6 and det.max() <= 1 / 0.9**2 + 1e-6
+    assert det.min() < 0.35 and det.max() > 1.0

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+import torch
+
+from pneumocam.errors import PneumocamError
+from pneumocam.export import ExportConfig, export_model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_parity(tiny_checkpoint, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="ONNX export needs pneumocam[export]")
+    out = tmp_path / f"model.{fmt}"
+    report = export_model(tiny_checkpoint, out, ExportConfig(fmt))
+    assert report["parity_passed"] and report["max_abs_diff_logit"] <= 1e-4
+    assert report["max_abs_diff_feature_map"] <= 1e-4
+    description = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert description["normalization"]["mean"] == 0.49 and len(description["fc_weight"]) == 512
+    if fmt == "torchscript":  # the exported model gives CAM too: mean(w . A) + b == logit
+        module = torch.jit.load(str(out))
+        logit, features = module(torch.randn(1, 1, 224, 224))
+        w = torch.tensor(description["fc_weight"])
+        cam = torch.einsum("c,chw->hw", w, features[0].detach())
+        assert float(cam.mean()) + description["fc_bias"] == pytest.approx(float(logit), abs=1e-4)
+
+
+def test_failed_parity_writes_nothing(tiny_checkpoint, tmp_path):
+    with pytest.raises(PneumocamError, match="differs from PyTorch"):
+        export_model(tiny_checkpoint, tmp_path / "m.pt", ExportConfig("torchscript", tolerance=-1.0))
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,89 @@
+"""`pneumocam serve` as a real process on 127.0.0.1: a headless-browser upload and an OpenAPI fuzz."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import RSNA_SAMPLE, require
+
+CHROMIUM = os.environ.get("PNEUMOCAM_CHROMIUM", "/usr/bin/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_checkpoint):
+    pytest.importorskip("uvicorn", reason="the web service needs pneumocam[serve]")
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pneumocam.cli", "serve", str(tiny_checkpoint), "--port",
+                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {process.stdout.read()}")
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("server did not start within 120 s")
+    yield url
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    assert "Traceback" not in output, output
+
+
+def test_browser_uploads_a_real_dicom_and_sees_probability_and_overlay(live_server, tmp_path):
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.skip(f"chromium not found at {CHROMIUM} (Debian package 'chromium'; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    dicom = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[0]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page()
+            page.goto(live_server + "/")
+            page.set_input_files("#file", str(dicom))
+            page.wait_for_selector("#result", state="visible", timeout=60_000)
+            probability = float(page.inner_text("#probability"))
+            assert 0 <= probability <= 1
+            cam_src = page.get_attribute("#cam", "src")
+            assert cam_src.startswith("data:image/png;base64,")
+            assert page.evaluate("document.getElementById('cam').naturalWidth") == 224
+            assert page.inner_text("#error") == ""
+            # kept for a person to look at: PNEUMOCAM_SCREENSHOT=page.png python -m pytest tests/test_live_server.py
+            page.screenshot(path=os.environ.get("PNEUMOCAM_SCREENSHOT", str(tmp_path / "page.png")), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_openapi_fuzz_gives_no_server_errors(live_server, tmp_path):
+    schemathesis = Path(sys.executable).with_name("schemathesis")  # installed beside the interpreter
+    if not schemathesis.exists():
+        pytest.skip("schemathesis is not installed (it is in the dev extra)")
+    result = subprocess.run(
+        [str(schemathesis), "run", f"{live_server}/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "25", "--seed", "1", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -1,0 +1,45 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from pneumocam.predict import PredictConfig, run_predict
+
+
+def test_predict_folder_glob_and_bad_file(tiny_checkpoint, phantom_data, tmp_path):
+    (tmp_path / "in" / "nested").mkdir(parents=True)
+    files = sorted((phantom_data / "Processed" / "val").rglob("*.npy"))[:3]
+    for i, f in enumerate(files):
+        (tmp_path / "in" / ("nested" if i else "") / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "in" / "nested" / "bad.png").write_text("not an image")
+    rows, failures, text = run_predict(tiny_checkpoint, [str(tmp_path / "in"), str(tmp_path / "nothing*.dcm")], None)
+    assert len(rows) == 3 and all(0 <= r["probability"] <= 1 for r in rows)
+    assert {f["reason"] for f in failures} >= {"no files match this pattern"}
+    assert any(f["source"].endswith("bad.png") for f in failures)
+    assert text.splitlines()[0].startswith("source,probability") and len(text.splitlines()) == 4
+
+
+def test_predict_to_folder_with_overlays_and_json(tiny_checkpoint, phantom_data, tmp_path):
+    files = [str(p) for p in sorted((phantom_data / "Processed" / "val").rglob("*.npy"))[:2]]
+    rows, failures, _ = run_predict(tiny_checkpoint, files, tmp_path, PredictConfig(overlays=True,
+                                                                                     output_format="json"))
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert saved == rows and failures == []
+    assert all((tmp_path / r["overlay"]).stat().st_size > 500 for r in saved)
+
+
+def test_cli_predict_exit_codes(tiny_checkpoint, phantom_data, tmp_path):
+    good = str(next((phantom_data / "Processed").rglob("*.npy")))
+    command = [sys.executable, "-m", "pneumocam.cli", "predict", str(tiny_checkpoint)]
+    ok = subprocess.run([*command, good], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and len(list(csv.DictReader(ok.stdout.splitlines()))) == 1
+    partial = subprocess.run([*command, good, str(tmp_path / "missing.dcm"), "--threshold", "0.2"],
+                             capture_output=True, text=True, timeout=300)
+    assert partial.returncode == 3 and "missing.dcm" in partial.stderr and "Traceback" not in partial.stderr
+    row = next(csv.DictReader(partial.stdout.splitlines()))
+    assert float(row["threshold"]) == 0.2 and int(row["label"]) == int(float(row["probability"]) >= 0.2)
+    failed = subprocess.run([*command, str(tmp_path / "missing.dcm")], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert np.isfinite(float(row["logit"]))

@@ -1,0 +1,120 @@
+"""The web service through FastAPI's test client: real uploads, bad uploads, auth, limits."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import RSNA_SAMPLE, SHARED_DATA, bomb_png, require
+
+pytest.importorskip("fastapi", reason="the web service needs pneumocam[serve]")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pneumocam.inference import Predictor  # noqa: E402
+from pneumocam.server import ServeConfig, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint):
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    return TestClient(create_app(predictor, ServeConfig(max_upload_mb=2)))
+
+
+def _post(client, name, data, **kwargs):
+    return client.post("/v1/predict", files={"file": (name, data, "application/octet-stream")}, **kwargs)
+
+
+def _decodes(b64: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
+        img.verify()
+        return img.size
+
+
+def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
+    client = TestClient(create_app(predictor, ServeConfig(max_upload_mb=32)))
+    files = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[:3]
+    files.append(sorted(require(SHARED_DATA / "kermany_sample" / "val" / "PNEUMONIA").glob("*.jpeg"))[0])
+    for path in files:
+        response = _post(client, path.name, path.read_bytes())
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert 0 <= body["probability"] <= 1 and body["label"] in (0, 1) and body["threshold"] == 0.5
+        assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)
+
+
+def _truncated_dicom(tmp_path) -> bytes:
+    from pneumocam.io import write_dicom_jpeg
+
+    write_dicom_jpeg(tmp_path / "x.dcm", (np.arange(4096) % 200).reshape(64, 64).astype(np.uint8), "p")
+    data = (tmp_path / "x.dcm").read_bytes()
+    return data[: len(data) - 200]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "status", "message"),
+    [
+        ("empty.png", lambda tmp: b"", 400, "empty"),
+        ("notes.png", lambda tmp: b"just some text, not an image", 415, "unsupported file type"),
+        ("cut.dcm", _truncated_dicom, 422, "cannot read the uploaded DCM"),
+        ("huge.png", lambda tmp: b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 1024 * 1024), 413, "larger than"),
+        ("bomb.png", lambda tmp: bomb_png(), 413, "too large"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx(client, tmp_path, name, make, status, message):
+    response = _post(client, name, make(tmp_path))
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+def test_missing_file_field_and_wrong_content_type(client):
+    assert client.post("/v1/predict", data={"other": "x"}).status_code == 422
+    assert client.post("/v1/predict", content=b"raw", headers={"content-type": "text/plain"}).status_code in (400, 422)
+
+
+def test_token_is_required_when_configured(predictor):
+    client = TestClient(create_app(predictor, ServeConfig(token="s3cret")))
+    image = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
+    assert _post(client, "a.png", image.getvalue()).status_code == 401
+    assert _post(client, "a.png", image.getvalue(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert _post(client, "a.png", image.getvalue(), headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_page_health_model_and_openapi(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<input" in page.text and "/v1/predict" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no external assets
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    model = client.get("/v1/model").json()
+    assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64
+    spec = client.get("/openapi.json").json()
+    assert "/v1/predict" in spec["paths"] and client.get("/docs").status_code == 200
+
+
+def test_uploads_leave_no_temporary_files(client, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    image = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
+    assert _post(client, "a.png", image.getvalue()).status_code == 200
+    assert _post(client, "b.png", b"\x89PNG\r\n\x1a\nbroken").status_code == 422
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_logs_carry_no_file_names(client, caplog):
+    import logging
+
+    image = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
+    with caplog.at_level(logging.INFO, logger="pneumocam.server"):
+        _post(client, "DOE_JOHN_1970.png", image.getvalue())
+    assert caplog.records and not any("DOE_JOHN" in r.getMessage() for r in caplog.records)
