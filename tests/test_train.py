@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import torch
 
@@ -38,3 +39,103 @@ def test_two_epoch_fit_writes_best_last_and_logs(phantom_data, tmp_path):
     last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert last["pneumocam"]["normalization"]["origin"].endswith("stats.json")
     assert last["epoch"] == 1
+
+
+def _val_rows(run_dir, log="metrics.csv"):
+    import csv
+
+    with open(run_dir / "logs" / log) as f:
+        return [(r["epoch"], r["val_loss"], r["val_auroc"]) for r in csv.DictReader(f) if r.get("val_loss")]
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=6, pretrained="none", augment="original", seed=3)
+    fit(phantom_data, tmp_path / "a", config)
+    fit(phantom_data, tmp_path / "b", config)
+    first, second = _val_rows(tmp_path / "a"), _val_rows(tmp_path / "b")
+    assert len(first) == 2 and first == second
+    fit(phantom_data, tmp_path / "c", replace(config, seed=4))
+    assert _val_rows(tmp_path / "c") != first
+
+
+def test_resume_after_kill_minus_9_finishes_the_same_epochs(phantom_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "pneumocam.cli", "train", str(phantom_data), str(tmp_path), "--epochs", "4",
+               "--batch-size", "6", "--pretrained", "none", "--augment", "none", "--seed", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert interrupted_at < 3, "the run finished before it could be interrupted"
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["epoch"] == 3 and final["global_step"] == 4 * 3  # 18 images, batch 6, drop_last: 3 steps/epoch
+    assert final["optimizer_states"] and final["lr_schedulers"]
+    before = {int(e) for e, _, _ in _val_rows(tmp_path)}
+    after = {int(e) for e, _, _ in _val_rows(tmp_path, "resumed-1/metrics.csv")}
+    assert before | after == {0, 1, 2, 3} and min(after) == interrupted_at + 1
+    assert (tmp_path / "config.resumed.json").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(phantom_data, tmp_path):
+    import pytest
+
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="nothing to resume"):
+        fit(phantom_data, tmp_path, TrainConfig(pretrained="none", resume=True))
+
+
+def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
+    from pneumocam.inference import Predictor
+
+    result = fit(phantom_data, tmp_path, TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="original",
+                                                     in_memory="on", seed=0))
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["pneumocam"]["config"]["in_memory"] == "on"
+    assert checkpoint["pneumocam"]["config"]["precision"] == "32-true"  # "auto" resolved and recorded
+    predictor = Predictor.from_checkpoint(result.last_checkpoint)
+    assert predictor.normalization.mean == 0.49
+
+
+def test_balanced_sampling_draws_both_classes_equally(phantom_data):
+    import numpy as np
+
+    from pneumocam.data import InMemorySplit, Normalization
+    from pneumocam.train import PneumoniaDataModule, resolve_runtime
+
+    config = resolve_runtime(TrainConfig(batch_size=4, balanced_sampling=True, in_memory="on", seed=0))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    labels = np.array([0] * 40 + [1] * 10)  # 20% positive, like RSNA
+    datamodule.train_set = InMemorySplit(torch.zeros(50, 1, 8, 8), torch.from_numpy(labels))
+    loader = datamodule.train_dataloader()  # created once per fit, as Lightning does; each pass is an epoch
+    drawn = np.concatenate([labels[list(indices)] for _ in range(40) for indices in loader.sampler])
+    assert abs(drawn.mean() - 0.5) < 0.05 and abs(labels.mean() - 0.5) > 0.05
+
+
+def test_two_process_ddp_on_cpu(phantom_data, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumocam.cli", "train", str(phantom_data), str(tmp_path), "--epochs", "1",
+         "--batch-size", "4", "--pretrained", "none", "--augment", "none", "--accelerator", "cpu", "--devices", "2",
+         "--strategy", "ddp"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["pneumocam"]["config"]["strategy"] == "ddp"
+    # 18 training images over 2 processes, batch 4: 9 per process -> 2 steps with drop_last
+    assert checkpoint["global_step"] == 2
+    assert "Traceback" not in result.stderr

@@ -24,6 +24,12 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _add_inference_options(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"images per forward pass (default {batch_size})")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
 def _add(sub, name: str, help_text: str, examples: str, handler: Callable) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,10 +66,13 @@ def _train(args) -> int:
 
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, pos_weight=args.pos_weight, augment=args.augment, pretrained=args.pretrained,
+        optimizer=args.optimizer, schedule=args.schedule, grad_clip=args.grad_clip,
+        early_stop_patience=args.early_stop_patience, pos_weight=args.pos_weight,
+        balanced_sampling=args.balanced_sampling, augment=args.augment, pretrained=args.pretrained,
         data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers,
-        accelerator=args.accelerator,
-        devices=args.devices, precision=args.precision, fast_dev_run=args.fast_dev_run,
+        accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
+        precision=args.precision, channels_last=args.channels_last, in_memory=args.in_memory,
+        compile=args.compile, resume=args.resume, fast_dev_run=args.fast_dev_run,
     )
     result = fit(args.data, args.run, config)
     print(f"best checkpoint: {result.best_checkpoint} ({args.monitor} {result.best_score}); "
@@ -239,15 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "train", "Train PneumoniaNet with PyTorch Lightning; writes RUN/checkpoints/{best,last}.ckpt.",
              _examples("pneumocam train data/ run/ --pretrained none --epochs 10",
-                       "pneumocam train data/ run/ --pretrained resnet18-f37072fd.pth --augment original"), _train)
+                       "pneumocam train data/ run/ --pretrained resnet18-f37072fd.pth --augment original",
+                       "pneumocam train data/ run/ --resume            # after an interruption",
+                       "pneumocam train data/ run/ --devices 4 --strategy ddp   # several GPUs"), _train)
     p.add_argument("data", help="prepared data folder (with Processed/train and Processed/val)")
     p.add_argument("run", help="run folder for checkpoints, config.json and logs")
     p.add_argument("--epochs", type=int, default=10, help="default 10")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
-    p.add_argument("--schedule", choices=("cosine", "onecycle", "none"), default="cosine",
-                   help="learning-rate schedule: cosine after a linear warm-up (default), onecycle, none")
+    p.add_argument("--optimizer", choices=("adam", "adamw"), default="adam", help="default adam")
+    p.add_argument("--schedule", choices=("cosine", "onecycle", "plateau", "none"), default="cosine",
+                   help="learning-rate schedule: cosine after a linear warm-up (default), onecycle, "
+                        "plateau (halve on a stalled --monitor), none")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (default 0 = off)")
+    p.add_argument("--early-stop-patience", type=int, default=0,
+                   help="stop after N epochs without improvement of --monitor (default 0 = off)")
+    p.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=False,
+                   help="sample both classes equally often (with replacement)")
     p.add_argument("--pos-weight", default="auto", help="BCE positive-class weight: auto = n_neg/n_pos, or a number")
     p.add_argument("--augment", choices=("original", "none"), default="original",
                    help="original: affine ±5°, translate 5%%, scale 0.9-1.1 + random resized crop 0.35-1")
@@ -260,8 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and augmentation")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    p.add_argument("--devices", default="auto", help="Lightning devices (default auto)")
-    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    p.add_argument("--devices", default="auto", help="Lightning devices: auto, a count, or a list like 0,1")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp for several GPUs or nodes")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines for DDP (default 1)")
+    p.add_argument("--precision", default="auto",
+                   help="auto (bf16-mixed or 16-mixed on a GPU, 32-true on CPU) or a Lightning precision")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format (default on; faster on CPU and GPU here)")
+    p.add_argument("--in-memory", choices=("auto", "on", "off"), default="auto",
+                   help="hold the data in memory and augment on the device (auto: on a GPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the network")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue from RUN/checkpoints/last.ckpt (weights, optimizer, schedule, epoch)")
     p.add_argument("--fast-dev-run", action=argparse.BooleanOptionalAction, default=False,
                    help="one training and one validation batch, to check the set-up")
 
@@ -284,8 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the plots, the CAM gallery and report.html (default on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0 = none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--batch-size", type=int, default=32, help="default 32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_inference_options(p)
 
     p = _add(sub, "cam", "Class Activation Maps: one side-by-side PNG per image plus the raw 7x7 and 224x224 maps.",
              _examples("pneumocam cam run/checkpoints/best.ckpt xray.dcm --out cams/",
@@ -298,8 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
                    default="cam", help="cam (from the forward pass, default), gradcam or gradcam++ (one backward "
                                        "pass); scorecam, eigencam, layercam need pip install 'pneumocam[cam-extra]'")
-    p.add_argument("--batch-size", type=int, default=32, help="default 32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_inference_options(p)
 
     p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB).",
              _examples("pneumocam localize run/checkpoints/best.ckpt data/ loc/",
@@ -317,8 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model-randomisation sanity check: re-initialise layer4+fc, maps must change "
                         "(exit code 3 if a method fails)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the randomisation")
-    p.add_argument("--batch-size", type=int, default=16, help="default 16")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_inference_options(p, batch_size=16)
 
     p = _add(sub, "predict", "Pneumonia probabilities for files, folders (recursive) or glob patterns.",
              _examples("pneumocam predict run/checkpoints/best.ckpt xray.dcm",
@@ -331,8 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=False,
                    help="also write CAM overlay PNGs to OUT/overlays/ (needs --out)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=32, help="default 32")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_inference_options(p)
 
     p = _add(sub, "serve", "Web service and page: upload an X-ray, see the probability and the CAM.",
              _examples("pneumocam serve run/checkpoints/best.ckpt",
@@ -359,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
              _examples("pneumocam demo", "pneumocam demo my-demo/ --n-images 200 --epochs 2"), _demo)
     p.add_argument("out", nargs="?", default="pneumocam-demo", help="output folder (default ./pneumocam-demo)")
     p.add_argument("--n-images", type=int, default=None, help="phantom images (default 800)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
     p.add_argument("--seed", type=int, default=None, help="seed for every stage (default 0)")
     return parser
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     synth: SynthConfig = SynthConfig(n_images=800, positive_fraction=0.35, seed=0, workers=2)
     prepare: PrepareConfig = PrepareConfig(val_fraction=0.2, seed=0)
-    train: TrainConfig = TrainConfig(epochs=6, batch_size=16, lr=2e-3, augment="none", pretrained="none",
+    train: TrainConfig = TrainConfig(epochs=8, batch_size=16, lr=2e-3, augment="none", pretrained="none",
                                      data_stats=True, seed=0)
     n_cam_images: int = 8
 

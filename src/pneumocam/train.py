@@ -7,27 +7,32 @@ fingerprint and package versions, in plain types so they load with torch.load(we
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from pneumocam.augment import augment_batch
 from pneumocam.data import (
+    InMemorySplit,
     Normalization,
     build_transform,
     dataset_labels,
+    load_split_in_memory,
     positive_weight,
     read_fingerprint,
     read_normalization,
+    sample_weights,
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
@@ -37,7 +42,8 @@ from pneumocam.provenance import git_commit, package_versions
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "onecycle", "none")
+SCHEDULES = ("cosine", "onecycle", "plateau", "none")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 # metric -> mode for "best.ckpt". val_loss is the default: AUROC alone can peak at an epoch whose
 # BatchNorm statistics still lag and whose probabilities are badly calibrated (seen on the phantom set).
 MONITORS = {"val_loss": "min", "val_auroc": "max", "val_acc": "max"}
@@ -49,9 +55,13 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine decay after a linear warm-up | onecycle | none
+    optimizer: str = "adam"  # adam | adamw
+    schedule: str = "cosine"  # cosine decay after a linear warm-up | onecycle | plateau | none
     warmup_fraction: float = 0.05
+    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off
+    early_stop_patience: int = 0  # stop after this many epochs without improvement of `monitor`; 0 = off
     pos_weight: str = "auto"  # "auto" = n_negative / n_positive of the training split, or a number
+    balanced_sampling: bool = False  # draw both classes equally often (with replacement)
     augment: str = "original"
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision resnet18 state dict
     data_stats: bool = False  # normalise with the data set's own mean/std (stats.json) instead of RSNA's
@@ -60,9 +70,28 @@ class TrainConfig:
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
-    precision: str = "32-true"
+    strategy: str = "auto"  # e.g. ddp for several GPUs or nodes
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on a GPU, 32-true on CPU
     channels_last: bool = True
+    in_memory: str = "auto"  # hold the data set in memory and augment on the device; auto: on a GPU
+    compile: bool = False  # torch.compile the network
+    resume: bool = False  # continue from RUN/checkpoints/last.ckpt
     fast_dev_run: bool = False
+
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_runtime(config: TrainConfig) -> TrainConfig:
+    """Replace the "auto" settings by what they mean on this machine (recorded in the checkpoint)."""
+    gpu = _on_gpu(config.accelerator)
+    precision = config.precision
+    if precision == "auto":
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    in_memory = config.in_memory if config.in_memory != "auto" else ("on" if gpu else "off")
+    return replace(config, precision=precision, in_memory=in_memory)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: int):
@@ -78,24 +107,40 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
 class PneumoniaModule(L.LightningModule):
     """Loss, metrics and optimisation around a PneumoniaNet; the network itself stays a plain nn.Module."""
 
-    def __init__(self, config: dict, pos_weight: float, normalization: dict, metadata: dict):
+    def __init__(self, config: dict, pos_weight: float, normalization: dict, metadata: dict,
+                 load_pretrained: bool = True):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["load_pretrained"])
         self.config = config
-        self.net = PneumoniaNet(config["pretrained"])
+        # on resume the weights come from the checkpoint, so do not fetch pretrained ones again
+        self.net = PneumoniaNet(config["pretrained"] if load_pretrained else "none")
         self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
         self.val_auroc = BinaryAUROC()
+        self._augment_generator = torch.Generator().manual_seed(config["seed"])
+        # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
+        object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """In-memory path: batches arrive on the device in [0, 1]; augment them there, then normalise."""
+        images, labels = batch
+        if self.config["in_memory"] != "on":
+            return batch
+        images = images.float()
+        if self.trainer.training and self.config["augment"] == "original":
+            images = augment_batch(images, self._augment_generator)
+        norm = self.hparams["normalization"]
+        return (images - norm["mean"]) / norm["std"], labels
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch  # (B, 1, 224, 224), (B,)
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits, _ = self.net(images)
+        logits, _ = self._run_net(images)
         logits = logits[:, 0]  # (B,)
         return self.loss(logits, labels.float()), logits, labels
 
@@ -117,10 +162,15 @@ class PneumoniaModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = torch.optim.Adam(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        optimizer = OPTIMIZERS[cfg["optimizer"]](self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if cfg["schedule"] == "none":
             return optimizer
+        if cfg["schedule"] == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITORS[cfg["monitor"]],
+                                                                   factor=0.5, patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"],
+                                                             "interval": "epoch"}}
         if cfg["schedule"] == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total)
         else:
@@ -138,27 +188,46 @@ class PneumoniaModule(L.LightningModule):
 
 
 class PneumoniaDataModule(L.LightningDataModule):
-    """Train/val loaders over DATA/Processed; augmentation only on the training split."""
+    """Train/val loaders over DATA/Processed; augmentation only on the training split.
 
-    def __init__(self, data_dir: str | Path, norm: Normalization, batch_size: int, augment: str, num_workers: int):
+    File path: a DatasetFolder per split, torchvision transforms on CPU workers.
+    In-memory path: each split as one float16 tensor, whole batches indexed at once; augmentation and
+    normalisation then happen on the device (PneumoniaModule.on_after_batch_transfer).
+    """
+
+    def __init__(self, data_dir: str | Path, norm: Normalization, config: TrainConfig):
         super().__init__()
-        self.data_dir, self.norm = Path(data_dir), norm
-        self.batch_size, self.augment, self.num_workers = batch_size, augment, num_workers
+        self.data_dir, self.norm, self.config = Path(data_dir), norm, config
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = split_dataset(self.data_dir, "train", build_transform(self.norm, self.augment))
-        self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
+        if self.config.in_memory == "on":
+            self.train_set = load_split_in_memory(self.data_dir, "train")
+            self.val_set = load_split_in_memory(self.data_dir, "val")
+        else:
+            self.train_set = split_dataset(self.data_dir, "train", build_transform(self.norm, self.config.augment))
+            self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=shuffle and len(dataset) > self.batch_size,  # no BatchNorm on a batch of 1
-                          persistent_workers=self.num_workers > 0)
+    def _sampler(self, dataset, train: bool):
+        generator = torch.Generator().manual_seed(self.config.seed)
+        if train and self.config.balanced_sampling:
+            labels = dataset.labels.numpy() if isinstance(dataset, InMemorySplit) else dataset_labels(dataset)
+            return WeightedRandomSampler(sample_weights(labels), len(labels), replacement=True, generator=generator)
+        return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1
+        sampler = self._sampler(dataset, train)
+        if isinstance(dataset, InMemorySplit):  # one tensor index per batch, no per-image collation
+            batches = BatchSampler(sampler, self.config.batch_size, drop_last)
+            return DataLoader(dataset, sampler=batches, batch_size=None, pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, train=False)
 
 
 class EpochSummary(Callback):
@@ -186,6 +255,11 @@ class FitResult:
     best_score: float | None
 
 
+def _devices(value: str):
+    """Lightning takes "auto", a count (int) or a list such as "0,1"; the CLI passes strings."""
+    return int(value) if str(value).isdigit() else value
+
+
 def resolve_pos_weight(setting: str, labels) -> float:
     if setting == "auto":
         return positive_weight(labels)
@@ -198,13 +272,42 @@ def resolve_pos_weight(setting: str, labels) -> float:
     return value
 
 
+def _check(config: TrainConfig, run_dir: Path) -> Path | None:
+    """Validate the settings; returns the checkpoint to resume from, if any."""
+    for value, allowed, flag in ((config.schedule, SCHEDULES, "--schedule"), (config.monitor, MONITORS, "--monitor"),
+                                 (config.optimizer, OPTIMIZERS, "--optimizer"),
+                                 (config.in_memory, ("auto", "on", "off"), "--in-memory")):
+        if value not in allowed:
+            raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
+    if not config.resume:
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise PneumocamError(f"{last}: nothing to resume from (train without --resume first)")
+    return last
+
+
+def _loggers(run_dir: Path, resuming: bool) -> list:
+    """CSV always (RUN/logs/metrics.csv), TensorBoard when installed. A resumed run logs to
+    RUN/logs/resumed-N/metrics.csv: Lightning's CSV writer rewrites an existing file's header on its
+    first save and would drop the columns logged before the interruption."""
+    version = ""
+    if resuming:
+        version = f"resumed-{len(list((run_dir / 'logs').glob('resumed-*'))) + 1}"
+    loggers = [CSVLogger(run_dir, name="logs", version=version)]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version))
+    return loggers
+
+
 def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig()) -> FitResult:
-    """Train on DATA/Processed/train, validate on DATA/Processed/val, write checkpoints under RUN."""
+    """Train on DATA/Processed/train, validate on DATA/Processed/val, write checkpoints under RUN.
+
+    With config.resume, continue from RUN/checkpoints/last.ckpt (weights, optimizer, scheduler, epoch).
+    """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    if config.schedule not in SCHEDULES:
-        raise PneumocamError(f"unknown --schedule {config.schedule!r}; choose from {SCHEDULES}")
-    if config.monitor not in MONITORS:
-        raise PneumocamError(f"unknown --monitor {config.monitor!r}; choose from {sorted(MONITORS)}")
+    resume_from = _check(config, run_dir)
+    config = resolve_runtime(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     norm = read_normalization(data_dir, config.data_stats)
     labels = dataset_labels(split_dataset(data_dir, "train"))
@@ -215,10 +318,11 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     }
     normalization = asdict(norm)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**metadata, "normalization": normalization, "pos_weight": pos_weight,
-                                          "n_train": int(len(labels)), "n_train_positive": int(labels.sum())})
-    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata)
-    datamodule = PneumoniaDataModule(data_dir, norm, config.batch_size, config.augment, config.num_workers)
+    resolved = {**metadata, "normalization": normalization, "pos_weight": pos_weight, "n_train": int(len(labels)),
+                "n_train_positive": int(labels.sum()), "resumed_from": str(resume_from) if resume_from else None}
+    write_json(run_dir / ("config.resumed.json" if resume_from else "config.json"), resolved)
+    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
+    datamodule = PneumoniaDataModule(data_dir, norm, config)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor,
                                  mode=MONITORS[config.monitor], auto_insert_metric_name=False,
                                  enable_version_counter=False)
@@ -226,14 +330,18 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     # monitor-less callback keeps last.ckpt at the latest epoch, which is what --resume needs.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
+    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary()]
+    if config.early_stop_patience > 0:
+        callbacks.append(EarlyStopping(config.monitor, patience=config.early_stop_patience,
+                                       mode=MONITORS[config.monitor]))
     trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        precision=config.precision, deterministic="warn", fast_dev_run=config.fast_dev_run,
-        callbacks=[checkpoint, last, LearningRateMonitor("step"), EpochSummary()],
-        logger=CSVLogger(run_dir, name="logs", version=""), log_every_n_steps=5,
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
+        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
+        deterministic="warn", fast_dev_run=config.fast_dev_run, gradient_clip_val=config.grad_clip or None,
+        callbacks=callbacks, logger=_loggers(run_dir, resume_from is not None), log_every_n_steps=5,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
     if config.fast_dev_run:  # Lightning skips checkpointing in a dev run; save one so the run is usable
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"

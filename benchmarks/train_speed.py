@@ -1,0 +1,151 @@
+"""Training throughput: pneumocam's Lightning training vs a plain PyTorch loop, the data pipeline vs
+what the model consumes, and (on a GPU) each speed feature on and off.
+
+Runs unchanged on CPU or CUDA (about 5 minutes on one GPU; longer on 2 CPU cores with the defaults).
+Everything uses a phantom set it makes and prepares first (--n-images, 224 px).
+
+  lightning   PneumoniaModule + PneumoniaDataModule under lightning.Trainer, S steps, no validation/checkpoints
+  plain       the same network, loss, optimizer, batches and memory format in a hand-written loop, S steps
+  pipeline    images/s of the training DataLoader alone (file path + CPU augmentation; in-memory + device aug.)
+  features    (GPU) images/s with precision, channels-last, in-memory data and torch.compile switched on/off
+
+Target (issue 4): Lightning within 5% of the plain loop on CPU.
+
+usage: python benchmarks/train_speed.py [--steps 16] [--batch-size 32] [--n-images 320] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from pneumocam.augment import augment_batch
+from pneumocam.data import read_normalization
+from pneumocam.model import PneumoniaNet
+from pneumocam.train import PneumoniaDataModule, PneumoniaModule, TrainConfig, resolve_runtime
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def lightning_rate(data: Path, config: TrainConfig, steps: int) -> float:
+    L.seed_everything(0, verbose=False)
+    norm = read_normalization(data)
+    module = PneumoniaModule(vars(config), 1.0, vars(norm), {}, load_pretrained=False)
+    datamodule = PneumoniaDataModule(data, norm, config)
+    trainer = L.Trainer(max_steps=steps, accelerator=config.accelerator, devices=1, precision=config.precision,
+                        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def plain_rate(data: Path, config: TrainConfig, steps: int, device: torch.device) -> float:
+    torch.manual_seed(0)
+    norm = read_normalization(data)
+    datamodule = PneumoniaDataModule(data, norm, config)
+    datamodule.setup()
+    net = PneumoniaNet("none").to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0], device=device))
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        for images, labels in datamodule.train_dataloader():
+            images, labels = images.to(device), labels.to(device)
+            if config.in_memory == "on":
+                images = (augment_batch(images.float(), generator) - norm.mean) / norm.std
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            logits, _ = net(images)
+            loss = loss_fn(logits[:, 0], labels.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    _sync(device)
+    return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def pipeline_rate(data: Path, config: TrainConfig, steps: int, device: torch.device) -> float:
+    norm = read_normalization(data)
+    datamodule = PneumoniaDataModule(data, norm, config)
+    datamodule.setup()
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    seen = 0
+    for images, _ in datamodule.train_dataloader():
+        if config.in_memory == "on":
+            images = augment_batch(images.to(device).float(), generator)
+        seen += len(images)
+        if seen >= steps * config.batch_size:
+            break
+    _sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--n-images", type=int, default=320)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="pneumocam-train-bench-"))
+    data = work / "data"
+    if not (data / "stats.json").exists():
+        subprocess.run([sys.executable, "-m", "pneumocam.cli", "synth", str(work / "src"), "--n-images",
+                        str(args.n_images), "--size", "512"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "pneumocam.cli", "prepare", str(work / "src"), str(data),
+                        "--val-fraction", "0.1"], check=True, capture_output=True)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    base = resolve_runtime(TrainConfig(batch_size=args.batch_size, pretrained="none", augment="original",
+                                       accelerator="gpu" if gpu else "cpu", in_memory="off"))
+    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{name}, torch {torch.__version__}, batch {args.batch_size}, {args.steps} steps per row\n")
+    print(f"{'what':<58}{'images/s':>10}")
+    lightning = lightning_rate(data, base, args.steps)
+    plain = plain_rate(data, base, args.steps, device)
+    print(f"{'pneumocam training (Lightning), file data, CPU augmentation':<58}{lightning:>10.1f}")
+    print(f"{'plain PyTorch loop, same steps':<58}{plain:>10.1f}")
+    print(f"{'  Lightning / plain':<58}{lightning / plain:>10.3f}   (target >= 0.95)")
+    print(f"{'data pipeline alone: files + CPU augmentation (workers 0)':<58}"
+          f"{pipeline_rate(data, base, args.steps, device):>10.1f}")
+    memory = replace(base, in_memory="on")
+    print(f"{'data pipeline alone: in memory + device augmentation':<58}"
+          f"{pipeline_rate(data, memory, args.steps, device):>10.1f}")
+    rows = [("in-memory data + device augmentation", memory), ("channels-last off", replace(base, channels_last=False))]
+    if gpu:
+        fast = replace(memory, precision=base.precision)
+        rows = [("all on (mixed precision, channels-last, in-memory)", fast),
+                ("mixed precision off (32-true)", replace(fast, precision="32-true")),
+                ("channels-last off", replace(fast, channels_last=False)),
+                ("in-memory off (files + CPU augmentation, 4 workers)", replace(fast, in_memory="off", num_workers=4)),
+                ("torch.compile on", replace(fast, compile=True))]
+    for label, config in rows:
+        print(f"{'Lightning, ' + label:<58}{lightning_rate(data, config, args.steps):>10.1f}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
