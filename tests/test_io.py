@@ -188,3 +188,70 @@ def test_truncated_and_corrupted_files(tmp_path):
     (tmp_path / "corrupt.jpg").write_bytes(bytes(jpeg[: len(jpeg) // 3]))
     with pytest.raises(ImageReadError, match="not a readable image"):
         read_image(tmp_path / "corrupt.jpg")
+
+
+def test_reduced_scale_decoding_keeps_geometry_and_values(tmp_path):
+    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.preprocess import to_model_input
+
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.uniform(0, 255, (16, 16)).astype(np.uint8)).resize((1024, 1024),
+                                                                                                 Image.BICUBIC))
+    write_dicom_jpeg(tmp_path / "big.dcm", smooth, "p")
+    Image.fromarray(smooth[:, :768]).save(tmp_path / "wide.jpg", quality=95)
+    for path, full_shape, small_shape in [(tmp_path / "big.dcm", (1024, 1024), (256, 256)),
+                                          (tmp_path / "wide.jpg", (1024, 768), (256, 192))]:
+        full, small = read_image(path), read_image(path, min_side=224)
+        assert full.shape == full_shape == read_size(path) and small.shape == small_shape
+        difference = np.abs(to_model_input(full) - to_model_input(small))
+        # the largest differences sit where the image meets the black padding of a non-square image
+        assert difference.mean() < 0.005 and difference.max() < 0.1
+    # no reduction when the image is not at least twice the needed size
+    assert read_image(tmp_path / "wide.jpg", min_side=600).shape == (1024, 768)
+
+
+def test_reduced_scale_is_not_used_under_a_window(tmp_path):
+    from pneumocam.io import write_dicom_jpeg
+
+    write_dicom_jpeg(tmp_path / "w.dcm", np.full((1024, 1024), 100, np.uint8), "p")
+    import pydicom
+
+    ds = pydicom.dcmread(tmp_path / "w.dcm")
+    ds.WindowCenter, ds.WindowWidth = 100, 50
+    ds.save_as(tmp_path / "w.dcm")
+    assert read_image(tmp_path / "w.dcm", min_side=224).shape == (1024, 1024)
+
+
+def _pydicom_test_file(name):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom's bundled test file {name} is not available")
+    return path
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(name):
+    reference = read_image(_pydicom_test_file("MR_small.dcm"))  # explicit VR little endian, 16-bit signed
+    image = read_image(_pydicom_test_file(name))
+    assert image.shape == (64, 64) and np.array_equal(image, reference)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("JPGExtended.dcm", (1024, 256)), ("JPEG2000.dcm", (1024, 256)), ("JPEGLSNearLossless_08.dcm", (45, 10)),
+     ("693_J2KI.dcm", (512, 512)), ("SC_jpeg_no_color_transform.dcm", (256, 256))],
+)
+def test_lossy_and_12_bit_syntaxes_decode(name, shape):
+    image = read_image(_pydicom_test_file(name))
+    assert image.shape == shape and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("SC_rgb_rle_2frame.dcm", "multi-frame"), ("rtplan.dcm", "no pixel data"), ("JPEG-lossy.dcm", "cannot decode")],
+)
+def test_unusable_dicoms_are_rejected_with_a_reason(name, reason):
+    with pytest.raises(ImageReadError, match=reason):
+        read_image(_pydicom_test_file(name))

@@ -144,7 +144,7 @@ class Predictor:
             images, sources = [], []
             for path in chunk:
                 try:
-                    images.append(read_image(path))
+                    images.append(read_image(path, min_side=IMAGE_SIZE))
                     sources.append(str(path))
                 except ImageReadError as exc:
                     failures.append({"source": str(path), "reason": exc.reason})

@@ -8,6 +8,7 @@ own min/max (so a dark image stays dark).
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -35,8 +36,14 @@ class ImageReadError(PneumocamError):
         self.reason = reason
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Read a DICOM, PNG/JPEG/BMP/TIFF or .npy file -> float32 (H, W) in [0, 1].
+
+    min_side: the caller will shrink the image until its longer side is this long, so a JPEG-coded
+    image (JPEG files, JPEG Baseline DICOM) may be decoded at a reduced DCT scale (libjpeg's 1/2,
+    1/4, 1/8 decoding through Pillow's `draft`), keeping the longer side >= min_side and the aspect
+    ratio. That is an anti-aliased downscale done inside the decoder, 4-6x faster for RSNA's 1024 px
+    files. Use read_size() for the full-resolution size. None (default): full resolution.
 
     Raises ImageReadError (with the file and the reason) for anything that is missing, empty,
     corrupt, not a single grayscale-convertible image, or larger than MAX_PIXELS.
@@ -52,9 +59,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if suffix in NPY_SUFFIXES:
         return read_npy(path)
     if suffix in RASTER_SUFFIXES:
-        return read_raster(path)
+        return read_raster(path, min_side)
     if suffix in DICOM_SUFFIXES or _looks_like_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, min_side)
     raise ImageReadError(path, f"unsupported file type {suffix!r} (expected DICOM, PNG, JPEG, BMP, TIFF or .npy)")
 
 
@@ -112,7 +119,15 @@ def read_npy(path: Path) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def read_raster(path: Path) -> np.ndarray:
+def _draft_size(width: int, height: int, min_side: int | None) -> tuple[int, int] | None:
+    """The size to ask libjpeg for so that the longer side stays >= min_side (aspect kept)."""
+    if not min_side or max(width, height) < 2 * min_side:
+        return None
+    scale = min_side / max(width, height)
+    return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
+
+
+def read_raster(path: Path, min_side: int | None = None) -> np.ndarray:
     """PNG/JPEG/BMP/TIFF: 8 or 16 bit, L/RGB/RGBA/P -> one gray channel, EXIF orientation applied."""
     try:
         with warnings.catch_warnings():
@@ -121,6 +136,9 @@ def read_raster(path: Path) -> np.ndarray:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageReadError(path, f"image too large: {width}x{height} pixels exceeds {MAX_PIXELS}")
+                draft = _draft_size(width, height, min_side)
+                if draft and img.format == "JPEG":
+                    img.draft("L" if img.mode in ("L", "RGB", "CMYK") else None, draft)
                 img = ImageOps.exif_transpose(img)
                 return _pil_to_gray(img)
     except ImageReadError:
@@ -149,7 +167,7 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
-def read_dicom(path: Path) -> np.ndarray:
+def read_dicom(path: Path, min_side: int | None = None) -> np.ndarray:
     """A single-frame grayscale DICOM -> float32 (H, W) in [0, 1].
 
     Applies the Modality LUT (rescale slope/intercept), then the VOI LUT or window if present, inverts
@@ -174,7 +192,7 @@ def read_dicom(path: Path) -> np.ndarray:
     if rows * cols > MAX_PIXELS:
         raise ImageReadError(path, f"image too large: {cols}x{rows} pixels exceeds {MAX_PIXELS}")
     try:
-        arr = _decode_pixels(ds)
+        arr = _decode_pixels(ds, min_side)
     except Exception as exc:  # decoders raise many unrelated types; report them all with the file
         raise ImageReadError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -188,11 +206,25 @@ def read_dicom(path: Path) -> np.ndarray:
     return _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric)
 
 
-def _decode_pixels(ds) -> np.ndarray:
+def _has_pointwise_luts(ds) -> bool:
+    return any(k in ds for k in ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter")) or \
+        float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
+
+
+def _decode_pixels(ds, min_side: int | None = None) -> np.ndarray:
+    from pydicom.encaps import generate_frames
     from pydicom.pixels import pixel_array
     from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    draft = _draft_size(int(ds.Columns), int(ds.Rows), min_side)
+    # Reduced-scale decoding averages pixels before any LUT, so only where no nonlinear LUT follows
+    if draft and syntax == JPEGBaseline8Bit and int(ds.get("SamplesPerPixel", 1)) == 1 and \
+            not _has_pointwise_luts(ds):
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as img:
+            img.draft("L", draft)
+            return np.asarray(img.convert("L"))
     if syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
         try:
             return pixel_array(ds, decoding_plugin="pillow")
@@ -205,7 +237,7 @@ def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -
     bits = int(ds.get("BitsStored", 8))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    values = apply_modality_lut(arr, ds) if _has_pointwise_luts(ds) else arr
     if has_voi:
         values = apply_voi_lut(values, ds).astype(np.float64)
         if "VOILUTSequence" in ds:
@@ -221,10 +253,12 @@ def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -
         low, high = sorted((raw_low * slope + intercept, raw_high * slope + intercept))
     if high <= low:
         raise ImageReadError(getattr(ds, "filename", "?"), f"degenerate pixel range [{low}, {high}]")
-    out = np.clip((values - low) / (high - low), 0.0, 1.0)
+    out = np.asarray(values, dtype=np.float32) - np.float32(low)  # float32 throughout: 1024^2 px per file
+    out *= np.float32(1.0 / (high - low))
+    np.clip(out, 0.0, 1.0, out=out)
     if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+        np.subtract(np.float32(1.0), out, out=out)
+    return out
 
 
 def write_dicom_jpeg(
@@ -235,8 +269,6 @@ def write_dicom_jpeg(
     pydicom cannot encode JPEG Baseline itself, so Pillow encodes the frame and pydicom encapsulates
     it. The file is written atomically (temporary file + rename).
     """
-    import io as _io
-
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
@@ -245,7 +277,7 @@ def write_dicom_jpeg(
 
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    buffer = _io.BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(image, mode="L").save(buffer, format="JPEG", quality=quality)
     sop_uid = generate_uid(entropy_srcs=[patient_id])
     meta = FileMetaDataset()

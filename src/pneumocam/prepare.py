@@ -111,8 +111,12 @@ def _process(job: _Job) -> dict:
             array = read_npy(out_path)
             height, width = read_size(item.source) if item.boxes else (0, 0)
         else:
-            image = read_image(item.source) if item.array is None else item.array
-            height, width = image.shape
+            if item.array is None:  # decoded at reduced scale where possible; boxes need the full size
+                image = read_image(item.source, min_side=IMAGE_SIZE)
+                height, width = read_size(item.source) if item.boxes else image.shape
+            else:
+                image = item.array
+                height, width = image.shape
             array = to_model_input(image, IMAGE_SIZE, job.resize_mode)
             save_npy(out_path, array)
     except ImageReadError as exc:

@@ -1,0 +1,38 @@
+import os
+
+import numpy as np
+import pytest
+
+from pneumocam.files import atomic_open, save_npy, unique_stems, write_csv, write_json
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_npy(tmp_path / "b.npy", np.zeros(3))
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.npy"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_open(tmp_path / "out.csv") as f:
+            f.write("partial")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    write_csv(tmp_path / "out.csv", ["a"], [{"a": 1}])
+    assert (tmp_path / "out.csv").read_text().splitlines() == ["a", "1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"x": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unique_stems():
+    assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.npy"]) == ["x", "x_1", "y", "x_2"]
