@@ -6,7 +6,7 @@ import pytest
 
 from pneumocam.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "train", "evaluate", "cam", "demo"]
+COMMANDS = ["synth", "prepare", "train", "evaluate", "cam", "localize", "predict", "serve", "export", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

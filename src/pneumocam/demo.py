@@ -109,7 +109,7 @@ def scaled_config(n_images: int | None = None, epochs: int | None = None, seed: 
     return config
 
 
-def ensure_phantom_run(workdir: str | Path, n_images: int = 400, epochs: int = 3, seed: int = 0) -> tuple[Path, Path]:
+def ensure_phantom_run(workdir: str | Path, n_images: int = 800, epochs: int = 6, seed: int = 0) -> tuple[Path, Path]:
     """A prepared phantom data set and a trained checkpoint under `workdir`, made only if absent.
 
     The notebooks call this so each runs on its own, and reuse what an earlier notebook made.
