@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pneumocam.data import split_dataset
+from pneumocam.data import dataset_files, split_dataset
 from pneumocam.evaluate import EvalConfig, evaluate
 from pneumocam.explain import CAM_FIELDS, CamConfig, write_cam_outputs
 from pneumocam.files import write_csv, write_json
@@ -43,15 +43,11 @@ def _cam_examples(data_dir: Path, n: int) -> tuple[list[Path], list[list]]:
     """Up to n - n//2 boxed positive validation images, then negatives; with each image's boxes."""
     dataset = split_dataset(data_dir, "val")
     boxes = load_boxes(data_dir)
-    relative = [(Path(p), dataset_files_key(p, data_dir)) for p, _ in dataset.samples]
+    relative = list(zip((Path(p) for p, _ in dataset.samples), dataset_files(dataset, data_dir), strict=True))
     positives = [(p, boxes[key]) for p, key in relative if key in boxes]
     negatives = [(p, []) for p, key in relative if "/0/" in key]
     chosen = positives[: n - n // 2] + negatives[: n // 2]
     return [p for p, _ in chosen], [b for _, b in chosen]
-
-
-def dataset_files_key(path: str, data_dir: Path) -> str:
-    return str(Path(path).resolve().relative_to(data_dir.resolve()))
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:

@@ -37,6 +37,11 @@ class ImageReadError(PneumocamError):
 
 
 def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
+    """Read a DICOM, PNG/JPEG/BMP/TIFF or .npy file -> float32 (H, W) in [0, 1]; see read_image_and_size."""
+    return read_image_and_size(path, min_side)[0]
+
+
+def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Read a DICOM, PNG/JPEG/BMP/TIFF or .npy file -> float32 (H, W) in [0, 1].
 
     min_side: the caller will shrink the image until its longer side is this long, so a JPEG-coded
@@ -45,6 +50,8 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
     ratio. That is an anti-aliased downscale done inside the decoder, 4-6x faster for RSNA's 1024 px
     files. Use read_size() for the full-resolution size. None (default): full resolution.
 
+    Returns the image and the file's full-resolution (height, width), which differ only when a
+    reduced-scale decode was used (boxes given in source pixels need the full size).
     Raises ImageReadError (with the file and the reason) for anything that is missing, empty,
     corrupt, not a single grayscale-convertible image, or larger than MAX_PIXELS.
     """
@@ -57,7 +64,8 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
         raise ImageReadError(path, "empty file (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in NPY_SUFFIXES:
-        return read_npy(path)
+        array = read_npy(path)
+        return array, array.shape
     if suffix in RASTER_SUFFIXES:
         return read_raster(path, min_side)
     if suffix in DICOM_SUFFIXES or _looks_like_dicom(path):
@@ -127,8 +135,9 @@ def _draft_size(width: int, height: int, min_side: int | None) -> tuple[int, int
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def read_raster(path: Path, min_side: int | None = None) -> np.ndarray:
-    """PNG/JPEG/BMP/TIFF: 8 or 16 bit, L/RGB/RGBA/P -> one gray channel, EXIF orientation applied."""
+def read_raster(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """PNG/JPEG/BMP/TIFF: 8 or 16 bit, L/RGB/RGBA/P -> one gray channel, EXIF orientation applied.
+    Returns (image, full-resolution (height, width) after orientation)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -136,11 +145,13 @@ def read_raster(path: Path, min_side: int | None = None) -> np.ndarray:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageReadError(path, f"image too large: {width}x{height} pixels exceeds {MAX_PIXELS}")
+                rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
+                full_size = (width, height) if rotated else (height, width)
                 draft = _draft_size(width, height, min_side)
                 if draft and img.format == "JPEG":
                     img.draft("L" if img.mode in ("L", "RGB", "CMYK") else None, draft)
                 img = ImageOps.exif_transpose(img)
-                return _pil_to_gray(img)
+                return _pil_to_gray(img), full_size
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -167,8 +178,8 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
-def read_dicom(path: Path, min_side: int | None = None) -> np.ndarray:
-    """A single-frame grayscale DICOM -> float32 (H, W) in [0, 1].
+def read_dicom(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """A single-frame grayscale DICOM -> (float32 (H, W) in [0, 1], full-resolution (Rows, Columns)).
 
     Applies the Modality LUT (rescale slope/intercept), then the VOI LUT or window if present, inverts
     MONOCHROME1, and scales by the range the pixel values can take (BitsStored, or the window's output
@@ -199,11 +210,11 @@ def read_dicom(path: Path, min_side: int | None = None) -> np.ndarray:
         if arr.ndim == 3 and arr.shape[-1] == 3:
             arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
             bits = int(ds.get("BitsStored", 8))
-            return np.clip(arr / (2**bits - 1), 0, 1).astype(np.float32)
+            return np.clip(arr / (2**bits - 1), 0, 1).astype(np.float32), (rows, cols)
         raise ImageReadError(path, f"unsupported photometric interpretation {photometric}")
     if arr.ndim != 2:
         raise ImageReadError(path, f"expected a 2-D grayscale image, got shape {arr.shape}")
-    return _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric)
+    return _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric), (rows, cols)
 
 
 def _has_pointwise_luts(ds) -> bool:

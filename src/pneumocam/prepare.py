@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv, save_npy, write_csv, write_json
-from pneumocam.io import ImageReadError, read_image, read_npy, read_size
+from pneumocam.io import ImageReadError, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, parse_class_map
 
@@ -112,8 +112,7 @@ def _process(job: _Job) -> dict:
             height, width = read_size(item.source) if item.boxes else (0, 0)
         else:
             if item.array is None:  # decoded at reduced scale where possible; boxes need the full size
-                image = read_image(item.source, min_side=IMAGE_SIZE)
-                height, width = read_size(item.source) if item.boxes else image.shape
+                image, (height, width) = read_image_and_size(item.source, min_side=IMAGE_SIZE)
             else:
                 image = item.array
                 height, width = image.shape
@@ -128,7 +127,7 @@ def _process(job: _Job) -> dict:
     return {
         "file": job.out_file,
         "resumed": resumed,
-        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+        "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),  # the pixels, as saved
         "sum": float(values.sum()),
         "sumsq": float((values**2).sum()),
         "n": int(values.size),
