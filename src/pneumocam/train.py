@@ -16,7 +16,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
@@ -330,7 +336,8 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     # monitor-less callback keeps last.ckpt at the latest epoch, which is what --resume needs.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
-    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary()]
+    # TQDM explicitly: Lightning would switch to a Rich bar whenever `rich` happens to be installed
+    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary(), TQDMProgressBar()]
     if config.early_stop_patience > 0:
         callbacks.append(EarlyStopping(config.monitor, patience=config.early_stop_patience,
                                        mode=MONITORS[config.monitor]))
