@@ -34,7 +34,6 @@ from pneumocam.metrics import (
 from pneumocam.provenance import package_versions
 
 log = logging.getLogger(__name__)
-GALLERY = ("true positives", "false positives", "false negatives", "true negatives")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +240,3 @@ def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float
         out.setdefault(row["file"], []).append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
     return out
 
-
-def report_dict(report: PrepareReport) -> dict:
-    out = asdict(report)
-    out["out_dir"] = str(report.out_dir)
-    return out

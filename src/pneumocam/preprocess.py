@@ -70,7 +70,3 @@ def to_model_input(image: np.ndarray, size: int = IMAGE_SIZE, resize_mode: str =
     )
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
-
-def normalize(image: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """(H, W) in [0, 1] -> standardised float32, the same as ToTensor + Normalize(mean, std)."""
-    return ((np.asarray(image, dtype=np.float32) - mean) / std).astype(np.float32)
