@@ -323,11 +323,11 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
         "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5, "image_size": 224,
     }
     normalization = asdict(norm)
+    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**metadata, "normalization": normalization, "pos_weight": pos_weight, "n_train": int(len(labels)),
                 "n_train_positive": int(labels.sum()), "resumed_from": str(resume_from) if resume_from else None}
     write_json(run_dir / ("config.resumed.json" if resume_from else "config.json"), resolved)
-    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
     datamodule = PneumoniaDataModule(data_dir, norm, config)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor,
                                  mode=MONITORS[config.monitor], auto_insert_metric_name=False,
