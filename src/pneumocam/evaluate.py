@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from pneumocam.data import dataset_files, dataset_labels, load_file, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
-from pneumocam.files import read_csv, save_figure, write_csv, write_json
-from pneumocam.inference import Predictor, batches
+from pneumocam.files import atomic_open, read_csv, write_csv, write_json
+from pneumocam.inference import Predictor, batches, sigmoid
 from pneumocam.metrics import (
     Bootstrap,
     bootstrap_ci,
@@ -75,7 +75,7 @@ def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_
     logits = [predictor.forward([load_file(p) for p in chunk])[0]
               for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch")]
     logits_arr = np.concatenate(logits)
-    probabilities = 1.0 / (1.0 + np.exp(-logits_arr.astype(np.float64)))
+    probabilities = sigmoid(logits_arr)
     return SplitPredictions(files, _patients(Path(data_dir), files), labels, logits_arr, probabilities)
 
 
@@ -165,7 +165,6 @@ def gallery_indices(preds: SplitPredictions, threshold: float, size: int) -> dic
 def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
                  config: EvalConfig) -> None:
     """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
-    from pneumocam.files import atomic_open
     from pneumocam.overlay import side_by_side
     from pneumocam.plots import calibration_figure, confusion_figure, pr_figure, roc_figure
     from pneumocam.report import build_report
@@ -180,8 +179,9 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
     }
     plots = {}
     for title, (name, figure) in figures.items():
-        save_figure(out_dir / name, figure, dpi=90)
-        plots[title] = _figure_png(figure)
+        plots[title] = _figure_png(figure)  # rendered once: the same bytes go to the file and the page
+        with atomic_open(out_dir / name, "wb") as f:
+            f.write(plots[title])
     gallery, gallery_rows = {}, []
     for category, indices in gallery_indices(preds, config.threshold, config.gallery_size).items():
         images = [load_file(data_dir / preds.files[i]) for i in indices]

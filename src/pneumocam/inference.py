@@ -61,6 +61,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logits -> probabilities in [0, 1], computed in float64."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -127,8 +132,9 @@ class Predictor:
             chunk = [to_model_input(np.asarray(im, dtype=np.float32), IMAGE_SIZE)
                      for im in images[start : start + batch_size]]
             logits, raw, maps = self.saliency(chunk, method) if cam else self.forward(chunk)
+            probabilities = sigmoid(logits)
             for i, image in enumerate(chunk):
-                probability = float(1.0 / (1.0 + np.exp(-float(logits[i]))))
+                probability = float(probabilities[i])
                 out.append(Prediction(
                     sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
                     self.threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,

@@ -48,7 +48,7 @@ def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[
     image (JPEG files, JPEG Baseline DICOM) may be decoded at a reduced DCT scale (libjpeg's 1/2,
     1/4, 1/8 decoding through Pillow's `draft`), keeping the longer side >= min_side and the aspect
     ratio. That is an anti-aliased downscale done inside the decoder, 4-6x faster for RSNA's 1024 px
-    files. Use read_size() for the full-resolution size. None (default): full resolution.
+    files. None (default): full resolution.
 
     Returns the image and the file's full-resolution (height, width), which differ only when a
     reduced-scale decode was used (boxes given in source pixels need the full size).
@@ -83,9 +83,7 @@ def read_size(path: str | Path) -> tuple[int, int]:
             return int(shape[0]), int(shape[1])
         if suffix in RASTER_SUFFIXES:
             with Image.open(path) as img:
-                width, height = img.size
-                rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
-                return (width, height) if rotated else (height, width)
+                return _oriented_size(img)
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -127,6 +125,12 @@ def read_npy(path: Path) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, read from the header (orientations 5-8 swap the axes)."""
+    width, height = img.size
+    return (width, height) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (height, width)
+
+
 def _draft_size(width: int, height: int, min_side: int | None) -> tuple[int, int] | None:
     """The size to ask libjpeg for so that the longer side stays >= min_side (aspect kept)."""
     if not min_side or max(width, height) < 2 * min_side:
@@ -145,8 +149,7 @@ def read_raster(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tu
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageReadError(path, f"image too large: {width}x{height} pixels exceeds {MAX_PIXELS}")
-                rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps axes
-                full_size = (width, height) if rotated else (height, width)
+                full_size = _oriented_size(img)
                 draft = _draft_size(width, height, min_side)
                 if draft and img.format == "JPEG":
                     img.draft("L" if img.mode in ("L", "RGB", "CMYK") else None, draft)
