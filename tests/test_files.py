@@ -36,3 +36,14 @@ def test_json_refuses_nan(tmp_path):
 
 def test_unique_stems():
     assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.npy"]) == ["x", "x_1", "y", "x_2"]
+
+
+def test_save_npy_creates_folders_round_trips_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "a" / "b" / "x.npy"
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    save_npy(target, array)
+    loaded = np.load(target, allow_pickle=False)
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, array)
+    with pytest.raises(ValueError):  # object arrays are refused (no pickles), and nothing is left behind
+        save_npy(tmp_path / "a" / "b" / "y.npy", np.array([{"a": 1}], dtype=object))
+    assert [p.name for p in target.parent.iterdir()] == ["x.npy"]

@@ -4,6 +4,7 @@ import pytest
 from pneumocam.localization import (
     box_mask,
     centre_prior,
+    distance_to_boxes,
     energy_in_boxes,
     iobb,
     iou,
@@ -49,8 +50,18 @@ def test_score_maps_aggregates_per_image():
     assert result["n_images"] == 2 and result["pointing_game"] == 0.5
     assert result["iou"]["0.5"] == pytest.approx((1 / 4 + 0) / 2)
     assert result["hit_rate_iobb"]["0.5"] == 0.5
+    # image 1's peak at pixel (0, 0), centre (0.5, 0.5); its box starts at (2, 2): sqrt(1.5^2 + 1.5^2)
+    assert result["peak_distance_px"]["median"] == pytest.approx(np.hypot(1.5, 1.5) / 2)
     with pytest.raises(ValueError, match="box lists"):
         score_maps(maps, boxes[:1])
+
+
+def test_distance_to_boxes_is_zero_inside_and_euclidean_outside():
+    boxes = [(10, 10, 5, 5), (40, 0, 10, 10)]
+    assert distance_to_boxes(12, 12, boxes) == 0.0  # pixel centre (12.5, 12.5) is inside the first
+    assert distance_to_boxes(12, 20, boxes) == pytest.approx(5.5)  # x 20.5 is 5.5 right of x = 15
+    assert distance_to_boxes(20, 20, boxes) == pytest.approx(np.hypot(5.5, 5.5))
+    assert distance_to_boxes(5, 36, boxes) == pytest.approx(3.5)  # nearer the second box
 
 
 def test_centre_prior_peaks_in_the_middle_and_rank_correlation():

@@ -54,6 +54,13 @@ def test_localize_writes_scores_baselines_and_grid(tiny_checkpoint, phantom_data
     assert set(check) == {"cam", "gradcam", "gradcam++"}
     assert all(-1 <= c["mean_rank_correlation"] <= 1 for c in check.values())
     assert (tmp_path / "localization_grid.png").stat().st_size > 1000
+    with open(tmp_path / "localization.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 12 and {r["method"] for r in rows} == {"cam", "gradcam", "gradcam++"}
+    cam_rows = [r for r in rows if r["method"] == "cam"]
+    assert np.mean([int(r["pointing_hit"]) for r in cam_rows]) == pytest.approx(on_disk["pointing_game"])
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    assert all((r["pointing_hit"] == "1") == (float(r["peak_distance_px"]) == 0) for r in rows)
 
 
 def test_randomization_check_fails_a_method_whose_maps_do_not_change(tiny_checkpoint, phantom_data, monkeypatch):

@@ -51,3 +51,17 @@ def test_phantom_dicom_is_jpeg_baseline_monochrome2(tmp_path):
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsStored == 8
+
+
+def test_lung_density_varies_in_negatives_so_a_brighter_lung_is_no_label_cue():
+    def left_minus_right(image: np.ndarray) -> float:
+        size = image.shape[0]
+        rows = slice(int(0.40 * size), int(0.52 * size))
+        left = image[rows, int(0.27 * size) : int(0.37 * size)].mean()
+        right = image[rows, int(0.63 * size) : int(0.73 * size)].mean()
+        return float(left - right)
+
+    differences = [left_minus_right(make_phantom(0, i, False, size=256).image.astype(float)) for i in range(30)]
+    # a lesion brightens a lung patch by well over 10 grey levels (test above); lungs without one must
+    # differ from each other by as much, or "the brighter lung" would separate the classes
+    assert np.std(differences) > 10

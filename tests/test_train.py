@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 
 from pneumocam.data import positive_weight
@@ -46,6 +47,16 @@ def _val_rows(run_dir, log="metrics.csv"):
 
     with open(run_dir / "logs" / log) as f:
         return [(r["epoch"], r["val_loss"], r["val_auroc"]) for r in csv.DictReader(f) if r.get("val_loss")]
+
+
+def test_deterministic_auto_is_on_for_cpu_and_validated():
+    from pneumocam.errors import PneumocamError
+    from pneumocam.train import resolve_runtime
+
+    assert resolve_runtime(TrainConfig(accelerator="cpu")).deterministic == "on"
+    assert resolve_runtime(TrainConfig(accelerator="cpu", deterministic="off")).deterministic == "off"
+    with pytest.raises(PneumocamError, match="--deterministic"):
+        fit("unused", "unused", TrainConfig(deterministic="sometimes"))
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):

@@ -61,9 +61,16 @@ def _prepare(args) -> int:
     return EXIT_OK
 
 
+def _log_lightning_once() -> None:
+    """`import lightning` gives its logger a console handler of its own that also propagates to the
+    root handler set up in main(): every Lightning message would print twice."""
+    logging.getLogger("lightning").handlers.clear()
+
+
 def _train(args) -> int:
     from pneumocam.train import TrainConfig, fit
 
+    _log_lightning_once()
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, schedule=args.schedule, grad_clip=args.grad_clip,
@@ -72,7 +79,7 @@ def _train(args) -> int:
         data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers,
         accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
         precision=args.precision, channels_last=args.channels_last, in_memory=args.in_memory,
-        compile=args.compile, resume=args.resume, fast_dev_run=args.fast_dev_run,
+        compile=args.compile, deterministic=args.deterministic, resume=args.resume, fast_dev_run=args.fast_dev_run,
     )
     result = fit(args.data, args.run, config)
     print(f"best checkpoint: {result.best_checkpoint} ({args.monitor} {result.best_score}); "
@@ -142,7 +149,7 @@ def _localize(args) -> int:
         for name, c in check.items():
             verdict = "passed" if c["passed"] else "FAILED"
             print(f"randomisation check {name}: rank correlation {c['mean_rank_correlation']:.3f} -> {verdict}")
-    print(f"wrote {Path(args.out) / 'localization.json'} and localization_grid.png")
+    print(f"wrote {Path(args.out) / 'localization.json'}, localization.csv and localization_grid.png")
     failed = check and not all(c["passed"] for c in check.values())
     return EXIT_PARTIAL if failed else EXIT_OK
 
@@ -192,6 +199,7 @@ def _export(args) -> int:
 def _demo(args) -> int:
     from pneumocam.demo import run_demo, scaled_config
 
+    _log_lightning_once()
     summary = run_demo(args.out, scaled_config(args.n_images, args.epochs, args.seed))
     m = summary["metrics"]
     print(f"\npneumocam demo finished in {summary['total_s']:.0f} s ({summary['timings_s']})")
@@ -288,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-memory", choices=("auto", "on", "off"), default="auto",
                    help="hold the data in memory and augment on the device (auto: on a GPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the network")
+    p.add_argument("--deterministic", choices=("auto", "on", "off"), default="auto",
+                   help="deterministic algorithms (auto: on for CPU, so a seed repeats a run exactly; off on a GPU, "
+                        "where cuDNN autotuning is faster)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from RUN/checkpoints/last.ckpt (weights, optimizer, schedule, epoch)")
     p.add_argument("--fast-dev-run", action=argparse.BooleanOptionalAction, default=False,
@@ -333,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
              _localize)
     p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
     p.add_argument("data", help="prepared data folder with boxes.csv")
-    p.add_argument("out", help="output folder (localization.json, localization_grid.png)")
+    p.add_argument("out", help="output folder (localization.json, localization.csv, localization_grid.png)")
     p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
     p.add_argument("--methods", nargs="+", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
                    default=["cam", "gradcam", "gradcam++"],

@@ -1,7 +1,9 @@
 """Localisation stage: saliency maps of positive images vs their ground-truth boxes.
 
 Writes OUT/localization.json (scores per method, a random-map and a centre-prior baseline, and
-optionally the model-randomisation check) and OUT/localization_grid.png (overlays with boxes).
+optionally the model-randomisation check), OUT/localization.csv (one row per image and method: the
+probability, the map's peak, hit or miss and by how far, IoU/IoBB, energy) and
+OUT/localization_grid.png (overlays with boxes).
 Only images with at least one box in boxes.csv are scored (the boxes mark pneumonia).
 """
 
@@ -20,9 +22,9 @@ from pneumocam.cam import upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS
 from pneumocam.data import load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
-from pneumocam.files import save_figure, write_json
-from pneumocam.inference import METHODS, Predictor, batches
-from pneumocam.localization import centre_prior, rank_correlation, score_maps
+from pneumocam.files import save_figure, write_csv, write_json
+from pneumocam.inference import METHODS, Predictor, batches, sigmoid
+from pneumocam.localization import THRESHOLDS, centre_prior, rank_correlation, score_images, score_maps
 from pneumocam.overlay import overlay_grid
 from pneumocam.prepare import load_boxes
 from pneumocam.provenance import package_versions
@@ -54,13 +56,34 @@ def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
     return files, [boxes[f] for f in files]
 
 
-def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int) -> dict[str, np.ndarray]:
-    """method -> (N, 224, 224) maps in [0, 1], computed in batches."""
+def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int,
+                 logits: list | None = None) -> dict[str, np.ndarray]:
+    """method -> (N, 224, 224) maps in [0, 1], computed in batches; the logits go to `logits` if given."""
     maps: dict[str, list] = {m: [] for m in methods}
     for chunk in tqdm(list(batches(images, batch_size)), desc="saliency", unit="batch"):
-        for method in methods:
-            maps[method].append(predictor.saliency(chunk, method)[2])
+        for i, method in enumerate(methods):
+            chunk_logits, _, chunk_maps = predictor.saliency(chunk, method)
+            maps[method].append(chunk_maps)
+            if logits is not None and i == 0:
+                logits.extend(float(v) for v in chunk_logits)
     return {m: np.concatenate(v) for m, v in maps.items()}
+
+
+CSV_FIELDS = ["file", "method", "probability", "peak_x", "peak_y", "pointing_hit", "peak_distance_px",
+              "energy_in_boxes"] + [f"{kind}@{t}" for t in THRESHOLDS for kind in ("iou", "iobb")]
+
+
+def _csv_rows(files: list[str], probabilities: np.ndarray, per_image: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    for method, scores in per_image.items():
+        for file, probability, sc in zip(files, probabilities, scores, strict=True):
+            rows.append({"file": file, "method": method, "probability": round(float(probability), 6),
+                         "peak_x": sc["peak_col"] + 0.5, "peak_y": sc["peak_row"] + 0.5,
+                         "pointing_hit": int(sc["pointing"]), "peak_distance_px": round(sc["peak_distance"], 2),
+                         "energy_in_boxes": round(sc["energy"], 6),
+                         **{f"{kind}@{t}": round(sc[f"{kind}@{t}"], 6) for t in THRESHOLDS
+                            for kind in ("iou", "iobb")}})
+    return rows
 
 
 def random_maps(n: int, seed: int, size: int = 224, cells: int = 7) -> np.ndarray:
@@ -98,8 +121,10 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     files, boxes = _boxed_files(data_dir, config.split)
     images = [load_file(data_dir / f) for f in files]
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
-    maps = compute_maps(predictor, images, config.methods, config.batch_size)
-    scores = {method: score_maps(m, boxes) for method, m in maps.items()}
+    logits: list[float] = []
+    maps = compute_maps(predictor, images, config.methods, config.batch_size, logits)
+    per_image = {method: score_images(m, boxes) for method, m in maps.items()}
+    scores = {method: score_maps(m, boxes, per_image[method]) for method, m in maps.items()}
     baselines = {"random": score_maps(random_maps(len(images), config.seed), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
     main = scores.get("cam") or next(iter(scores.values()))
@@ -114,6 +139,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         result["randomization_check"] = randomization_check(predictor, images, maps, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
+    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(np.asarray(logits)), per_image))
     _write_grid(out_dir / "localization_grid.png", images, maps[result["method"]], files, boxes, config.grid_images)
     log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
              baselines["random"]["pointing_game"], result["mean_iou"], len(files))

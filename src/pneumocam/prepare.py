@@ -129,7 +129,7 @@ def _process(job: _Job) -> dict:
         "resumed": resumed,
         "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),  # the pixels, as saved
         "sum": float(values.sum()),
-        "sumsq": float((values**2).sum()),
+        "sumsq": float((values**2).sum()),  # not np.dot: BLAS threads would oversubscribe the workers
         "n": int(values.size),
         "boxes": [tuple(round(v, 3) for v in geometry.box_to_output(*box)) for box in item.boxes],
     }

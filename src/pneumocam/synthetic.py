@@ -2,8 +2,9 @@
 
 A phantom has a body outline, two lung fields, heart, spine, clavicles and ribs, low-frequency
 density variation, detector noise and random contrast. Every image, positive or not, may carry
-bright distractors (ECG electrodes, a side marker), so "find a bright spot" does not solve the task:
-a positive has 1-3 soft, patchy opacities inside the lung fields, each with its ground-truth box.
+bright distractors (ECG electrodes, a side marker), so "find a bright spot" does not solve the task,
+and each lung's density varies independently, so "a brighter lung" does not either: a positive has
+1-3 soft, patchy opacities inside the lung fields, each with its ground-truth box.
 Each image is drawn from its own seeded generator (seed, index), so the output does not depend on
 the number of worker processes.
 """
@@ -75,9 +76,12 @@ def _anatomy(rng: np.random.Generator, xx, yy) -> tuple[np.ndarray, np.ndarray]:
     lung_l = _ellipse(xx, yy, 0.32 + j(0.02), 0.46 + j(0.02), 0.135 + j(0.015), 0.27 + j(0.02))
     lung_r = _ellipse(xx, yy, 0.68 + j(0.02), 0.46 + j(0.02), 0.14 + j(0.015), 0.28 + j(0.02))
     lungs = np.maximum(lung_l, lung_r) * body
+    # each lung's density varies on its own in every image, by more than an opacity raises a lung's mean:
+    # otherwise "one lung is brighter" separates the classes and a model may ignore where the opacity is
+    lung_density = np.maximum((0.28 + j(0.08)) * lung_l, (0.28 + j(0.08)) * lung_r) * body
     heart = _ellipse(xx, yy, 0.54 + j(0.02), 0.63 + j(0.02), 0.13 + j(0.02), 0.13 + j(0.02), 0.15)
     spine = np.exp(-(((xx - 0.5 - j(0.01)) / 0.045) ** 2)) * (yy > 0.08)
-    image = 0.05 + 0.45 * body - 0.28 * lungs + 0.24 * heart * body + 0.16 * spine * body
+    image = 0.05 + 0.45 * body - lung_density + 0.24 * heart * body + 0.16 * spine * body
     for side in (-1.0, 1.0):
         lateral = np.clip(side * (xx - 0.5), 0, None)
         # posterior ribs: arcs that fall laterally, visible over the lungs and (fainter) the body

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pneumocam.augment import augment_batch
 from pneumocam.data import (
@@ -82,6 +83,9 @@ class TrainConfig:
     channels_last: bool = True
     in_memory: str = "auto"  # hold the data set in memory and augment on the device; auto: on a GPU
     compile: bool = False  # torch.compile the network
+    # auto: deterministic algorithms on CPU (same seed -> same metrics); on a GPU cuDNN autotuning instead,
+    # since bit-exact GPU runs cost speed and are rarely what a GPU user wants ("on" forces them)
+    deterministic: str = "auto"  # auto | on | off
     resume: bool = False  # continue from RUN/checkpoints/last.ckpt
     fast_dev_run: bool = False
 
@@ -97,7 +101,8 @@ def resolve_runtime(config: TrainConfig) -> TrainConfig:
     if precision == "auto":
         precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
     in_memory = config.in_memory if config.in_memory != "auto" else ("on" if gpu else "off")
-    return replace(config, precision=precision, in_memory=in_memory)
+    deterministic = config.deterministic if config.deterministic != "auto" else ("off" if gpu else "on")
+    return replace(config, precision=precision, in_memory=in_memory, deterministic=deterministic)
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: int):
@@ -282,7 +287,8 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
     """Validate the settings; returns the checkpoint to resume from, if any."""
     for value, allowed, flag in ((config.schedule, SCHEDULES, "--schedule"), (config.monitor, MONITORS, "--monitor"),
                                  (config.optimizer, OPTIMIZERS, "--optimizer"),
-                                 (config.in_memory, ("auto", "on", "off"), "--in-memory")):
+                                 (config.in_memory, ("auto", "on", "off"), "--in-memory"),
+                                 (config.deterministic, ("auto", "on", "off"), "--deterministic")):
         if value not in allowed:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
     if not config.resume:
@@ -344,11 +350,16 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
-        deterministic="warn", fast_dev_run=config.fast_dev_run, gradient_clip_val=config.grad_clip or None,
+        deterministic="warn" if config.deterministic == "on" else False,
+        benchmark=config.deterministic == "off", fast_dev_run=config.fast_dev_run,
+        gradient_clip_val=config.grad_clip or None,
         callbacks=callbacks, logger=_loggers(run_dir, resume_from is not None), log_every_n_steps=5,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True if resume_from else None)
+    # log lines (the per-epoch summary) go through tqdm.write, so they do not land on the bar's line
+    with logging_redirect_tqdm():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from,
+                    weights_only=True if resume_from else None)
     if config.fast_dev_run:  # Lightning skips checkpointing in a dev run; save one so the run is usable
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
