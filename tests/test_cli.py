@@ -55,3 +55,14 @@ def test_cam_on_unreadable_image_exits_partial(tiny_checkpoint, phantom_data, tm
 def test_parser_defaults_follow_the_spec():
     args = build_parser().parse_args(["evaluate", "c.ckpt", "data", "out"])
     assert args.threshold == 0.5 and args.split == "val"
+
+
+def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):
+    # child processes (a notebook kernel, say) must not inherit a plotting backend from a CLI call
+    import os
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    before = dict(os.environ)
+    npy = sorted((phantom_data / "Processed").rglob("*.npy"))[0]
+    assert main(["cam", str(tiny_checkpoint), str(npy), "--out", str(tmp_path / "cams")]) == 0
+    assert dict(os.environ) == before

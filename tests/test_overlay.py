@@ -28,3 +28,23 @@ def test_side_by_side_has_original_and_overlay():
     figure = side_by_side(np.zeros((8, 8)), np.ones((8, 8)), title="x", boxes=[(1, 1, 3, 3)])
     assert [ax.get_title() for ax in figure.axes] == ["original", "CAM (jet, alpha 0.5)"]
     assert len(figure.axes[1].patches) == 1
+
+
+def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
+    from pneumocam.explain import MIN_IMAGES_PER_WORKER, draw_side_by_sides
+    from pneumocam.overlay import SideBySideJob
+
+    rng = np.random.default_rng(0)
+    images = [(rng.random((32, 32)), rng.random((32, 32))) for _ in range(2 * MIN_IMAGES_PER_WORKER)]
+
+    def jobs(folder):
+        return [SideBySideJob(tmp_path / folder / f"{i}.png", image, cam, f"image {i}", boxes=((2, 2, 9, 9),))
+                for i, (image, cam) in enumerate(images)]
+
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "parallel").mkdir()
+    draw_side_by_sides(jobs("serial"), workers=1)
+    draw_side_by_sides(jobs("parallel"), workers=2)
+    for i in range(len(images)):
+        assert (tmp_path / "serial" / f"{i}.png").read_bytes() == (tmp_path / "parallel" / f"{i}.png").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == sorted(f"{i}.png" for i in range(len(images)))

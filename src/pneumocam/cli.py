@@ -20,6 +20,9 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 log = logging.getLogger("pneumocam")
 
 
+DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -123,7 +126,8 @@ def _cam(args) -> int:
     from pneumocam.explain import CamConfig, explain_files
 
     report = explain_files(args.checkpoint, args.images, args.out,
-                           CamConfig(args.alpha, args.colormap, args.batch_size, args.device, args.method))
+                           CamConfig(args.alpha, args.colormap, args.batch_size, args.device, args.method,
+                                     args.workers))
     print(f"wrote {len(report.rows)} CAM overlays and maps to {report.out_dir} (index: cams.csv)")
     if report.failures:
         print(f"{len(report.failures)} inputs could not be read: {report.out_dir / 'failed.csv'}", file=sys.stderr)
@@ -336,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
                    default="cam", help="cam (from the forward pass, default), gradcam or gradcam++ (one backward "
                                        "pass); scorecam, eigencam, layercam need pip install 'pneumocam[cam-extra]'")
+    p.add_argument("--workers", type=int, default=None, help="processes drawing the PNGs (default: all cores)")
     _add_inference_options(p)
 
     p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB).",
@@ -401,9 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import matplotlib
+    if args.command in DRAWING_COMMANDS:  # the others skip matplotlib's import time
+        import matplotlib
 
-    matplotlib.use("Agg")  # the CLI only writes figures to files; never open a window
+        matplotlib.use("Agg")  # the CLI only writes figures to files; never open a window
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if getattr(args, "workers", 1) is None:

@@ -8,16 +8,19 @@ row of DIR/cams.csv. Unreadable inputs are listed in DIR/failed.csv and do not s
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.files import save_figure, save_npy, unique_stems, write_csv
+from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import expand_inputs
-from pneumocam.overlay import side_by_side
+from pneumocam.overlay import SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,36 @@ class CamConfig:
     batch_size: int = 32
     device: str = "cpu"
     method: str = "cam"
+    workers: int = 0  # processes drawing the PNGs (matplotlib, ~170 ms each); 0 = all cores
+
+
+# drawing in parallel pays off once the workers' start-up (about half a second) is covered
+MIN_IMAGES_PER_WORKER = 8
+
+
+def _headless_matplotlib() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # workers only write files; never a window, whatever the desktop offers
+
+
+def draw_side_by_sides(jobs: list[SideBySideJob], workers: int = 0) -> None:
+    """Save every job's PNG, in worker processes when there are enough of them.
+
+    Workers start from a fork server (spawn where there is none): forking this process, which may hold
+    torch's thread pools or a CUDA context, is not safe.
+    """
+    workers = min(workers or os.cpu_count() or 1, len(jobs) // MIN_IMAGES_PER_WORKER)
+    bar = dict(total=len(jobs), desc="cam", unit="img")
+    if workers <= 1:
+        for job in tqdm(jobs, **bar):
+            save_side_by_side(job)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_headless_matplotlib) as pool:
+        for _ in tqdm(pool.map(save_side_by_side, jobs, chunksize=4), **bar):
+            pass
 
 
 @dataclass(frozen=True)
@@ -42,22 +75,19 @@ class CamReport:
 
 
 def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str,
-                      boxes: list | None = None) -> list[dict]:
+                      boxes: list | None = None, workers: int = 0) -> list[dict]:
     """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
 
     boxes: optional ground-truth boxes per prediction (224-px space), drawn dashed on the figure.
+    workers: processes drawing the PNGs (0 = all cores; few images are drawn here).
     """
-    import matplotlib.pyplot as plt
-
-    rows = []
+    rows, jobs = [], []
     named = list(zip(predictions, unique_stems([p.source for p in predictions]), strict=True))
-    for index, (prediction, name) in enumerate(tqdm(named, desc="cam", unit="img")):
+    for index, (prediction, name) in enumerate(named):
         verdict = "pneumonia" if prediction.label else "no pneumonia"
         title = f"{Path(prediction.source).name}\np(pneumonia) = {prediction.probability:.3f} -> {verdict}"
-        figure = side_by_side(prediction.image, prediction.cam, title, alpha, colormap,
-                              boxes=boxes[index] if boxes else (), method=prediction.method)
-        save_figure(out_dir / f"{name}_cam.png", figure, dpi=100)
-        plt.close(figure)
+        jobs.append(SideBySideJob(out_dir / f"{name}_cam.png", prediction.image, prediction.cam, title, alpha,
+                                  colormap, tuple(boxes[index]) if boxes else (), prediction.method))
         if prediction.cam_raw is not None:  # library methods have no raw low-resolution map
             save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
@@ -68,6 +98,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
                      "peak_x": int(peak_x), "peak_y": int(peak_y), "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
                      "cam224": f"{name}_cam224.npy"})
+    draw_side_by_sides(jobs, workers)
     return rows
 
 
@@ -78,7 +109,7 @@ def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
     predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap)
+    rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap, workers=config.workers)
     write_csv(out_dir / "cams.csv", CAM_FIELDS, rows)
     if failures:
         write_csv(out_dir / "failed.csv", ["source", "reason"], failures)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from pneumocam.files import save_figure
 
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
                 "eigencam": "Eigen-CAM", "layercam": "LayerCAM", "gradcam-lib": "Grad-CAM (pytorch-grad-cam)"}
@@ -59,6 +63,30 @@ def side_by_side(image: np.ndarray, cam: np.ndarray, title: str = "", alpha: flo
     if title:
         fig.suptitle(title)
     return fig
+
+
+@dataclass(frozen=True)
+class SideBySideJob:
+    """Everything one side-by-side PNG needs, so that worker processes can draw it."""
+
+    path: Path
+    image: np.ndarray
+    cam: np.ndarray
+    title: str
+    alpha: float = 0.5
+    colormap: str = "jet"
+    boxes: tuple = ()
+    method: str = "cam"
+
+
+def save_side_by_side(job: SideBySideJob) -> Path:
+    """Draw a side_by_side figure and save it atomically as a 100-dpi PNG at job.path."""
+    figure = side_by_side(job.image, job.cam, job.title, job.alpha, job.colormap, job.boxes, job.method)
+    try:
+        save_figure(job.path, figure, dpi=100)
+    finally:
+        plt.close(figure)
+    return job.path
 
 
 def overlay_grid(items: Sequence[tuple[np.ndarray, np.ndarray, str, Sequence]], columns: int = 4,
