@@ -126,9 +126,11 @@ class PneumoniaModule(L.LightningModule):
         # on resume the weights come from the checkpoint, so do not fetch pretrained ones again
         self.net = PneumoniaNet(config["pretrained"] if load_pretrained else "none")
         self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
-        self.train_acc = BinaryAccuracy()
-        self.val_acc = BinaryAccuracy()
-        self.val_auroc = BinaryAUROC()
+        # validate_args=False: torchmetrics' label check (torch.unique, then a Python `if`) waits for the
+        # device every step; the labels come from prepare's 0/1 folders, so there is nothing to check
+        self.train_acc = BinaryAccuracy(validate_args=False)
+        self.val_acc = BinaryAccuracy(validate_args=False)
+        self.val_auroc = BinaryAUROC(validate_args=False)
         self._augment_generator = torch.Generator().manual_seed(config["seed"])
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
@@ -343,7 +345,9 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
     # TQDM explicitly: Lightning would switch to a Rich bar whenever `rich` happens to be installed
-    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary(), TQDMProgressBar()]
+    # a GPU step takes milliseconds and each bar refresh reads the loss back from the device
+    bar = TQDMProgressBar(refresh_rate=10 if _on_gpu(config.accelerator) else 1)
+    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary(), bar]
     if config.early_stop_patience > 0:
         callbacks.append(EarlyStopping(config.monitor, patience=config.early_stop_patience,
                                        mode=MONITORS[config.monitor]))
