@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pneumocam.cam import class_activation_map, normalize_maps, upsample_and_normalize
 from pneumocam.model import PneumoniaNet
@@ -60,6 +61,26 @@ def test_upsample_gives_224_in_unit_range(net):
     row, col = divmod(peak, 224)
     raw_peak = divmod(int(torch.argmax(raw[0])), 7)
     assert (row // 32, col // 32) == raw_peak
+
+
+def test_receptive_field_alignment_puts_cell_p_on_pixel_32p():
+    raw = torch.zeros(1, 7, 7)
+    raw[0, 3, 5] = 1.0
+    up = upsample_and_normalize(raw)
+    assert divmod(int(torch.argmax(up[0])), 224) == (3 * 32, 5 * 32)
+    assert float(up[0, 96, 160]) == 1.0 and float(up[0, 96 + 16, 160]) == pytest.approx(0.5)  # halfway to cell 4
+    # beyond the last cell's centre (pixel 192) the edge value is kept
+    raw = torch.arange(49.0).reshape(1, 7, 7)
+    up = upsample_and_normalize(raw)
+    assert torch.allclose(up[0, 192:, 192:], torch.ones(32, 32))
+
+
+def test_block_centre_alignment_is_the_usual_resize():
+    raw = torch.randn(2, 7, 7)
+    expected = F.interpolate(normalize_maps(raw)[:, None], size=(224, 224), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsample_and_normalize(raw, alignment="block-centre"), expected[:, 0].clamp(0, 1))
+    with pytest.raises(ValueError, match="alignment"):
+        upsample_and_normalize(raw, alignment="corners")
 
 
 def test_shape_errors():

@@ -33,6 +33,13 @@ def _add_inference_options(parser: argparse.ArgumentParser, batch_size: int = 32
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
 
+def _add_alignment_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--alignment", choices=("receptive-field", "block-centre"), default="receptive-field",
+                        help="where each 7x7 cell sits in the 224-px image: receptive-field (default; cell p at "
+                             "pixel 32p, the centre of what it sees) or block-centre ((p + 0.5) * 32, as "
+                             "cv2.resize and most CAM code place it, ~16 px right of and below the evidence)")
+
+
 def _add(sub, name: str, help_text: str, examples: str, handler: Callable) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +134,7 @@ def _cam(args) -> int:
 
     report = explain_files(args.checkpoint, args.images, args.out,
                            CamConfig(args.alpha, args.colormap, args.batch_size, args.device, args.method,
-                                     args.workers))
+                                     args.workers, args.alignment))
     print(f"wrote {len(report.rows)} CAM overlays and maps to {report.out_dir} (index: cams.csv)")
     if report.failures:
         print(f"{len(report.failures)} inputs could not be read: {report.out_dir / 'failed.csv'}", file=sys.stderr)
@@ -139,7 +146,8 @@ def _localize(args) -> int:
     from pneumocam.localize import LocalizeConfig, localize
 
     config = LocalizeConfig(split=args.split, methods=tuple(args.methods), batch_size=args.batch_size,
-                            seed=args.seed, randomize_check=args.randomize_check, device=args.device)
+                            seed=args.seed, randomize_check=args.randomize_check, device=args.device,
+                            alignment=args.alignment)
     result = localize(args.checkpoint, args.data, args.out, config)
     named = [*result["methods"].items(), ("random map", result["baseline_random"]),
              ("centre prior", result["baseline_centre"])]
@@ -341,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default="cam", help="cam (from the forward pass, default), gradcam or gradcam++ (one backward "
                                        "pass); scorecam, eigencam, layercam need pip install 'pneumocam[cam-extra]'")
     p.add_argument("--workers", type=int, default=None, help="processes drawing the PNGs (default: all cores)")
+    _add_alignment_option(p)
     _add_inference_options(p)
 
     p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB).",
@@ -359,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model-randomisation sanity check: re-initialise layer4+fc, maps must change "
                         "(exit code 3 if a method fails)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the randomisation")
+    _add_alignment_option(p)
     _add_inference_options(p, batch_size=16)
 
     p = _add(sub, "predict", "Pneumonia probabilities for files, folders (recursive) or glob patterns.",

@@ -36,6 +36,7 @@ class CamConfig:
     device: str = "cpu"
     method: str = "cam"
     workers: int = 0  # processes drawing the PNGs (matplotlib, ~170 ms each); 0 = all cores
+    alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
 
 
 # drawing in parallel pays off once the workers' start-up (about half a second) is covered
@@ -106,7 +107,7 @@ def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
                   config: CamConfig = CamConfig()) -> CamReport:
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
-    predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap, workers=config.workers)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
+from pneumocam.cam import ALIGNMENTS, class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
@@ -75,7 +75,10 @@ class Predictor:
     """Runs a trained PneumoniaNet. Inputs are (224, 224) images in [0, 1] or any readable file."""
 
     def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
-                 metadata: dict | None = None, device: str = "cpu"):
+                 metadata: dict | None = None, device: str = "cpu", alignment: str = "receptive-field"):
+        if alignment not in ALIGNMENTS:
+            raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
+        self.alignment = alignment  # where the 7x7 cells sit in the image; see cam.upsample_and_normalize
         self.device = resolve_device(device)
         self.net = net.eval().to(self.device)
         self.normalization = normalization
@@ -83,7 +86,8 @@ class Predictor:
         self.metadata = metadata or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
+                        alignment: str = "receptive-field") -> Predictor:
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -94,7 +98,7 @@ class Predictor:
             raise PneumocamError(f"{path}: model weights do not match PneumoniaNet ({exc})") from exc
         norm = meta["normalization"]
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
-                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device)
+                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment)
 
     @torch.inference_mode()
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +106,7 @@ class Predictor:
         x = collate_images(images, self.normalization).to(self.device)
         logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
         raw = class_activation_map(features.float(), self.net.fc.weight.float())  # (B, 7, 7)
-        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))  # (B, 224, 224)
+        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
         return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
 
     def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray | None,
@@ -121,7 +125,7 @@ class Predictor:
         with torch.enable_grad():
             logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
             raw = GRADIENT_METHODS[method](features, logits[:, 0]).detach().float()  # (B, 7, 7)
-        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]))
+        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)
         return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,

@@ -46,6 +46,7 @@ class LocalizeConfig:
     randomize_check: bool = False
     grid_images: int = 16
     device: str = "cpu"
+    alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
 
 
 def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
@@ -86,10 +87,11 @@ def _csv_rows(files: list[str], probabilities: np.ndarray, per_image: dict[str, 
     return rows
 
 
-def random_maps(n: int, seed: int, size: int = 224, cells: int = 7) -> np.ndarray:
+def random_maps(n: int, seed: int, size: int = 224, cells: int = 7,
+                alignment: str = "receptive-field") -> np.ndarray:
     """Uniform random maps at the CAM's own 7x7 resolution, upsampled like a CAM: a fair chance level."""
     generator = torch.Generator().manual_seed(seed)
-    return upsample_and_normalize(torch.rand(n, cells, cells, generator=generator), (size, size)).numpy()
+    return upsample_and_normalize(torch.rand(n, cells, cells, generator=generator), (size, size), alignment).numpy()
 
 
 def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
@@ -99,7 +101,8 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
     for module in list(net.feature_map[7].modules()) + [net.fc]:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    return Predictor(net, predictor.normalization, predictor.threshold, predictor.metadata, str(predictor.device))
+    return Predictor(net, predictor.normalization, predictor.threshold, predictor.metadata, str(predictor.device),
+                     predictor.alignment)
 
 
 def randomization_check(predictor: Predictor, images, maps: dict[str, np.ndarray], config: LocalizeConfig) -> dict:
@@ -120,12 +123,12 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
     files, boxes = _boxed_files(data_dir, config.split)
     images = [load_file(data_dir / f) for f in files]
-    predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     logits: list[float] = []
     maps = compute_maps(predictor, images, config.methods, config.batch_size, logits)
     per_image = {method: score_images(m, boxes) for method, m in maps.items()}
     scores = {method: score_maps(m, boxes, per_image[method]) for method, m in maps.items()}
-    baselines = {"random": score_maps(random_maps(len(images), config.seed), boxes),
+    baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=config.alignment), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
     main = scores.get("cam") or next(iter(scores.values()))
     result = {
