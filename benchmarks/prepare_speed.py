@@ -10,10 +10,9 @@ then measures, on the same files:
 Targets (issue 3): prepare >= 1.8x naive, and >= 90% of W x (1 / decode time).
 
 Outputs go to a folder of their own (--out, default a new temporary folder), each timed run into a
-fresh subfolder: on this machine's ext4 disk, creating files in a folder beside the just-written
-source tree cost ~0.5 ms per file (inode allocation in a crowded block group) against ~0.02 ms in a
-folder of its own, which would measure the disk layout rather than the program. Naive and prepare
-write to the same place.
+fresh subfolder, the same for naive and prepare. On this machine's ext4 disk creating a file cost from
+~0.02 to ~0.8 ms depending on the folder (always slow beside the just-written source tree, sometimes in
+fresh folders too), so a single run's numbers carry that noise: run it more than once.
 
 usage: python benchmarks/prepare_speed.py [--n-images 1200] [--workers 2] [--work DIR] [--out DIR]
 """
