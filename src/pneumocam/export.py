@@ -91,7 +91,8 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
     write_json(out.with_name(out.name + ".json"), {
         **report, "inputs": {"image": "(B, 1, 224, 224) float32, (x - mean) / std of a [0, 1] gray image"},
         "outputs": {"logit": "(B, 1) pneumonia logit; probability = sigmoid(logit)",
-                    "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map"},
+                    "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map; cell (p, q) is centred on "
+                                   "input pixel (32 p, 32 q), as pneumocam's receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
         "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),
         "data_fingerprint": meta.get("data_fingerprint"), "checkpoint": str(Path(checkpoint).resolve()),
