@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="original: affine ±5°, translate 5%%, scale 0.9-1.1 + random resized crop 0.35-1")
     p.add_argument("--pretrained", default="imagenet",
                    help="imagenet (download via torchvision), none (from scratch), or a resnet18 state-dict path")
-    p.add_argument("--data-stats", action=argparse.BooleanOptionalAction, default=False,
-                   help="normalise with the data set's own mean/std from stats.json (default: RSNA 0.49/0.248)")
+    p.add_argument("--data-stats", action=argparse.BooleanOptionalAction, default=None,
+                   help="normalise with the data set's own mean/std from stats.json (--no-data-stats: RSNA "
+                        "0.49/0.248; default: stats.json when prepare wrote one, else 0.49/0.248)")
     p.add_argument("--monitor", choices=("val_loss", "val_auroc", "val_acc"), default="val_loss",
                    help="validation metric that picks best.ckpt (default val_loss)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and augmentation")

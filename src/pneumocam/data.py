@@ -38,11 +38,16 @@ class Normalization:
     origin: str = "rsna-constants"  # or the stats.json the values came from
 
 
-def read_normalization(data_dir: str | Path, use_data_stats: bool = False) -> Normalization:
-    """The course's RSNA constants by default; the data set's own mean/std from stats.json on request."""
-    if not use_data_stats:
-        return Normalization()
+def read_normalization(data_dir: str | Path, use_data_stats: bool | None = None) -> Normalization:
+    """Mean/std for the network's input.
+
+    None (default): the data set's own mean/std from DATA/stats.json when `prepare` wrote one, else the
+    course's RSNA constants 0.49/0.248 (a hand-made folder). True: stats.json, required. False: the
+    constants. The result says where it came from (`origin`), and training records it in the checkpoint.
+    """
     stats_path = Path(data_dir) / "stats.json"
+    if use_data_stats is False or (use_data_stats is None and not stats_path.exists()):
+        return Normalization()
     if not stats_path.exists():
         raise PneumocamError(f"{stats_path}: not found; prepare the data with `pneumocam prepare` first")
     stats = json.loads(stats_path.read_text())

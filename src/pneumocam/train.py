@@ -71,7 +71,9 @@ class TrainConfig:
     balanced_sampling: bool = False  # draw both classes equally often (with replacement)
     augment: str = "original"
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision resnet18 state dict
-    data_stats: bool = False  # normalise with the data set's own mean/std (stats.json) instead of RSNA's
+    # mean/std: None = the data set's own (stats.json) when present, else RSNA's 0.49/0.248;
+    # True = stats.json, required; False = RSNA's constants
+    data_stats: bool | None = None
     monitor: str = "val_loss"  # validation metric that chooses best.ckpt (see MONITORS)
     seed: int = 0
     num_workers: int = 0
