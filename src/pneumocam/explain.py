@@ -80,7 +80,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
     """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
 
     boxes: optional ground-truth boxes per prediction (224-px space), drawn dashed on the figure.
-    workers: processes drawing the PNGs (0 = all cores; few images are drawn here).
+    workers: processes drawing the PNGs (0 = all cores); small batches are drawn in this process.
     """
     rows, jobs = [], []
     named = list(zip(predictions, unique_stems([p.source for p in predictions]), strict=True))
