@@ -8,7 +8,7 @@ from pneumocam.export import ExportConfig, export_model
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_parity(tiny_checkpoint, tmp_path, fmt):
+def test_export_parity(tiny_checkpoint, phantom_data, tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime", reason="ONNX export needs pneumocam[export]")
     out = tmp_path / f"model.{fmt}"
@@ -16,7 +16,8 @@ def test_export_parity(tiny_checkpoint, tmp_path, fmt):
     assert report["parity_passed"] and report["max_abs_diff_logit"] <= 1e-4
     assert report["max_abs_diff_feature_map"] <= 1e-4
     description = json.loads((tmp_path / f"model.{fmt}.json").read_text())
-    assert description["normalization"]["mean"] == 0.49 and len(description["fc_weight"]) == 512
+    stats = json.loads((phantom_data / "stats.json").read_text())
+    assert description["normalization"]["mean"] == stats["mean"] and len(description["fc_weight"]) == 512
     if fmt == "torchscript":  # the exported model gives CAM too: mean(w . A) + b == logit
         module = torch.jit.load(str(out))
         logit, features = module(torch.randn(1, 1, 224, 224))

@@ -17,7 +17,8 @@ def test_predictions_match_the_network_and_cam_identity(tiny_checkpoint, phantom
         assert p.cam.shape == (224, 224) and p.cam.min() >= 0 and p.cam.max() <= 1
         assert p.cam_raw.shape == (7, 7)
         assert float(p.cam_raw.mean()) + bias == pytest.approx(p.logit, abs=1e-4)
-        x = torch.from_numpy((np.load(p.source) - 0.49) / 0.248)[None, None].float()
+        norm = predictor.normalization
+        x = torch.from_numpy((np.load(p.source) - norm.mean) / norm.std)[None, None].float()
         with torch.no_grad():
             logit, _ = predictor.net(x)
         assert float(logit) == pytest.approx(p.logit, abs=1e-4)

@@ -8,11 +8,13 @@ from pneumocam.data import positive_weight
 from pneumocam.train import TrainConfig, fit
 
 
-def test_fast_dev_run_checkpoint_loads_with_weights_only(tiny_checkpoint):
+def test_fast_dev_run_checkpoint_loads_with_weights_only(tiny_checkpoint, phantom_data):
     checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     meta = checkpoint["pneumocam"]
     assert meta["config"]["pretrained"] == "none"
-    assert meta["normalization"]["mean"] == 0.49 and meta["normalization"]["std"] == 0.248
+    # prepare wrote stats.json, so the set's own mean/std are used and recorded
+    stats = json.loads((phantom_data / "stats.json").read_text())
+    assert (meta["normalization"]["mean"], meta["normalization"]["std"]) == (stats["mean"], stats["std"])
     assert len(meta["data_fingerprint"]) == 64
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
     assert any(k.startswith("net.feature_map.") for k in checkpoint["state_dict"])
@@ -117,7 +119,10 @@ def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
     assert checkpoint["pneumocam"]["config"]["in_memory"] == "on"
     assert checkpoint["pneumocam"]["config"]["precision"] == "32-true"  # "auto" resolved and recorded
     predictor = Predictor.from_checkpoint(result.last_checkpoint)
-    assert predictor.normalization.mean == 0.49
+    assert predictor.normalization.mean == json.loads((phantom_data / "stats.json").read_text())["mean"]
+    rsna = fit(phantom_data, tmp_path / "rsna", TrainConfig(epochs=1, batch_size=6, pretrained="none", in_memory="on",
+                                                            data_stats=False, fast_dev_run=True, seed=0))
+    assert Predictor.from_checkpoint(rsna.last_checkpoint).normalization.mean == 0.49
 
 
 def test_balanced_sampling_draws_both_classes_equally(phantom_data):
