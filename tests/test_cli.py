@@ -66,3 +66,12 @@ def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_pa
     npy = sorted((phantom_data / "Processed").rglob("*.npy"))[0]
     assert main(["cam", str(tiny_checkpoint), str(npy), "--out", str(tmp_path / "cams")]) == 0
     assert dict(os.environ) == before
+
+
+def test_cli_cam_methods_are_the_libraries_methods():
+    from pneumocam.cam_extra import LIBRARY_METHODS
+    from pneumocam.cli import CAM_METHODS
+    from pneumocam.inference import METHODS
+
+    # gradcam-lib is pytorch-grad-cam's Grad-CAM, kept for comparing with the built-in one in the tests
+    assert set(CAM_METHODS) == set(METHODS) | (set(LIBRARY_METHODS) - {"gradcam-lib"})

@@ -71,7 +71,7 @@ def test_randomization_check_fails_a_method_whose_maps_do_not_change(tiny_checkp
     images = [np.load(p) for p in sorted((phantom_data / "Processed").rglob("*.npy"))[:4]]
     fixed = np.repeat(np.linspace(0, 1, 224 * 224).reshape(1, 224, 224), 4, axis=0)
     # a "method" that ignores the model gives identical maps before and after randomisation
-    monkeypatch.setattr(loc, "compute_maps", lambda *args, **kwargs: {"constant": fixed})
+    monkeypatch.setattr(loc, "compute_maps", lambda *args, **kwargs: ({"constant": fixed}, np.zeros(4)))
     result = loc.randomization_check(predictor, images, {"constant": fixed}, loc.LocalizeConfig())
     assert result["constant"]["mean_rank_correlation"] == pytest.approx(1.0)
     assert result["constant"]["passed"] is False

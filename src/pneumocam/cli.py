@@ -21,6 +21,8 @@ log = logging.getLogger("pneumocam")
 
 
 DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
+# inference.METHODS + cam_extra.LIBRARY_METHODS, spelled out so that building the parser imports no torch
+CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 
 
 def _examples(*lines: str) -> str:
@@ -346,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
     p.add_argument("--colormap", default="jet", help="matplotlib colour map (default jet)")
-    p.add_argument("--method", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
+    p.add_argument("--method", choices=CAM_METHODS,
                    default="cam", help="cam (from the forward pass, default), gradcam or gradcam++ (one backward "
                                        "pass); scorecam, eigencam, layercam need pip install 'pneumocam[cam-extra]'")
     p.add_argument("--workers", type=int, default=None, help="processes drawing the PNGs (default: all cores)")
@@ -361,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="prepared data folder with boxes.csv")
     p.add_argument("out", help="output folder (localization.json, localization.csv, localization_grid.png)")
     p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
-    p.add_argument("--methods", nargs="+", choices=("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam"),
+    p.add_argument("--methods", nargs="+", choices=CAM_METHODS,
                    default=["cam", "gradcam", "gradcam++"],
                    help="saliency methods to score (default the three built-in ones; scorecam, eigencam and layercam "
                         "need pneumocam[cam-extra])")

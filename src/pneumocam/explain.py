@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import expand_inputs
+from pneumocam.localization import peak
 from pneumocam.overlay import SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,11 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
         if prediction.cam_raw is not None:  # library methods have no raw low-resolution map
             save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
-        peak_y, peak_x = np.unravel_index(int(np.argmax(prediction.cam)), prediction.cam.shape)
+        peak_y, peak_x = peak(prediction.cam)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
                      "logit": f"{prediction.logit:.6f}", "label": prediction.label,
                      "threshold": prediction.threshold, "method": prediction.method,
-                     "peak_x": int(peak_x), "peak_y": int(peak_y), "png": f"{name}_cam.png",
+                     "peak_x": peak_x, "peak_y": peak_y, "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
                      "cam224": f"{name}_cam224.npy"})
     draw_side_by_sides(jobs, workers)

@@ -18,6 +18,14 @@ from typing import IO, Any
 import numpy as np
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A hidden name in `path`'s folder, unique across processes (the rename target must be on the same disk)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+
+
+_EXCLUSIVE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it to `path`, on error delete it.
@@ -27,8 +35,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    tmp_path = _temporary_beside(path)
+    os.close(os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666))
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -59,13 +67,12 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     """np.save, atomically. The hot path of `prepare` (one call per image), so it does the fewest
     system calls that keep the guarantee: one exclusive create, one write, one rename."""
     path = Path(path)
-    tmp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    tmp_path = _temporary_beside(path)
     try:
-        fd = os.open(tmp_path, flags, 0o666)
+        fd = os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp_path, flags, 0o666)
+        fd = os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)

@@ -93,11 +93,15 @@ def score_images(maps: np.ndarray, boxes: Sequence[Sequence[Box]]) -> list[dict]
     return [score_image(m, b) for m, b in zip(maps, boxes, strict=True)]
 
 
-def score_maps(maps: np.ndarray, boxes: Sequence[Sequence[Box]], per_image: list[dict] | None = None) -> dict:
-    """Mean scores over images: pointing_game, mean_iou (at 0.5), iou/iobb per threshold, hit rates
-    at IoBB 0.1/0.25/0.5 (region at threshold 0.5), energy, and the peak distance's median and
-    90th percentile. `per_image` (from score_images) avoids scoring twice."""
-    per_image = per_image if per_image is not None else score_images(maps, boxes)
+def score_maps(maps: np.ndarray, boxes: Sequence[Sequence[Box]]) -> dict:
+    """Mean scores over images (see summarize)."""
+    return summarize(score_images(maps, boxes))
+
+
+def summarize(per_image: list[dict]) -> dict:
+    """Mean scores over score_image results: pointing_game, mean_iou (at 0.5), iou/iobb per threshold,
+    hit rates at IoBB 0.1/0.25/0.5 (region at threshold 0.5), energy, and the peak distance's median
+    and 90th percentile."""
 
     def mean(key: str) -> float:
         return float(np.mean([s[key] for s in per_image]))

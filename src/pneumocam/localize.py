@@ -24,7 +24,7 @@ from pneumocam.data import load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
-from pneumocam.localization import THRESHOLDS, centre_prior, rank_correlation, score_images, score_maps
+from pneumocam.localization import THRESHOLDS, centre_prior, rank_correlation, score_images, score_maps, summarize
 from pneumocam.overlay import overlay_grid
 from pneumocam.prepare import load_boxes
 from pneumocam.provenance import package_versions
@@ -57,17 +57,17 @@ def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
     return files, [boxes[f] for f in files]
 
 
-def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int,
-                 logits: list | None = None) -> dict[str, np.ndarray]:
-    """method -> (N, 224, 224) maps in [0, 1], computed in batches; the logits go to `logits` if given."""
+def compute_maps(predictor: Predictor, images: list[np.ndarray], methods,
+                 batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(method -> (N, 224, 224) maps in [0, 1], the (N,) logits), computed in batches."""
     maps: dict[str, list] = {m: [] for m in methods}
+    logits = []
     for chunk in tqdm(list(batches(images, batch_size)), desc="saliency", unit="batch"):
-        for i, method in enumerate(methods):
-            chunk_logits, _, chunk_maps = predictor.saliency(chunk, method)
+        results = [predictor.saliency(chunk, method) for method in methods]
+        for method, (_, _, chunk_maps) in zip(methods, results, strict=True):
             maps[method].append(chunk_maps)
-            if logits is not None and i == 0:
-                logits.extend(float(v) for v in chunk_logits)
-    return {m: np.concatenate(v) for m, v in maps.items()}
+        logits.append(results[0][0])  # the first method's forward pass (every method runs the same network)
+    return {m: np.concatenate(v) for m, v in maps.items()}, np.concatenate(logits)
 
 
 CSV_FIELDS = ["file", "method", "probability", "peak_x", "peak_y", "pointing_hit", "peak_distance_px",
@@ -106,7 +106,7 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
 
 
 def randomization_check(predictor: Predictor, images, maps: dict[str, np.ndarray], config: LocalizeConfig) -> dict:
-    randomized = compute_maps(randomized_predictor(predictor, config.seed), images, list(maps), config.batch_size)
+    randomized, _ = compute_maps(randomized_predictor(predictor, config.seed), images, list(maps), config.batch_size)
     result = {}
     for method, original in maps.items():
         pairs = zip(original, randomized[method], strict=True)
@@ -124,10 +124,9 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     files, boxes = _boxed_files(data_dir, config.split)
     images = [load_file(data_dir / f) for f in files]
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
-    logits: list[float] = []
-    maps = compute_maps(predictor, images, config.methods, config.batch_size, logits)
+    maps, logits = compute_maps(predictor, images, config.methods, config.batch_size)
     per_image = {method: score_images(m, boxes) for method, m in maps.items()}
-    scores = {method: score_maps(m, boxes, per_image[method]) for method, m in maps.items()}
+    scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
     baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=config.alignment), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
     main = scores.get("cam") or next(iter(scores.values()))
@@ -142,7 +141,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         result["randomization_check"] = randomization_check(predictor, images, maps, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
-    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(np.asarray(logits)), per_image))
+    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(logits), per_image))
     _write_grid(out_dir / "localization_grid.png", images, maps[result["method"]], files, boxes, config.grid_images)
     log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
              baselines["random"]["pointing_game"], result["mean_iou"], len(files))

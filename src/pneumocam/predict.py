@@ -15,12 +15,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from pneumocam.files import atomic_open, unique_stems, write_csv, write_json
 from pneumocam.inference import Predictor, batches
 from pneumocam.io import ImageReadError, expand_inputs
+from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,10 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
             for prediction in predictions:
                 overlay = _write_overlay(prediction, stem_of[prediction.source], out_dir) \
                     if config.overlays and out_dir else ""
-                peak_y, peak_x = np.unravel_index(int(np.argmax(prediction.cam)), prediction.cam.shape)
+                peak_y, peak_x = peak(prediction.cam)
                 rows.append({"source": prediction.source, "probability": round(prediction.probability, 6),
                              "logit": round(prediction.logit, 6), "label": prediction.label,
-                             "threshold": prediction.threshold, "cam_peak_x": int(peak_x), "cam_peak_y": int(peak_y),
+                             "threshold": prediction.threshold, "cam_peak_x": peak_x, "cam_peak_y": peak_y,
                              "overlay": overlay})
             bar.update(len(chunk))
     for failure in failures:

@@ -32,7 +32,7 @@ from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv, save_npy, write_csv, write_json
 from pneumocam.io import ImageReadError, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
-from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, parse_class_map
+from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,7 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     fmt = detect_format(source) if config.source_format == "auto" else config.source_format
     if fmt not in SOURCE_FORMATS:
         raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
-    items, rejected = (SOURCE_FORMATS[fmt](source, parse_class_map(config.class_map)) if fmt == "folders"
-                       else SOURCE_FORMATS[fmt](source))
+    items, rejected = discover(source, fmt, config.class_map)
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
     out_dir.mkdir(parents=True, exist_ok=True)

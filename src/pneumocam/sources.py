@@ -180,6 +180,13 @@ SOURCE_FORMATS: dict[str, Callable[..., tuple[list[SourceItem], list[dict]]]] = 
 }
 
 
+def discover(source: Path, fmt: str, class_map: str | None = None) -> tuple[list[SourceItem], list[dict]]:
+    """The items and rejections of `source` read as `fmt`; class_map ("NAME=0,...") applies to class folders."""
+    if fmt == "folders":
+        return discover_class_folders(source, parse_class_map(class_map))
+    return SOURCE_FORMATS[fmt](source)
+
+
 def detect_format(source: Path) -> str:
     if source.is_file() and source.suffix == ".npz":
         return "medmnist"

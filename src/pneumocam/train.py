@@ -346,8 +346,8 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     # monitor-less callback keeps last.ckpt at the latest epoch, which is what --resume needs.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                            enable_version_counter=False)
-    # TQDM explicitly: Lightning would switch to a Rich bar whenever `rich` happens to be installed
-    # a GPU step takes milliseconds and each bar refresh reads the loss back from the device
+    # TQDM explicitly: Lightning would switch to a Rich bar whenever `rich` happens to be installed.
+    # A GPU step takes milliseconds and each bar refresh reads the loss back from the device.
     bar = TQDMProgressBar(refresh_rate=10 if _on_gpu(config.accelerator) else 1)
     callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary(), bar]
     if config.early_stop_patience > 0:
