@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -140,18 +141,40 @@ def test_balanced_sampling_draws_both_classes_equally(phantom_data):
     assert abs(drawn.mean() - 0.5) < 0.05 and abs(labels.mean() - 0.5) > 0.05
 
 
+def _only_gloo_transport_errors(stderr: str) -> bool:
+    """True when every exception in `stderr` is gloo's TCP transport failing: a socket closed with no
+    Python error behind it (seen once in CI, never reproduced in 25 local runs). A real error in either
+    process has a line of its own and is not retried."""
+    errors = re.findall(r"^(?:\[rank\d+\]:\s*)?\w*(?:Error|Exception): (.*)$", stderr, re.MULTILINE)
+    return bool(errors) and all("gloo/transport/tcp" in message for message in errors)
+
+
 def test_two_process_ddp_on_cpu(phantom_data, tmp_path):
+    import os
     import subprocess
     import sys
 
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pneumocam.cli", "train", str(phantom_data), str(tmp_path), "--epochs", "1",
-         "--batch-size", "4", "--pretrained", "none", "--augment", "none", "--accelerator", "cpu", "--devices", "2",
-         "--strategy", "ddp"], capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(run_dir):
+        return subprocess.run(
+            [sys.executable, "-m", "pneumocam.cli", "train", str(phantom_data), str(run_dir), "--epochs", "1",
+             "--batch-size", "4", "--pretrained", "none", "--augment", "none", "--accelerator", "cpu",
+             "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True, timeout=600, env=env)
+
+    run_dir = tmp_path / "run"
+    result = train(run_dir)
+    if result.returncode != 0 and _only_gloo_transport_errors(result.stderr):  # one retry, for the socket only
+        print("first attempt lost a gloo connection; retrying once:\n" + result.stderr[-1500:])
+        run_dir = tmp_path / "retry"
+        result = train(run_dir)
+    first_traceback = result.stderr.find("Traceback")  # the failing rank's own error, not only its peer's
+    assert result.returncode == 0, result.stderr[max(0, first_traceback):][:4000] + "\n...\n" + result.stderr[-2000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["pneumocam"]["config"]["strategy"] == "ddp"
+    # each process logs the best score; the validation loss is averaged across them, so they agree
+    best_scores = set(re.findall(r"best val_loss = (\S+)", result.stderr))
+    assert len(best_scores) == 1, best_scores
     # 18 training images over 2 processes, batch 4: 9 per process -> 2 steps with drop_last
     assert checkpoint["global_step"] == 2
     assert "Traceback" not in result.stderr

@@ -162,7 +162,9 @@ class PneumoniaModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, logits, labels = self._step(batch)
         self.train_acc(torch.sigmoid(logits), labels)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # Across processes (DDP) only the epoch value is averaged: a per-step all-reduce would cost every step.
+        self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -171,7 +173,7 @@ class PneumoniaModule(L.LightningModule):
         probs = torch.sigmoid(logits)
         self.val_acc(probs, labels)
         self.val_auroc(probs, labels)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(labels))
 
