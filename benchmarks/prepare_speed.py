@@ -9,6 +9,9 @@ then measures, on the same files:
   prepare  `pneumocam prepare` with --workers W (default: all cores), from a clean output folder
 Targets (issue 3): prepare >= 1.8x naive, and >= 90% of W x (1 / decode time).
 
+It also accounts for the in-process run's CPU time (the workers' user and system time per image against
+decode+resize alone, and how busy the cores were), which tells idle cores from per-image work.
+
 Outputs go to a folder of their own (--out, default a new temporary folder), each timed run into a
 fresh subfolder, the same for naive and prepare. On this machine's ext4 disk creating a file cost from
 ~0.02 to ~0.8 ms depending on the folder (always slow beside the just-written source tree, sometimes in
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -57,6 +61,11 @@ def decode_resize(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds(who: int) -> tuple[float, float]:
+    usage = resource.getrusage(who)
+    return usage.ru_utime, usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=1200)
@@ -70,7 +79,10 @@ def main() -> None:
     if not (source / "stage_2_train_labels.csv").exists():
         subprocess.run([sys.executable, "-m", "pneumocam.cli", "synth", str(source), "--n-images",
                         str(args.n_images), "--workers", str(args.workers)], check=True, capture_output=True)
-    files = sorted((source / "stage_2_train_images").glob("*.dcm"))[: args.n_images]
+    files = sorted((source / "stage_2_train_images").glob("*.dcm"))
+    if len(files) != args.n_images:  # prepare reads the whole folder: every rate must count the same files
+        parser.error(f"{source} holds {len(files)} DICOMs, not --n-images {args.n_images}; "
+                     "give a matching --n-images or a fresh --work folder")
     n = len(files)
 
     decode_resize(files[:20])  # warm the page cache and imports
@@ -84,9 +96,13 @@ def main() -> None:
     prepare_s = time.perf_counter() - start
     from pneumocam.prepare import PrepareConfig, prepare
 
+    main_before, workers_before = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     prepare(source, out / "prepared-in-process", PrepareConfig(workers=args.workers))
     in_process_s = time.perf_counter() - start
+    # the pool's workers have exited by now, so RUSAGE_CHILDREN holds their whole CPU time
+    main_cpu = [a - b for a, b in zip(_cpu_seconds(resource.RUSAGE_SELF), main_before)]
+    workers_cpu = [a - b for a, b in zip(_cpu_seconds(resource.RUSAGE_CHILDREN), workers_before)]
 
     naive_rate, prepare_rate = n / naive_s, n / prepare_s
     ceiling = args.workers / (decode_s / n)
@@ -102,6 +118,10 @@ def main() -> None:
     print(f"\nprepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
     print(f"prepare / ({args.workers} x decode+resize rate) = {prepare_rate / ceiling:.1%} (target >= 90%); "
           f"in-process: {n / in_process_s / ceiling:.1%}")
+    print(f"\nwhere the in-process run's CPU went, per image: workers {1000 * workers_cpu[0] / n:.2f} ms user + "
+          f"{1000 * workers_cpu[1] / n:.2f} ms system (decode+resize alone: {1000 * decode_s / n:.2f}), main process "
+          f"{1000 * sum(main_cpu) / n:.2f} ms; the {args.workers} cores were busy "
+          f"{(sum(workers_cpu) + sum(main_cpu)) / (in_process_s * args.workers):.0%} of the wall time")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     if args.out is None:
