@@ -149,7 +149,8 @@ def _only_gloo_transport_errors(stderr: str) -> bool:
     return bool(errors) and all("gloo/transport/tcp" in message for message in errors)
 
 
-def test_two_process_ddp_on_cpu(phantom_data, tmp_path):
+@pytest.mark.parametrize("in_memory", ["off", "on"])  # "on" is a GPU run's default: batches sharded whole
+def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     import os
     import subprocess
     import sys
@@ -160,7 +161,8 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path):
         return subprocess.run(
             [sys.executable, "-m", "pneumocam.cli", "train", str(phantom_data), str(run_dir), "--epochs", "1",
              "--batch-size", "4", "--pretrained", "none", "--augment", "none", "--accelerator", "cpu",
-             "--devices", "2", "--strategy", "ddp"], capture_output=True, text=True, timeout=600, env=env)
+             "--devices", "2", "--strategy", "ddp", "--in-memory", in_memory], capture_output=True, text=True,
+            timeout=600, env=env)
 
     run_dir = tmp_path / "run"
     result = train(run_dir)
@@ -175,6 +177,7 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path):
     # each process logs the best score; the validation loss is averaged across them, so they agree
     best_scores = set(re.findall(r"best val_loss = (\S+)", result.stderr))
     assert len(best_scores) == 1, best_scores
-    # 18 training images over 2 processes, batch 4: 9 per process -> 2 steps with drop_last
+    # 18 training images, batch 4, over 2 processes: 2 steps each (files: 9 images per process, drop_last;
+    # in memory: 4 whole batches dealt out in turn)
     assert checkpoint["global_step"] == 2
     assert "Traceback" not in result.stderr
