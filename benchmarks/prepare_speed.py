@@ -78,7 +78,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row, taken in turns; the best counts")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="pneumocam-bench-"))
-    out = args.out or Path(tempfile.mkdtemp(prefix="pneumocam-bench-out-"))
     source = work / "source"
     if not (source / "stage_2_train_labels.csv").exists():
         subprocess.run([sys.executable, "-m", "pneumocam.cli", "synth", str(source), "--n-images",
@@ -88,6 +87,7 @@ def main() -> None:
         parser.error(f"{source} holds {len(files)} DICOMs, not --n-images {args.n_images}; "
                      "give a matching --n-images or a fresh --work folder")
     n = len(files)
+    out = args.out or Path(tempfile.mkdtemp(prefix="pneumocam-bench-out-"))
 
     from pneumocam.prepare import PrepareConfig, prepare
 
