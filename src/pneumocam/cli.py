@@ -94,8 +94,9 @@ def _train(args) -> int:
         compile=args.compile, deterministic=args.deterministic, resume=args.resume, fast_dev_run=args.fast_dev_run,
     )
     result = fit(args.data, args.run, config)
-    print(f"best checkpoint: {result.best_checkpoint} ({args.monitor} {result.best_score}); "
-          f"last: {result.last_checkpoint}")
+    if result.is_global_zero:
+        print(f"best checkpoint: {result.best_checkpoint} ({args.monitor} {result.best_score}); "
+              f"last: {result.last_checkpoint}")
     return EXIT_OK
 
 

@@ -259,9 +259,17 @@ class EpochSummary(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after the epoch's validation
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         rate = self._seen / max(1e-9, time.perf_counter() - self._start)
-        log.info("epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  %.1f img/s",
-                 trainer.current_epoch, m.get("train_loss_epoch", float("nan")), m.get("val_loss", float("nan")),
-                 m.get("val_auroc", float("nan")), m.get("val_acc", float("nan")), rate)
+        where = "" if trainer.world_size == 1 else f" per process (rank {trainer.global_rank} of {trainer.world_size})"
+        log.log(_report_level(trainer), "epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  "
+                "%.1f img/s%s", trainer.current_epoch, m.get("train_loss_epoch", float("nan")),
+                m.get("val_loss", float("nan")), m.get("val_auroc", float("nan")), m.get("val_acc", float("nan")),
+                rate, where)
+
+
+def _report_level(trainer) -> int:
+    """Under DDP every process runs fit() and holds the same averaged metrics: the first one reports
+    them, the others only at debug level (-v), instead of one copy of each line per process."""
+    return logging.INFO if trainer.is_global_zero else logging.DEBUG
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,7 @@ class FitResult:
     best_checkpoint: Path
     last_checkpoint: Path
     best_score: float | None
+    is_global_zero: bool = True  # False in the other processes of a DDP run (they return too)
 
 
 def _devices(value: str):
@@ -372,5 +381,5 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
     score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    log.info("best %s = %s at %s", config.monitor, score, best)
-    return FitResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", score)
+    log.log(_report_level(trainer), "best %s = %s at %s", config.monitor, score, best)
+    return FitResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", score, trainer.is_global_zero)
