@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from pneumocam.files import atomic_open, save_npy, unique_stems, write_csv, write_json
+from pneumocam.files import atomic_open, remove_stale_temporaries, save_npy, unique_stems, write_csv, write_json
 
 
 def test_outputs_get_ordinary_permissions(tmp_path):
@@ -47,3 +47,21 @@ def test_save_npy_creates_folders_round_trips_and_leaves_no_temporary(tmp_path):
     with pytest.raises(ValueError):  # object arrays are refused (no pickles), and nothing is left behind
         save_npy(tmp_path / "a" / "b" / "y.npy", np.array([{"a": 1}], dtype=object))
     assert [p.name for p in target.parent.iterdir()] == ["x.npy"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are only removed on POSIX")
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    folder = tmp_path / "Processed" / "train"
+    folder.mkdir(parents=True)
+    stale = folder / f".a.npy.{dead_pid}.{'0' * 32}.tmp"  # a writer killed with -9 left it
+    live = folder / f".b.npy.{os.getpid()}.{'1' * 32}.tmp"  # a writer still at work
+    users = folder / ".notes.tmp"  # not ours
+    for path in (stale, live, users):
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists() and users.exists()

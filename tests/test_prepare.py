@@ -41,6 +41,14 @@ def test_prepare_real_rsna_sample(tmp_path):
     assert len(stats["fingerprint"]) == 64
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
 def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source, tmp_path):
     config = PrepareConfig(val_fraction=0.25, seed=0, workers=1)
     full = prepare(phantom_source, tmp_path / "full", config)
@@ -50,7 +58,11 @@ def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source,
     for path in removed:  # as if the run had been killed before these were written
         path.unlink()
     (partial / "manifest.csv").unlink()
+    # ... and killed (-9) while writing one: its temporary file stays behind, named after a dead process
+    stale = removed[0].parent / f".{removed[0].name}.{_dead_pid()}.{'0' * 32}.tmp"
+    stale.write_bytes(b"half an array")
     resumed = prepare(phantom_source, partial, config)
+    assert not stale.exists()
     assert resumed.n_written == len(removed) and resumed.n_resumed == 24 - len(removed)
     assert resumed.fingerprint == full.fingerprint
     for name in ("manifest.csv", "boxes.csv"):

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,37 @@ import numpy as np
 def _temporary_beside(path: Path) -> Path:
     """A hidden name in `path`'s folder, unique across processes (the rename target must be on the same disk)."""
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+
+
+_TEMPORARY_NAME = re.compile(r"\..+\.(\d+)\.[0-9a-f]{32}\.tmp")  # what _temporary_beside makes
+
+
+def remove_stale_temporaries(root: str | Path) -> int:
+    """Delete the temporary files under `root` whose writer has died; returns how many.
+
+    kill -9 gives a writer no chance to delete its temporary file, so a resumed batch job calls this
+    first. A file whose writing process is still alive (by the PID in its name) is left alone. POSIX
+    only: elsewhere nothing is removed (os.kill(pid, 0) would not be a harmless probe).
+    """
+    if os.name != "posix":
+        return 0
+    removed = 0
+    for path in Path(root).rglob(".*.tmp"):
+        match = _TEMPORARY_NAME.fullmatch(path.name)
+        if match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 _EXCLUSIVE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL

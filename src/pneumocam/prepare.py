@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
-from pneumocam.files import read_csv, save_npy, write_csv, write_json
+from pneumocam.files import read_csv, remove_stale_temporaries, save_npy, write_csv, write_json
 from pneumocam.io import ImageReadError, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
@@ -162,6 +162,8 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, config, source)
+    if stale := remove_stale_temporaries(out_dir):
+        log.info("removed %d temporary files left by an interrupted run", stale)
     splits = assign_splits(items, config.val_fraction, config.seed)
     jobs = [
         _Job(it, splits[it.patient], f"Processed/{splits[it.patient]}/{it.label}/{it.stem}.npy", str(out_dir),
