@@ -185,3 +185,29 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     # in memory: 4 whole batches dealt out in turn)
     assert checkpoint["global_step"] == 2
     assert "Traceback" not in result.stderr
+
+
+def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_path, monkeypatch):
+    import tempfile
+
+    from pneumocam.train import AtomicCheckpointIO
+
+    # Lightning's default save stages the file in the system temporary folder; ours must never touch it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    result = fit(phantom_data, tmp_path / "run", TrainConfig(epochs=1, batch_size=6, pretrained="none",
+                                                             augment="none", seed=0))
+    assert torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["epoch"] == 0
+
+    path = tmp_path / "io" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def cut_short(obj, f):  # a save that dies half-way, as kill -9 would leave it
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, path)
+    assert int(torch.load(path, weights_only=True)["step"]) == 1  # the previous checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left

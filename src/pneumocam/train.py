@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
@@ -43,7 +44,7 @@ from pneumocam.data import (
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
-from pneumocam.files import write_json
+from pneumocam.files import atomic_path, remove_stale_temporaries, write_json
 from pneumocam.model import PneumoniaNet
 from pneumocam.provenance import git_commit, package_versions
 
@@ -247,6 +248,21 @@ class PneumoniaDataModule(L.LightningDataModule):
         return self._loader(self.val_set, train=False)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final name and renamed into place (files.atomic_path).
+
+    Lightning's own save stages the file in the system temporary folder; where that is another file
+    system (a tmpfs /tmp, common on Linux), its last step is a plain copy into place, and kill -9
+    during the copy leaves a truncated last.ckpt that --resume cannot load.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_path(path) as tmp_path:
+            torch.save(checkpoint, tmp_path)
+
+
 class EpochSummary(Callback):
     """One log line per epoch: losses, validation AUROC/accuracy and training throughput."""
 
@@ -346,6 +362,8 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     normalization = asdict(norm)
     module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if stale := remove_stale_temporaries(run_dir / "checkpoints"):  # a checkpoint save cut short by kill -9
+        log.info("removed %d temporary checkpoint files left by an interrupted run", stale)
     resolved = {**metadata, "normalization": normalization, "pos_weight": pos_weight, "n_train": int(len(labels)),
                 "n_train_positive": int(labels.sum()), "resumed_from": str(resume_from) if resume_from else None}
     write_json(run_dir / ("config.resumed.json" if resume_from else "config.json"), resolved)
@@ -372,6 +390,7 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
         gradient_clip_val=config.grad_clip or None,
         callbacks=callbacks, logger=_loggers(run_dir, resume_from is not None), log_every_n_steps=5,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],
     )
     # log lines (the per-epoch summary) go through tqdm.write, so they do not land on the bar's line
     with logging_redirect_tqdm():
