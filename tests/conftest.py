@@ -51,6 +51,15 @@ def tiny_checkpoint(phantom_data, tmp_path_factory) -> Path:
     return result.last_checkpoint
 
 
+def dead_pid() -> int:
+    """The PID of a process that has just exited (what a writer killed with -9 leaves in its temp names)."""
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid PNG header (correct CRCs) that declares width x height pixels: a decompression-bomb probe."""
     import struct

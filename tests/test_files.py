@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import dead_pid
 from pneumocam.files import atomic_open, remove_stale_temporaries, save_npy, unique_stems, write_csv, write_json
 
 
@@ -51,14 +52,9 @@ def test_save_npy_creates_folders_round_trips_and_leaves_no_temporary(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="stale temporaries are only removed on POSIX")
 def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
-    import subprocess
-    import sys
-
-    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                                  text=True, check=True).stdout)
     folder = tmp_path / "Processed" / "train"
     folder.mkdir(parents=True)
-    stale = folder / f".a.npy.{dead_pid}.{'0' * 32}.tmp"  # a writer killed with -9 left it
+    stale = folder / f".a.npy.{dead_pid()}.{'0' * 32}.tmp"  # a writer killed with -9 left it
     live = folder / f".b.npy.{os.getpid()}.{'1' * 32}.tmp"  # a writer still at work
     users = folder / ".notes.tmp"  # not ours
     for path in (stale, live, users):

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import RSNA_SAMPLE, bomb_png, require
+from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
 from pneumocam.errors import PneumocamError
 from pneumocam.prepare import PrepareConfig, assign_splits, load_boxes, prepare
 from pneumocam.sources import SourceItem
@@ -41,14 +41,6 @@ def test_prepare_real_rsna_sample(tmp_path):
     assert len(stats["fingerprint"]) == 64
 
 
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
-
-
 def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source, tmp_path):
     config = PrepareConfig(val_fraction=0.25, seed=0, workers=1)
     full = prepare(phantom_source, tmp_path / "full", config)
@@ -59,7 +51,7 @@ def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source,
         path.unlink()
     (partial / "manifest.csv").unlink()
     # ... and killed (-9) while writing one: its temporary file stays behind, named after a dead process
-    stale = removed[0].parent / f".{removed[0].name}.{_dead_pid()}.{'0' * 32}.tmp"
+    stale = removed[0].parent / f".{removed[0].name}.{dead_pid()}.{'0' * 32}.tmp"
     stale.write_bytes(b"half an array")
     resumed = prepare(phantom_source, partial, config)
     assert not stale.exists()
