@@ -15,9 +15,15 @@ decode+resize alone, and how busy the cores were), which tells idle cores from p
 Every row is timed --repeats times (default 3), the rows taking turns, and the best run of each row
 counts (the usual rule for timing on a shared machine: noise only ever adds time); the range is printed
 beside it. Outputs go to a folder of their own (--out, default a new temporary folder), each timed run
-into a fresh subfolder (all deleted at the end), the same for naive and prepare. On this machine's
-ext4 disk creating a file cost from ~0.02 to ~0.8 ms depending on the folder, and decode+resize alone
-moved between 3.6 and 5.5 ms per image from one minute to the next.
+into a fresh subfolder (all deleted at the end), the same for naive and prepare.
+
+File creation depends on the disk's recent past: this machine's disk is ext4 *without a journal*, where
+the kernel will not reuse an inode freed in the last 60 s (360 s while its inode table block is not yet
+written back; fs/ext4/ialloc.c, recently_deleted) and rescans those inodes at every new file. Within
+~6 minutes of deleting thousands of files (an earlier run's outputs, a virtual environment) creating a
+file here cost 0.3-0.7 ms instead of 0.02-0.03 ms: 8-18% of a prepared image's ~4 ms, in prepare and in
+the naive loop alike. The script measures that cost on the output disk first and prints it beside the
+results, and deletes nothing until the end.
 
 usage: python benchmarks/prepare_speed.py [--n-images 1200] [--workers 2] [--repeats 3] [--work DIR] [--out DIR]
 """
@@ -61,6 +67,16 @@ def decode_resize(files: list[Path]) -> float:
     for path in files:
         to_model_input(read_image(path, min_side=IMAGE_SIZE))
     return time.perf_counter() - start
+
+
+def file_creation_ms(folder: Path, n: int = 400) -> float:
+    """Milliseconds to create one empty file in `folder` (the files are kept: deleting them would slow
+    the next creations, see above)."""
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    for i in range(n):
+        os.close(os.open(folder / f"probe{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return 1000 * (time.perf_counter() - start) / n
 
 
 def _cpu_seconds(who: int) -> np.ndarray:
@@ -116,12 +132,14 @@ def main() -> None:
         "prepare() in-process (no interpreter start)": timed_in_process,
     }
     decode_resize(files[:20])  # warm the page cache and imports
+    create_ms = file_creation_ms(out / "probe-before")
     times: dict[str, list[float]] = {label: [] for label in rows}
     for repeat in range(args.repeats):  # the rows take turns, so a slow spell of the machine hits them all
         for i, (label, run) in enumerate(rows.items()):
             # outputs stay until the end: deleting thousands of files on this disk (mounted with discard)
             # slowed the next timed run
             times[label].append(run(out / f"run{repeat}-{i}"))
+    create_ms_after = file_creation_ms(out / "probe-after")
     best = {label: min(seconds) for label, seconds in times.items()}
 
     naive_rate = n / min(best["naive loop, pydicom default plugin, 1 proc"], best["naive loop, Pillow plugin, 1 proc"])
@@ -135,7 +153,9 @@ def main() -> None:
     for label, seconds in times.items():
         print(f"{label:<44}{n / min(seconds):>10.1f}{1000 * min(seconds) / n:>10.2f}"
               f"   [{n / max(seconds):.1f}, {n / min(seconds):.1f}]")
-    print(f"\nprepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
+    print(f"\ncreating an empty file on the output disk: {create_ms:.3f} ms before the runs, {create_ms_after:.3f} ms "
+          "after (~0.02-0.03 normally here; 0.3-0.7 within minutes of deleting thousands of files, see above)")
+    print(f"prepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
     print(f"prepare / ({args.workers} x decode+resize rate) = {prepare_rate / ceiling:.1%} (target >= 90%); "
           f"in-process: {n / in_process_s / ceiling:.1%}")
     print(f"\nwhere the best in-process run's CPU went, per image: workers {1000 * workers_cpu[0] / n:.2f} ms user + "

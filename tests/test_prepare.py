@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import xxhash
 
 from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
 from pneumocam.errors import PneumocamError
@@ -27,6 +28,9 @@ def test_prepare_real_rsna_sample(tmp_path):
         assert 0 <= image.min() and image.max() <= 1
     manifest = _rows(tmp_path / "manifest.csv")
     assert sum(int(r["label"]) for r in manifest) == 5
+    for row in manifest:  # each row's content hash is the hash of the pixels as saved
+        saved = np.load(tmp_path / row["file"])
+        assert row["xxh3_128"] == xxhash.xxh3_128_hexdigest(saved.tobytes())
     boxes = _rows(tmp_path / "boxes.csv")
     assert len(boxes) == 10
     # 00436515-...: first box (264, 152, 213, 379) in the 1024-px image -> x 224/1024

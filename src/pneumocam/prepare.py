@@ -5,7 +5,7 @@ train/val/test folders kept), or a MedMNIST .npz.
 
 Outputs (all written atomically, so an interrupted run never leaves a half-written file):
   Processed/<split>/<label>/<stem>.npy   float32 (224, 224) in [0, 1]
-  manifest.csv    file, label, split, patient, source
+  manifest.csv    file, label, split, patient, source, xxh3_128 (hash of the saved pixels)
   boxes.csv       file, patient, x, y, width, height   (ground-truth boxes in 224-px space)
   rejected.csv    source, reason                        (every input file not in the manifest)
   stats.json      counts, training-split pixel mean/std, data fingerprint, settings, version
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import xxhash
 from tqdm import tqdm
 
 from pneumocam import __version__
@@ -74,6 +75,7 @@ class _Job:
     out_file: str  # relative to OUT
     out_root: str
     resize_mode: str
+    finished: bool  # its output exists already (a resumed run)
 
 
 def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> dict[str, str]:
@@ -106,8 +108,7 @@ def _process(job: _Job) -> dict:
     out_path = Path(job.out_root) / job.out_file
     item = job.item
     try:
-        resumed = out_path.exists()
-        if resumed:
+        if job.finished:
             array = read_npy(out_path)
             height, width = read_size(item.source) if item.boxes else (0, 0)
         else:
@@ -126,8 +127,11 @@ def _process(job: _Job) -> dict:
     values = array.astype(np.float64).ravel()
     return {
         "file": job.out_file,
-        "resumed": resumed,
-        "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),  # the pixels, as saved
+        "resumed": job.finished,
+        # the pixels as saved. xxh3 takes 0.003 ms per image here, sha256 took 0.11 ms (~3% of all the
+        # per-image work); changed data is caught as well, and nothing here needs a cryptographic hash
+        # (the data fingerprint over these rows stays sha256)
+        "xxh3_128": xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array)),
         "sum": float(values.sum()),
         # einsum: one pass, no temporary, and no BLAS threads (np.dot's would oversubscribe the workers)
         "sumsq": float(np.einsum("i,i->", values, values)),
@@ -165,21 +169,35 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     if stale := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary files left by an interrupted run", stale)
     splits = assign_splits(items, config.val_fraction, config.seed)
-    jobs = [
-        _Job(it, splits[it.patient], f"Processed/{splits[it.patient]}/{it.label}/{it.stem}.npy", str(out_dir),
-             config.resize_mode)
-        for it in items
-    ]
+    finished = _finished_outputs(out_dir)
+    jobs = []
+    for it in items:
+        out_file = f"Processed/{splits[it.patient]}/{it.label}/{it.stem}.npy"
+        jobs.append(_Job(it, splits[it.patient], out_file, str(out_dir), config.resize_mode, out_file in finished))
+    if n_finished := sum(job.finished for job in jobs):
+        log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
     results = _run_jobs(jobs, config.workers)
     return _write_outputs(out_dir, jobs, results, rejected, fmt)
+
+
+def _finished_outputs(out_dir: Path) -> set[str]:
+    """The .npy files already under OUT/Processed, relative to OUT: one listing per folder instead of
+    a stat per image in the workers."""
+    processed = out_dir / "Processed"
+    if not processed.is_dir():
+        return set()
+    return {path.relative_to(out_dir).as_posix() for path in processed.glob("*/*/*.npy")}
 
 
 def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
     bar = dict(total=len(jobs), desc="prepare", unit="img", smoothing=0.1)
     if workers <= 1 or len(jobs) < 8:
         return [_process(job) for job in tqdm(jobs, **bar)]
+    # small chunks: a worker left with a long last chunk idles the other cores at the end (chunks of 32
+    # kept 2 cores 96.7% busy, chunks of 8 98.5%, on 1,000 DICOMs); each chunk costs the main process ~0.3 ms
+    chunksize = max(1, min(8, len(jobs) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_process, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8)))), **bar))
+        return list(tqdm(pool.map(_process, jobs, chunksize=chunksize), **bar))
 
 
 def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
@@ -192,7 +210,7 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
             continue
         it = job.item
         manifest.append({"file": res["file"], "label": it.label, "split": job.split, "patient": it.patient,
-                         "source": it.source_label or it.source, "sha256": res["sha256"]})
+                         "source": it.source_label or it.source, "xxh3_128": res["xxh3_128"]})
         boxes += [{"file": res["file"], "patient": it.patient, "x": x, "y": y, "width": w, "height": h}
                   for x, y, w, h in res["boxes"]]
         counts[(job.split, it.label)] += 1
@@ -200,7 +218,7 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
     if not manifest:
         raise PneumocamError(f"every input was rejected; see the reasons in {out_dir / 'rejected.csv'}")
     write_csv(out_dir / "rejected.csv", ["source", "reason"], rejected)
-    write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "sha256"], manifest)
+    write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "xxh3_128"], manifest)
     write_csv(out_dir / "boxes.csv", ["file", "patient", "x", "y", "width", "height"], boxes)
     # mean/std of the training split; a source without one (e.g. a test-only set) uses all its images
     stats_split = "train" if sums["train"][2] else "all"
@@ -228,7 +246,7 @@ def data_fingerprint(manifest: list[dict]) -> str:
     """sha256 over (file, label, split, content hash) of every prepared image, in file order."""
     digest = hashlib.sha256()
     for row in sorted(manifest, key=lambda r: r["file"]):
-        digest.update(f"{row['file']},{row['label']},{row['split']},{row['sha256']}\n".encode())
+        digest.update(f"{row['file']},{row['label']},{row['split']},{row['xxh3_128']}\n".encode())
     return digest.hexdigest()
 
 
