@@ -136,8 +136,8 @@ def main() -> None:
     times: dict[str, list[float]] = {label: [] for label in rows}
     for repeat in range(args.repeats):  # the rows take turns, so a slow spell of the machine hits them all
         for i, (label, run) in enumerate(rows.items()):
-            # outputs stay until the end: deleting thousands of files on this disk (mounted with discard)
-            # slowed the next timed run
+            # outputs stay until the end: deleting thousands of files slows the next file creations
+            # (ext4 without a journal, see above)
             times[label].append(run(out / f"run{repeat}-{i}"))
     create_ms_after = file_creation_ms(out / "probe-after")
     best = {label: min(seconds) for label, seconds in times.items()}

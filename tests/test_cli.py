@@ -69,9 +69,11 @@ def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_pa
 
 
 def test_cli_cam_methods_are_the_libraries_methods():
+    from pneumocam.cam import ALIGNMENTS
     from pneumocam.cam_extra import LIBRARY_METHODS
-    from pneumocam.cli import CAM_METHODS
+    from pneumocam.cli import CAM_ALIGNMENTS, CAM_METHODS
     from pneumocam.inference import METHODS
 
     # gradcam-lib is pytorch-grad-cam's Grad-CAM, kept for comparing with the built-in one in the tests
     assert set(CAM_METHODS) == set(METHODS) | (set(LIBRARY_METHODS) - {"gradcam-lib"})
+    assert CAM_ALIGNMENTS == ALIGNMENTS  # same order: the first is the default everywhere

@@ -21,8 +21,10 @@ log = logging.getLogger("pneumocam")
 
 
 DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
-# inference.METHODS + cam_extra.LIBRARY_METHODS, spelled out so that building the parser imports no torch
+# inference.METHODS + cam_extra.LIBRARY_METHODS and cam.ALIGNMENTS, spelled out so that building the
+# parser imports no torch (a test keeps them equal)
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
+CAM_ALIGNMENTS = ("receptive-field", "block-centre")
 
 
 def _examples(*lines: str) -> str:

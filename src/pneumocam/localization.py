@@ -74,8 +74,9 @@ def energy_in_boxes(saliency: np.ndarray, mask: np.ndarray) -> float:
 def score_image(saliency: np.ndarray, boxes: Sequence[Box]) -> dict:
     mask = box_mask(boxes, saliency.shape)
     row, col = peak(saliency)
-    scores = {"pointing": bool(mask[row, col]), "peak_row": row, "peak_col": col,
-              "peak_distance": 0.0 if mask[row, col] else distance_to_boxes(row, col, boxes),
+    hit = bool(mask[row, col])  # pointing_hit, with the peak kept for the distance
+    scores = {"pointing": hit, "peak_row": row, "peak_col": col,
+              "peak_distance": 0.0 if hit else distance_to_boxes(row, col, boxes),
               "energy": energy_in_boxes(saliency, mask)}
     for t in THRESHOLDS:
         region = saliency >= t
