@@ -66,6 +66,17 @@ def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source,
         assert full_text.replace(str(tmp_path / "full"), "") == (partial / name).read_text().replace(str(partial), "")
 
 
+def test_worker_count_does_not_change_any_output(phantom_source, tmp_path):
+    one = prepare(phantom_source, tmp_path / "one", PrepareConfig(val_fraction=0.25, seed=0, workers=1))
+    two = prepare(phantom_source, tmp_path / "two", PrepareConfig(val_fraction=0.25, seed=0, workers=2))
+    assert one.fingerprint == two.fingerprint and (one.mean, one.std) == (two.mean, two.std)
+    for name in ("manifest.csv", "boxes.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    arrays = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*.npy"))
+    assert len(arrays) == 24
+    assert all((tmp_path / "one" / a).read_bytes() == (tmp_path / "two" / a).read_bytes() for a in arrays)
+
+
 def test_changed_settings_are_refused(phantom_source, tmp_path):
     prepare(phantom_source, tmp_path, PrepareConfig(seed=0, workers=1))
     with pytest.raises(PneumocamError, match="different settings"):
