@@ -5,7 +5,8 @@ then measures, on the same files:
   naive    one process: pydicom dcmread + pixel_array, scale to [0, 1], resize to 224 with Pillow, np.save;
            timed twice: with pydicom's own plugin choice and with the Pillow plugin (the faster one is the
            baseline the targets use)
-  decode   pneumocam's decode + resize alone, one process, no output (the per-image work floor)
+  decode   pneumocam's decode + resize alone, one process, no output (the per-image work floor); and
+           again with prepare's atomic save of each image (the floor for work that writes its outputs)
   prepare  `pneumocam prepare` with --workers W (default: all cores), from a clean output folder
 Targets (issue 3): prepare >= 1.8x naive, and >= 90% of W x (1 / decode time).
 
@@ -63,14 +64,20 @@ def naive_loop(files: list[Path], out: Path, plugin: str = "") -> float:
     return time.perf_counter() - start
 
 
-def decode_resize(files: list[Path]) -> float:
-    """The same decode (reduced DCT scale where possible) and resize that prepare does, nothing else."""
+def decode_resize(files: list[Path], out: Path | None = None) -> float:
+    """The same decode (reduced DCT scale where possible) and resize that prepare does; with `out`, also
+    its atomic save of each image there (the per-image work that writes what prepare writes)."""
+    from pneumocam.files import save_npy
     from pneumocam.io import read_image
     from pneumocam.preprocess import IMAGE_SIZE, to_model_input
 
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for path in files:
-        to_model_input(read_image(path, min_side=IMAGE_SIZE))
+        image = to_model_input(read_image(path, min_side=IMAGE_SIZE))
+        if out is not None:
+            save_npy(out / f"{path.stem}.npy", image)
     return time.perf_counter() - start
 
 
@@ -140,6 +147,7 @@ def main() -> None:
         "naive loop, pydicom default plugin, 1 proc": lambda folder: naive_loop(files, folder),
         "naive loop, Pillow plugin, 1 proc": lambda folder: naive_loop(files, folder, "pillow"),
         "pneumocam decode+resize only (1 proc)": lambda folder: decode_resize(files),
+        "pneumocam decode+resize+save (1 proc)": lambda folder: decode_resize(files, folder),
         "pneumocam prepare (end to end, CLI)": timed_cli,
         "prepare() in-process (no interpreter start)": timed_in_process,
     }
@@ -173,6 +181,9 @@ def main() -> None:
     print(f"prepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
     print(f"prepare / ({args.workers} x decode+resize rate) = {prepare_rate / ceiling:.1%} (target >= 90%); "
           f"in-process: {n / in_process_s / ceiling:.1%}")
+    saving_ceiling = args.workers / (best["pneumocam decode+resize+save (1 proc)"] / n)
+    print(f"prepare / ({args.workers} x decode+resize+save rate) = {prepare_rate / saving_ceiling:.1%}; in-process: "
+          f"{n / in_process_s / saving_ceiling:.1%} (what the parallel run itself loses, writing costs aside)")
     print(f"\nwhere the best in-process run's CPU went, per image: workers {1000 * workers_cpu[0] / n:.2f} ms user + "
           f"{1000 * workers_cpu[1] / n:.2f} ms system (decode+resize alone: {1000 * decode_s / n:.2f}), main process "
           f"{1000 * sum(main_cpu) / n:.2f} ms; the {args.workers} cores were busy "
