@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv, remove_stale_temporaries, save_npy, write_csv, write_json
-from pneumocam.io import ImageReadError, import_dicom_support, read_image_and_size, read_npy, read_size
+from pneumocam.io import DICOM_SUFFIXES, ImageReadError, import_dicom_support, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
 
@@ -193,7 +193,7 @@ def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
     bar = dict(total=len(jobs), desc="prepare", unit="img", smoothing=0.1)
     if workers <= 1 or len(jobs) < 8:
         return [_process(job) for job in tqdm(jobs, **bar)]
-    if any(job.item.array is None for job in jobs):
+    if any(job.item.array is None and Path(job.item.source).suffix.lower() in DICOM_SUFFIXES for job in jobs):
         import_dicom_support()  # once here, inherited by the forked workers, instead of once in each
     # small chunks: a worker left with a long last chunk idles the other cores at the end (chunks of 32
     # kept 2 cores 96.7% busy, chunks of 8 98.5%, on 1,000 DICOMs). Workers get the job list once, when
