@@ -38,6 +38,13 @@ RECIPES = {
     "n1600_aug": (1600, {"augment": "original"}),
     "n1600_aug_ep16": (1600, {"augment": "original", "epochs": 16}),
     "lr1e-3": (800, {"lr": 1e-3}),
+    "shift": (800, {"augment": "shift"}),
+    "shift_ep12": (800, {"augment": "shift", "epochs": 12}),
+    "box0.1": (800, {"box_loss_weight": 0.1}),
+    "box0.3": (800, {"box_loss_weight": 0.3}),
+    "box1": (800, {"box_loss_weight": 1.0}),
+    "box3": (800, {"box_loss_weight": 3.0}),
+    "shift_box1": (800, {"augment": "shift", "box_loss_weight": 1.0}),
 }
 
 

@@ -34,3 +34,14 @@ def test_parameter_ranges_match_the_course_augmentation():
     det = torch.linalg.det(linear).abs()
     assert det.min() >= 0.35 / 1.1**2 - 1e-6 and det.max() <= 1 / 0.9**2 + 1e-6
     assert det.min() < 0.35 and det.max() > 1.0
+
+
+def test_shift_recipe_moves_and_turns_but_never_crops():
+    from pneumocam.augment import AUGMENT_RANGES
+
+    theta = sample_matrices(4000, torch.Generator().manual_seed(3), AUGMENT_RANGES["shift"]).double()
+    det = torch.linalg.det(theta[:, :, :2]).abs()  # 1 / zoom^2 only: zoom in [0.9, 1.1]
+    assert det.min() >= 1 / 1.1**2 - 1e-6 and det.max() <= 1 / 0.9**2 + 1e-6
+    # 10% of the size is 0.2 in [-1, 1] units per axis; the offset is that shift turned and divided by the zoom
+    offset = theta[:, :, 2].norm(dim=1)
+    assert 0.25 < offset.max() <= 0.2 * 2**0.5 / 0.9 + 1e-6

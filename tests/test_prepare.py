@@ -7,8 +7,9 @@ import pytest
 import xxhash
 
 from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
+from pneumocam.data import load_boxes
 from pneumocam.errors import PneumocamError
-from pneumocam.prepare import PrepareConfig, assign_splits, load_boxes, prepare
+from pneumocam.prepare import PrepareConfig, assign_splits, prepare
 from pneumocam.sources import SourceItem
 
 

@@ -49,6 +49,7 @@ def test_localize_writes_scores_baselines_and_grid(tiny_checkpoint, phantom_data
     assert {"n_images", "pointing_game", "mean_iou", "baseline_random"} <= set(on_disk)
     assert on_disk["n_images"] == result["n_images"] == 12  # every positive phantom has boxes
     assert set(on_disk["methods"]) == {"cam", "gradcam", "gradcam++"}
+    assert on_disk["box_loss_weight"] == 0.0  # the tiny model learnt from labels only
     assert 0 <= on_disk["pointing_game"] <= 1 and 0 <= on_disk["baseline_random"]["pointing_game"] <= 1
     check = on_disk["randomization_check"]
     assert set(check) == {"cam", "gradcam", "gradcam++"}

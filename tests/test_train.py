@@ -60,6 +60,8 @@ def test_deterministic_auto_is_on_for_cpu_and_validated():
     assert resolve_runtime(TrainConfig(accelerator="cpu", deterministic="off")).deterministic == "off"
     with pytest.raises(PneumocamError, match="--deterministic"):
         fit("unused", "unused", TrainConfig(deterministic="sometimes"))
+    with pytest.raises(PneumocamError, match="--augment"):  # checked before any data is read, on either path
+        fit("unused", "unused", TrainConfig(augment="flip", in_memory="on"))
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):
@@ -211,3 +213,50 @@ def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_
         AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, path)
     assert int(torch.load(path, weights_only=True)["step"]) == 1  # the previous checkpoint, whole
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+@pytest.mark.parametrize("in_memory", ["off", "on"])
+def test_box_guided_fit_logs_its_loss_and_records_its_weight(phantom_data, tmp_path, in_memory):
+    result = fit(phantom_data, tmp_path, TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift",
+                                                     box_loss_weight=1.0, in_memory=in_memory, seed=0))
+    header = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_box_loss" in header
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["pneumocam"]["config"]["box_loss_weight"] == 1.0
+
+
+def _share_of_cam_in_boxes(checkpoint, data_dir) -> float:
+    """Mean softmax share of the raw CAM inside the boxes, over the boxed training images."""
+    from pneumocam.data import box_masks, load_boxes, load_file
+    from pneumocam.guidance import cell_coverage
+    from pneumocam.inference import Predictor
+
+    boxes = load_boxes(data_dir)
+    files = sorted(f for f in boxes if "/train/" in f)
+    _, raw, _ = Predictor.from_checkpoint(checkpoint).forward([load_file(data_dir / f) for f in files])
+    masks = torch.cat([box_masks(torch.tensor(boxes[f])[None]) for f in files])
+    coverage = cell_coverage(masks, (7, 7))
+    return float((torch.softmax(torch.from_numpy(raw).flatten(1), 1) * coverage.flatten(1)).sum(1).mean())
+
+
+def test_box_guidance_pulls_the_cam_into_the_training_boxes(phantom_data, tmp_path):
+    config = TrainConfig(epochs=4, batch_size=6, lr=2e-3, pretrained="none", augment="none", data_stats=True, seed=0)
+    plain = fit(phantom_data, tmp_path / "plain", config)
+    guided = fit(phantom_data, tmp_path / "guided", replace(config, box_loss_weight=5.0))
+    before = _share_of_cam_in_boxes(plain.last_checkpoint, phantom_data)
+    after = _share_of_cam_in_boxes(guided.last_checkpoint, phantom_data)
+    assert after > before + 0.1, (before, after)
+
+
+def test_box_loss_weight_needs_boxes_and_must_not_be_negative(phantom_data, tmp_path):
+    import shutil
+
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="box-loss-weight must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", box_loss_weight=-1.0))
+    boxless = tmp_path / "data"
+    shutil.copytree(phantom_data, boxless)
+    (boxless / "boxes.csv").write_text("file,patient,x,y,width,height\n")
+    with pytest.raises(PneumocamError, match="needs boxes"):
+        fit(boxless, tmp_path / "run", TrainConfig(pretrained="none", box_loss_weight=1.0, fast_dev_run=True))

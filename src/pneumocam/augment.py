@@ -3,7 +3,8 @@
 torchvision's per-image transforms run on CPU workers at ~336 images/s each here, far below what a
 GPU consumes. This draws, per image, the same random parameters as
 RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)) followed by
-RandomResizedCrop(224, scale=(0.35, 1), ratio=(3/4, 4/3)), folds both into one 2x3 sampling matrix,
+RandomResizedCrop(224, scale=(0.35, 1), ratio=(3/4, 4/3)) ("original"; "shift" is the affine alone, with
+10% translation), folds both into one 2x3 sampling matrix,
 and resamples the whole batch with `affine_grid` + `grid_sample` (bilinear, black outside).
 
 Input and output: (B, 1, H, W) images in [0, 1] (before normalisation, so "black" is 0 as in the
@@ -26,6 +27,13 @@ class AffineCropRanges:
     scale: tuple[float, float] = (0.9, 1.1)
     crop_scale: tuple[float, float] = (0.35, 1.0)  # area fraction of the crop
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+# data.geometric_transform's recipes, drawn the same way: "shift" is the affine alone (a crop of the whole frame)
+AUGMENT_RANGES = {
+    "original": AffineCropRanges(),
+    "shift": AffineCropRanges(translate=0.1, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
+}
 
 
 def sample_matrices(batch: int, generator: torch.Generator, ranges: AffineCropRanges = AffineCropRanges(),

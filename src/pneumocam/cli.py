@@ -89,8 +89,9 @@ def _train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, schedule=args.schedule, grad_clip=args.grad_clip,
         early_stop_patience=args.early_stop_patience, pos_weight=args.pos_weight,
-        balanced_sampling=args.balanced_sampling, augment=args.augment, pretrained=args.pretrained,
-        data_stats=args.data_stats, monitor=args.monitor, seed=args.seed, num_workers=args.num_workers,
+        balanced_sampling=args.balanced_sampling, augment=args.augment, box_loss_weight=args.box_loss_weight,
+        pretrained=args.pretrained, data_stats=args.data_stats, monitor=args.monitor, seed=args.seed,
+        num_workers=args.num_workers,
         accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
         precision=args.precision, channels_last=args.channels_last, in_memory=args.in_memory,
         compile=args.compile, deterministic=args.deterministic, resume=args.resume, fast_dev_run=args.fast_dev_run,
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "train", "Train PneumoniaNet with PyTorch Lightning; writes RUN/checkpoints/{best,last}.ckpt.",
              _examples("pneumocam train data/ run/ --pretrained none --epochs 10",
                        "pneumocam train data/ run/ --pretrained resnet18-f37072fd.pth --augment original",
+                       "pneumocam train data/ run/ --box-loss-weight 1  # RSNA boxes steer the CAM",
                        "pneumocam train data/ run/ --resume            # after an interruption",
                        "pneumocam train data/ run/ --devices 4 --strategy ddp   # several GPUs"), _train)
     p.add_argument("data", help="prepared data folder (with Processed/train and Processed/val)")
@@ -292,8 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=False,
                    help="sample both classes equally often (with replacement)")
     p.add_argument("--pos-weight", default="auto", help="BCE positive-class weight: auto = n_neg/n_pos, or a number")
-    p.add_argument("--augment", choices=("original", "none"), default="original",
-                   help="original: affine ±5°, translate 5%%, scale 0.9-1.1 + random resized crop 0.35-1")
+    p.add_argument("--augment", choices=("original", "shift", "none"), default="original",
+                   help="original: affine ±5°, translate 5%%, scale 0.9-1.1 + random resized crop 0.35-1; "
+                        "shift: affine ±5°, translate 10%%, scale 0.9-1.1, no crop")
+    p.add_argument("--box-loss-weight", type=float, default=0.0,
+                   help="weight of a loss that steers the CAM into the boxes of training images that have them "
+                        "(DATA/boxes.csv, e.g. RSNA); it adds no layer, so the CAM still explains the logit "
+                        "exactly (default 0 = labels only)")
     p.add_argument("--pretrained", default="imagenet",
                    help="imagenet (download via torchvision), none (from scratch), or a resnet18 state-dict path")
     p.add_argument("--data-stats", action=argparse.BooleanOptionalAction, default=None,

@@ -17,13 +17,15 @@ from torchvision import transforms
 from torchvision.datasets import DatasetFolder
 
 from pneumocam.errors import PneumocamError
+from pneumocam.files import read_csv
+from pneumocam.localization import box_mask
 
 log = logging.getLogger(__name__)
 
 # The RSNA training set's pixel mean and std after scaling to [0, 1] (the course's constants).
 RSNA_MEAN = 0.49
 RSNA_STD = 0.248
-AUGMENTATIONS = ("original", "none")
+AUGMENTATIONS = ("original", "shift", "none")
 
 
 def load_file(path: str | Path) -> np.ndarray:
@@ -60,19 +62,30 @@ def read_fingerprint(data_dir: str | Path) -> str | None:
     return json.loads(stats_path.read_text()).get("fingerprint") if stats_path.exists() else None
 
 
-def build_transform(norm: Normalization, augment: str = "none") -> transforms.Compose:
-    """ToTensor + Normalize, preceded by the course's augmentation for training.
+def geometric_transform(augment: str = "none") -> transforms.Compose | None:
+    """The training augmentation's geometric part, on (C, H, W) tensors (every channel moved alike).
 
-    "original": RandomAffine(±5°, translate 5%, scale 0.9-1.1) then RandomResizedCrop(224, scale 0.35-1).
+    "original" (the course's): RandomAffine(±5°, translate 5%, scale 0.9-1.1) then
+    RandomResizedCrop(224, scale 0.35-1). "shift": RandomAffine(±5°, translate 10%, scale 0.9-1.1) and
+    no crop, so the lesion keeps its size and the whole chest stays in view. "none": None.
     """
-    steps: list = [transforms.ToTensor()]  # (H, W) float32 -> (1, H, W), values unchanged
     if augment == "original":
-        steps += [
+        return transforms.Compose([
             transforms.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)),
             transforms.RandomResizedCrop(224, scale=(0.35, 1.0), antialias=True),
-        ]
-    elif augment != "none":
+        ])
+    if augment == "shift":
+        return transforms.Compose([transforms.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1))])
+    if augment != "none":
         raise PneumocamError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")
+    return None
+
+
+def build_transform(norm: Normalization, augment: str = "none") -> transforms.Compose:
+    """ToTensor + Normalize, with `geometric_transform(augment)` between them for training."""
+    steps: list = [transforms.ToTensor()]  # (H, W) float32 -> (1, H, W), values unchanged
+    if (geometric := geometric_transform(augment)) is not None:
+        steps.append(geometric)
     steps.append(transforms.Normalize(mean=[norm.mean], std=[norm.std]))
     return transforms.Compose(steps)
 
@@ -114,6 +127,64 @@ def dataset_files(dataset: DatasetFolder, data_dir: str | Path) -> list[str]:
     return [str(Path(path).resolve().relative_to(base)) for path, _ in dataset.samples]
 
 
+def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """DATA/boxes.csv (written by prepare) -> {file relative to the data dir: [(x, y, w, h) in 224-px space]}."""
+    path = Path(data_dir) / "boxes.csv"
+    if not path.exists():
+        raise PneumocamError(f"{path}: not found (run `pneumocam prepare` first)")
+    out: dict[str, list] = {}
+    for row in read_csv(path):
+        out.setdefault(row["file"], []).append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
+    return out
+
+
+def split_boxes(dataset: DatasetFolder, data_dir: str | Path) -> torch.Tensor:
+    """Each sample's boxes from DATA/boxes.csv as one (N, K, 4) tensor (x, y, w, h), K = the most boxes
+    any sample has; samples with fewer are padded with empty (0-size) boxes."""
+    boxes = load_boxes(data_dir)
+    per_sample = [boxes.get(key, []) for key in dataset_files(dataset, data_dir)]
+    table = torch.zeros((len(per_sample), max([1, *(len(b) for b in per_sample)]), 4))
+    for i, sample_boxes in enumerate(per_sample):
+        if sample_boxes:
+            table[i, : len(sample_boxes)] = torch.tensor(sample_boxes)
+    return table
+
+
+def box_masks(boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """(N, K, 4) boxes (x, y, w, h) in pixels -> (N, 1, size, size) float masks, each of its row's union.
+
+    The pixel-centre rule of the localisation scores (localization.box_mask), so training and scoring
+    agree on which pixels a box holds; empty (0-size) padding boxes add nothing.
+    """
+    masks = np.stack([box_mask(row.tolist(), (size, size)) for row in boxes.reshape(-1, *boxes.shape[-2:])])
+    return torch.from_numpy(masks)[:, None].float()
+
+
+class BoxedSplit(torch.utils.data.Dataset):
+    """A split whose samples carry their box mask, moved by the same random augmentation as the image.
+
+    Sample: (normalised image (1, 224, 224), label, mask (1, 224, 224) in [0, 1]); for box-guided training.
+    """
+
+    def __init__(self, dataset: DatasetFolder, boxes: torch.Tensor, norm: Normalization, augment: str = "none"):
+        if len(boxes) != len(dataset):
+            raise ValueError(f"{len(boxes)} box rows for {len(dataset)} samples")
+        self.dataset, self.boxes, self.norm = dataset, boxes, norm
+        self.geometric = geometric_transform(augment)
+        self.labels = dataset_labels(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        path, target = self.dataset.samples[index]
+        image = torch.from_numpy(load_file(path))[None]
+        both = torch.cat([image, box_masks(self.boxes[index][None], image.shape[-1])[0]])  # (2, H, W)
+        if self.geometric is not None:
+            both = self.geometric(both)
+        return (both[:1] - self.norm.mean) / self.norm.std, self.dataset.target_transform(target), both[1:]
+
+
 def positive_weight(labels: np.ndarray) -> float:
     """n_negative / n_positive, the BCE pos_weight that balances the two classes' total loss."""
     n_pos = int((labels == 1).sum())
@@ -132,21 +203,26 @@ def collate_images(batch: list[np.ndarray], norm: Normalization) -> torch.Tensor
 class InMemorySplit(torch.utils.data.Dataset):
     """A whole split held as one float16 tensor (N, 1, 224, 224) in [0, 1]: RSNA's 26,684 images take
     2.4 GB. Indexed with a list of indices it returns a whole batch in one tensor operation, so a
-    DataLoader with a BatchSampler feeds a GPU without per-image Python work."""
+    DataLoader with a BatchSampler feeds a GPU without per-image Python work. With `boxes` (N, K, 4)
+    a batch also carries its box masks (B, 1, 224, 224), drawn per batch rather than stored."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None = None):
         if images.ndim != 4 or images.shape[1] != 1 or len(images) != len(labels):
             raise ValueError(f"expected (N, 1, H, W) images and N labels, got {tuple(images.shape)} and {len(labels)}")
-        self.images, self.labels = images, labels
+        if boxes is not None and len(boxes) != len(labels):
+            raise ValueError(f"{len(boxes)} box rows for {len(labels)} images")
+        self.images, self.labels, self.boxes = images, labels, boxes
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index) -> tuple[torch.Tensor, ...]:
+        if self.boxes is None:
+            return self.images[index], self.labels[index]
+        return self.images[index], self.labels[index], box_masks(self.boxes[index], self.images.shape[-1])
 
 
-def load_split_in_memory(data_dir: str | Path, split: str) -> InMemorySplit:
+def load_split_in_memory(data_dir: str | Path, split: str, with_boxes: bool = False) -> InMemorySplit:
     """Read every prepared image of a split into an InMemorySplit (float16, values unchanged in [0, 1])."""
     from tqdm import tqdm
 
@@ -154,7 +230,8 @@ def load_split_in_memory(data_dir: str | Path, split: str) -> InMemorySplit:
     images = torch.empty((len(dataset), 1, 224, 224), dtype=torch.float16)
     for i, (path, _) in enumerate(tqdm(dataset.samples, desc=f"load {split} into memory", unit="img")):
         images[i, 0] = torch.from_numpy(load_file(path))
-    return InMemorySplit(images, torch.from_numpy(dataset_labels(dataset)))
+    boxes = split_boxes(dataset, data_dir) if with_boxes else None
+    return InMemorySplit(images, torch.from_numpy(dataset_labels(dataset)), boxes)
 
 
 def sample_weights(labels: np.ndarray) -> torch.Tensor:

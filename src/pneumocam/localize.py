@@ -20,13 +20,12 @@ from tqdm import tqdm
 
 from pneumocam.cam import upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS
-from pneumocam.data import load_file, read_fingerprint
+from pneumocam.data import load_boxes, load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
 from pneumocam.localization import THRESHOLDS, centre_prior, rank_correlation, score_images, score_maps, summarize
 from pneumocam.overlay import overlay_grid
-from pneumocam.prepare import load_boxes
 from pneumocam.provenance import package_versions
 
 log = logging.getLogger(__name__)
@@ -135,6 +134,9 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
         "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
         "methods": scores, "config": asdict(config), "checkpoint": str(Path(checkpoint).resolve()),
+        # > 0: the model was trained with box guidance (on its training split's boxes, never these);
+        # 0: from labels alone, so these scores measure weakly supervised localisation
+        "box_loss_weight": predictor.metadata.get("config", {}).get("box_loss_weight", 0.0),
         "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
     }
     if config.randomize_check:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
-from pneumocam.files import read_csv, remove_stale_temporaries, save_npy, write_csv, write_json
+from pneumocam.files import remove_stale_temporaries, save_npy, write_csv, write_json
 from pneumocam.io import DICOM_SUFFIXES, ImageReadError, import_dicom_support, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
@@ -270,15 +270,4 @@ def data_fingerprint(manifest: list[dict]) -> str:
     for row in sorted(manifest, key=lambda r: r["file"]):
         digest.update(f"{row['file']},{row['label']},{row['split']},{row['xxh3_128']}\n".encode())
     return digest.hexdigest()
-
-
-def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """boxes.csv -> {file relative to the data dir: [(x, y, w, h) in 224-px space]}."""
-    path = Path(data_dir) / "boxes.csv"
-    if not path.exists():
-        raise PneumocamError(f"{path}: not found (run `pneumocam prepare` first)")
-    out: dict[str, list] = {}
-    for row in read_csv(path):
-        out.setdefault(row["file"], []).append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
-    return out
 

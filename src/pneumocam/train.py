@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -30,8 +31,11 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pneumocam.augment import augment_batch
+from pneumocam.augment import AUGMENT_RANGES, augment_batch
+from pneumocam.cam import class_activation_map
 from pneumocam.data import (
+    AUGMENTATIONS,
+    BoxedSplit,
     InMemorySplit,
     Normalization,
     build_transform,
@@ -41,10 +45,12 @@ from pneumocam.data import (
     read_fingerprint,
     read_normalization,
     sample_weights,
+    split_boxes,
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, remove_stale_temporaries, write_json
+from pneumocam.guidance import box_guidance_loss, cell_coverage
 from pneumocam.model import PneumoniaNet
 from pneumocam.provenance import git_commit, package_versions
 
@@ -70,7 +76,10 @@ class TrainConfig:
     early_stop_patience: int = 0  # stop after this many epochs without improvement of `monitor`; 0 = off
     pos_weight: str = "auto"  # "auto" = n_negative / n_positive of the training split, or a number
     balanced_sampling: bool = False  # draw both classes equally often (with replacement)
-    augment: str = "original"
+    augment: str = "original"  # original | shift | none (data.geometric_transform)
+    # > 0: add this times guidance.box_guidance_loss, which steers the CAM into the boxes of the training
+    # images that have them (DATA/boxes.csv); 0 = labels only (weakly supervised)
+    box_loss_weight: float = 0.0
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision resnet18 state dict
     # mean/std: None = the data set's own (stats.json) when present, else RSNA's 0.49/0.248;
     # True = stats.json, required; False = RSNA's constants
@@ -142,23 +151,34 @@ class PneumoniaModule(L.LightningModule):
         return self.net(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """In-memory path: batches arrive on the device in [0, 1]; augment them there, then normalise."""
-        images, labels = batch
+        """In-memory path: batches arrive on the device in [0, 1]; augment them (and their box masks, alike)
+        there, then normalise."""
         if self.config["in_memory"] != "on":
             return batch
+        images, labels, *masks = batch
         images = images.float()
-        if self.trainer.training and self.config["augment"] == "original":
-            images = augment_batch(images, self._augment_generator)
+        augment = self.config["augment"]
+        if self.trainer.training and augment != "none":
+            both = augment_batch(torch.cat([images, *(m.float() for m in masks)], dim=1), self._augment_generator,
+                                 AUGMENT_RANGES[augment])
+            images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
-        return (images - norm["mean"]) / norm["std"], labels
+        return ((images - norm["mean"]) / norm["std"], labels, *masks)
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels = batch  # (B, 1, 224, 224), (B,)
+        """Batches are (images (B, 1, 224, 224), labels (B,)) or, for box-guided training, also masks."""
+        images, labels, *masks = batch
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits, _ = self._run_net(images)
+        logits, features = self._run_net(images)
         logits = logits[:, 0]  # (B,)
-        return self.loss(logits, labels.float()), logits, labels
+        loss = self.loss(logits, labels.float())
+        if masks and self.config["box_loss_weight"] > 0:
+            cams = class_activation_map(features, self.net.fc.weight)
+            guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
+            self.log("train_box_loss", guidance, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+            loss = loss + self.config["box_loss_weight"] * guidance
+        return loss, logits, labels
 
     def training_step(self, batch, batch_idx):
         loss, logits, labels = self._step(batch)
@@ -218,17 +238,25 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.data_dir, self.norm, self.config = Path(data_dir), norm, config
 
     def setup(self, stage: str | None = None) -> None:
+        guided = self.config.box_loss_weight > 0
         if self.config.in_memory == "on":
-            self.train_set = load_split_in_memory(self.data_dir, "train")
+            self.train_set = load_split_in_memory(self.data_dir, "train", with_boxes=guided)
             self.val_set = load_split_in_memory(self.data_dir, "val")
+            boxes = self.train_set.boxes
         else:
-            self.train_set = split_dataset(self.data_dir, "train", build_transform(self.norm, self.config.augment))
+            train = split_dataset(self.data_dir, "train")
+            boxes = split_boxes(train, self.data_dir) if guided else None
+            self.train_set = (BoxedSplit(train, boxes, self.norm, self.config.augment) if guided else
+                              split_dataset(self.data_dir, "train", build_transform(self.norm, self.config.augment)))
             self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
+        if guided and not bool((boxes[..., 2:] > 0).all(-1).any()):
+            raise PneumocamError(f"--box-loss-weight needs boxes: no training image under {self.data_dir} has one in "
+                                 "boxes.csv (prepare an RSNA-layout source, or train with --box-loss-weight 0)")
 
     def _sampler(self, dataset, train: bool):
         generator = torch.Generator().manual_seed(self.config.seed)
         if train and self.config.balanced_sampling:
-            labels = dataset.labels.numpy() if isinstance(dataset, InMemorySplit) else dataset_labels(dataset)
+            labels = np.asarray(dataset.labels) if hasattr(dataset, "labels") else dataset_labels(dataset)
             return WeightedRandomSampler(sample_weights(labels), len(labels), replacement=True, generator=generator)
         return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
 
@@ -317,11 +345,14 @@ def resolve_pos_weight(setting: str, labels) -> float:
 def _check(config: TrainConfig, run_dir: Path) -> Path | None:
     """Validate the settings; returns the checkpoint to resume from, if any."""
     for value, allowed, flag in ((config.schedule, SCHEDULES, "--schedule"), (config.monitor, MONITORS, "--monitor"),
+                                 (config.augment, AUGMENTATIONS, "--augment"),
                                  (config.optimizer, OPTIMIZERS, "--optimizer"),
                                  (config.in_memory, ("auto", "on", "off"), "--in-memory"),
                                  (config.deterministic, ("auto", "on", "off"), "--deterministic")):
         if value not in allowed:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
+    if not config.box_loss_weight >= 0:
+        raise PneumocamError(f"--box-loss-weight must be >= 0, got {config.box_loss_weight}")
     if not config.resume:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
