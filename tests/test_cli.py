@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,10 @@ def test_cli_cam_methods_are_the_libraries_methods():
     # gradcam-lib is pytorch-grad-cam's Grad-CAM, kept for comparing with the built-in one in the tests
     assert set(CAM_METHODS) == set(METHODS) | (set(LIBRARY_METHODS) - {"gradcam-lib"})
     assert CAM_ALIGNMENTS == ALIGNMENTS  # same order: the first is the default everywhere
+
+
+def test_localize_says_whether_the_model_was_box_guided(tiny_checkpoint, phantom_data, tmp_path, capsys):
+    assert main(["localize", str(tiny_checkpoint), str(phantom_data), str(tmp_path), "--methods", "cam"]) == 0
+    out = capsys.readouterr().out
+    assert "12 images with boxes (all); labels-only model" in out
+    assert json.loads((tmp_path / "localization.json").read_text())["box_loss_weight"] == 0.0

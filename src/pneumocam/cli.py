@@ -158,7 +158,9 @@ def _localize(args) -> int:
     named = [*result["methods"].items(), ("random map", result["baseline_random"]),
              ("centre prior", result["baseline_centre"])]
     rows = [(name, s["pointing_game"], s["mean_iou"], s["hit_rate_iobb"]["0.25"]) for name, s in named]
-    print(f"{result['n_images']} images with boxes ({args.split})")
+    weight = result["box_loss_weight"]
+    trained = f"box-guided model (weight {weight}, its training split's boxes)" if weight else "labels-only model"
+    print(f"{result['n_images']} images with boxes ({args.split}); {trained}")
     print(f"{'method':<14}{'pointing':>10}{'IoU@0.5':>10}{'hit@IoBB.25':>13}")
     for name, pointing, iou, hit in rows:
         print(f"{name:<14}{pointing:>10.3f}{iou:>10.3f}{hit:>13.3f}")
