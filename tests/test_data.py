@@ -34,10 +34,10 @@ def test_box_masks_follow_the_scoring_rule_per_row_and_ignore_padding():
     boxes = torch.tensor([[[1.0, 2.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0]],  # columns 1-2 of row 2; padding
                           [[0.5, 0.5, 3.0, 3.0], [3.0, 3.0, 1.0, 2.0]]])
     masks = box_masks(boxes, 5)
-    expected = torch.zeros(1, 5, 5)
-    expected[0, 2, 1:3] = 1
+    expected = torch.zeros(1, 5, 5, dtype=torch.bool)
+    expected[0, 2, 1:3] = True
     assert masks.shape == (2, 1, 5, 5) and torch.equal(masks[0], expected)
-    assert torch.equal(masks[1, 0], torch.from_numpy(box_mask([(0.5, 0.5, 3, 3), (3, 3, 1, 2)], (5, 5))).float())
+    assert torch.equal(masks[1, 0], torch.from_numpy(box_mask([(0.5, 0.5, 3, 3), (3, 3, 1, 2)], (5, 5))))
 
 
 def test_split_boxes_lines_up_with_the_samples(phantom_data):
@@ -71,6 +71,6 @@ def test_boxed_split_moves_the_mask_with_the_image(tmp_path):
     for augment in ("shift", "original"):
         image, label, mask = BoxedSplit(dataset, boxes, norm, augment)[0]
         assert torch.allclose(image * norm.std + norm.mean, mask, atol=1e-6)
-        assert not torch.equal(mask, box_masks(boxes)[0])  # it did move
+        assert not torch.equal(mask, box_masks(boxes)[0].float())  # it did move
     image, _, mask = BoxedSplit(dataset, boxes, norm, "none")[0]
-    assert torch.equal(mask, box_masks(boxes)[0]) and label == 0
+    assert torch.equal(mask, box_masks(boxes)[0].float()) and label == 0

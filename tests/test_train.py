@@ -258,5 +258,7 @@ def test_box_loss_weight_needs_boxes_and_must_not_be_negative(phantom_data, tmp_
     boxless = tmp_path / "data"
     shutil.copytree(phantom_data, boxless)
     (boxless / "boxes.csv").write_text("file,patient,x,y,width,height\n")
-    with pytest.raises(PneumocamError, match="needs boxes"):
-        fit(boxless, tmp_path / "run", TrainConfig(pretrained="none", box_loss_weight=1.0, fast_dev_run=True))
+    for in_memory in ("off", "on"):
+        with pytest.raises(PneumocamError, match="needs boxes"):
+            fit(boxless, tmp_path / in_memory, TrainConfig(pretrained="none", box_loss_weight=1.0, fast_dev_run=True,
+                                                           in_memory=in_memory))

@@ -238,20 +238,23 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.data_dir, self.norm, self.config = Path(data_dir), norm, config
 
     def setup(self, stage: str | None = None) -> None:
-        guided = self.config.box_loss_weight > 0
+        train = split_dataset(self.data_dir, "train")
+        # boxes first, so a set without any fails before its images are read into memory
+        boxes = self._training_boxes(train) if self.config.box_loss_weight > 0 else None
         if self.config.in_memory == "on":
-            self.train_set = load_split_in_memory(self.data_dir, "train", with_boxes=guided)
+            self.train_set = load_split_in_memory(self.data_dir, "train", boxes)
             self.val_set = load_split_in_memory(self.data_dir, "val")
-            boxes = self.train_set.boxes
         else:
-            train = split_dataset(self.data_dir, "train")
-            boxes = split_boxes(train, self.data_dir) if guided else None
-            self.train_set = (BoxedSplit(train, boxes, self.norm, self.config.augment) if guided else
+            self.train_set = (BoxedSplit(train, boxes, self.norm, self.config.augment) if boxes is not None else
                               split_dataset(self.data_dir, "train", build_transform(self.norm, self.config.augment)))
             self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
-        if guided and not bool((boxes[..., 2:] > 0).all(-1).any()):
+
+    def _training_boxes(self, train) -> torch.Tensor:
+        boxes = split_boxes(train, self.data_dir)
+        if not bool((boxes[..., 2:] > 0).all(-1).any()):
             raise PneumocamError(f"--box-loss-weight needs boxes: no training image under {self.data_dir} has one in "
                                  "boxes.csv (prepare an RSNA-layout source, or train with --box-loss-weight 0)")
+        return boxes
 
     def _sampler(self, dataset, train: bool):
         generator = torch.Generator().manual_seed(self.config.seed)
