@@ -1,3 +1,4 @@
+import io
 import os
 
 import numpy as np
@@ -48,6 +49,37 @@ def test_save_npy_creates_folders_round_trips_and_leaves_no_temporary(tmp_path):
     with pytest.raises(ValueError):  # object arrays are refused (no pickles), and nothing is left behind
         save_npy(tmp_path / "a" / "b" / "y.npy", np.array([{"a": 1}], dtype=object))
     assert [p.name for p in target.parent.iterdir()] == ["x.npy"]
+
+
+@pytest.mark.parametrize("array", [
+    np.linspace(0, 1, 224 * 224, dtype=np.float32).reshape(224, 224),  # what prepare writes
+    np.asfortranarray(np.arange(35.0).reshape(5, 7)),  # Fortran order is kept, as np.save keeps it
+    np.arange(48.0).reshape(6, 8)[:, ::2],  # not contiguous
+    np.array(5.0),  # 0-d
+    np.zeros((0, 3), dtype=np.float32),  # empty
+    np.array([1, 2], dtype=">i4"),  # big-endian
+    np.ones((2, 2), dtype=bool),
+], ids=["image", "fortran", "strided", "scalar", "empty", "big-endian", "bool"])
+def test_save_npy_writes_the_bytes_np_save_writes(tmp_path, array):
+    expected = io.BytesIO()
+    np.save(expected, array)
+    save_npy(tmp_path / "x.npy", array)
+    assert (tmp_path / "x.npy").read_bytes() == expected.getvalue()
+
+
+def test_save_npy_finishes_a_write_that_stops_short(tmp_path, monkeypatch):
+    writev = os.writev if hasattr(os, "writev") else None
+    calls = []
+
+    def short_writev(fd, buffers):  # the system writes at most 1,000 bytes per call
+        calls.append(1)
+        data = b"".join(bytes(b) for b in buffers)[:1000]
+        return os.write(fd, data)
+
+    monkeypatch.setattr(os, "writev", short_writev, raising=writev is not None)
+    array = np.arange(1000, dtype=np.float64)
+    save_npy(tmp_path / "x.npy", array)
+    assert len(calls) > 8 and np.array_equal(np.load(tmp_path / "x.npy"), array)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="stale temporaries are only removed on POSIX")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -96,9 +97,19 @@ def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict])
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    """np.save, atomically. The hot path of `prepare` (one call per image), so it does the fewest
-    system calls that keep the guarantee: one exclusive create, one write, one rename."""
+    """np.save, atomically, with the same bytes. The hot path of `prepare` (one call per image), so it
+    does the fewest system calls that keep the guarantee: one exclusive create, one gathered write of
+    header and pixels straight from the array's memory, one rename. (Through a Python file object,
+    numpy's writer flushes, duplicates the descriptor and seeks around its write: ~0.04 ms more per
+    224x224 image here, a quarter of the whole save.)"""
     path = Path(path)
+    array = np.asanyarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"{path}: object arrays cannot be saved without pickle")
+    header_data = np.lib.format.header_data_from_array_1_0(array)  # Fortran order kept, as np.save does
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, header_data)
+    pixels = array.T if header_data["fortran_order"] else np.ascontiguousarray(array)  # C order either way
     tmp_path = _temporary_beside(path)
     try:
         fd = os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666)
@@ -106,12 +117,28 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+        try:
+            _write_all(fd, [header.getbuffer(), memoryview(pixels.reshape(-1).view(np.uint8))])
+        finally:
+            os.close(fd)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _write_all(fd: int, buffers: list[memoryview]) -> None:
+    """Write every byte of `buffers` in order: one gathered write where the system has writev, and
+    again from where it stopped if a write comes back short."""
+    while buffers:
+        written = os.writev(fd, buffers) if hasattr(os, "writev") else os.write(fd, buffers[0])
+        if written <= 0:
+            raise OSError(f"no bytes written to file descriptor {fd}")
+        while buffers and written >= len(buffers[0]):
+            written -= len(buffers[0])
+            buffers = buffers[1:]
+        if written:
+            buffers[0] = buffers[0][written:]
 
 
 def save_figure(path: str | Path, figure, **kwargs: Any) -> None:
