@@ -24,12 +24,14 @@ written back; fs/ext4/ialloc.c, recently_deleted) and rescans those inodes at ev
 ~6 minutes of deleting thousands of files (an earlier run's outputs, a virtual environment) creating a
 file here cost 0.3-0.7 ms instead of 0.02-0.03 ms: 8-18% of a prepared image's ~4 ms, in prepare and in
 the naive loop alike. Writing costs vary too: this machine is a VM whose balloon driver gives freed
-memory back to the host (virtio_balloon, virtio_mem), and the first touch of such memory costs the guest a
-fault on the host. Filling the 196 KiB of page cache a prepared image needs took 0.12-0.5 ms of system
-CPU per file (perf: copy_folio_from_iter_atomic), against 0.01 ms for a copy into memory already in use;
-a first touch of fresh anonymous memory ran at 0.5-1.5 GB/s, a second at 27 GB/s. Decode+resize writes
-nothing, so this cost lies outside the "2 x decode+resize" ceiling. The script measures both costs on the
-output disk before and after the runs and prints them beside the results, and deletes nothing until the end.
+memory back to the host (virtio_balloon, virtio_mem; its free page reporting hands every free 2 MiB block
+back at once: /sys/module/page_reporting/parameters shows order 9 and min_free_ms 0), and the first touch
+of such memory costs the guest a fault on the host. Filling the 196 KiB of page cache a prepared image
+needs took 0.12-0.5 ms of system CPU per file (perf: copy_folio_from_iter_atomic), against 0.01 ms for
+a copy into memory already in use; a first touch of fresh anonymous memory ran at 0.5-1.5 GB/s, a second
+at 27 GB/s. Decode+resize writes nothing, so this cost lies outside the "2 x decode+resize" ceiling. The
+script measures both costs on the output disk before and after the runs and prints them beside the results,
+with the cap the save alone puts on the ratio, and deletes nothing until the end.
 
 usage: python benchmarks/prepare_speed.py [--n-images 1200] [--workers 2] [--repeats 3] [--work DIR] [--out DIR]
 """
@@ -96,6 +98,18 @@ def disk_probe(folder: Path, n: int = 400) -> tuple[float, float, float]:
             f.write(payload)
     write_ms = 1000 * (time.perf_counter() - start) / n
     return create_ms, write_ms, 1000 * (_cpu_seconds(resource.RUSAGE_SELF)[1] - system_before) / n
+
+
+def free_page_reporting() -> str:
+    """How this (virtual) machine hands free memory back to its host, as its kernel reports it."""
+    params = Path("/sys/module/page_reporting/parameters")
+    try:
+        order = int((params / "page_reporting_order").read_text())
+    except (OSError, ValueError):
+        return "free page reporting: none found"
+    delay = params / "min_free_ms"  # not in every kernel
+    after = f", after {delay.read_text().strip()} ms free" if delay.exists() else ""
+    return f"free page reporting: on, free blocks of {4 << order} KiB and more go back to the host{after}"
 
 
 def _cpu_seconds(who: int) -> np.ndarray:
@@ -178,10 +192,13 @@ def main() -> None:
           f"thousands of files); writing one 196 KiB file {probe_before[1]:.3f} / {probe_after[1]:.3f} ms, of which "
           f"system CPU {probe_before[2]:.3f} / {probe_after[2]:.3f} ms (0.1-0.5 here: the page cache's first touch of "
           "memory the VM gave back to its host, see above)")
+    print(free_page_reporting())
     print(f"prepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
     print(f"prepare / ({args.workers} x decode+resize rate) = {prepare_rate / ceiling:.1%} (target >= 90%); "
           f"in-process: {n / in_process_s / ceiling:.1%}")
     saving_ceiling = args.workers / (best["pneumocam decode+resize+save (1 proc)"] / n)
+    print(f"the save alone caps prepare at {saving_ceiling / ceiling:.1%} of ({args.workers} x decode+resize rate), "
+          "even with perfect parallelism and no start-up")
     print(f"prepare / ({args.workers} x decode+resize+save rate) = {prepare_rate / saving_ceiling:.1%}; in-process: "
           f"{n / in_process_s / saving_ceiling:.1%} (what the parallel run itself loses, writing costs aside)")
     print(f"\nwhere the best in-process run's CPU went, per image: workers {1000 * workers_cpu[0] / n:.2f} ms user + "
