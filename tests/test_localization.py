@@ -20,6 +20,8 @@ def test_box_mask_uses_pixel_centres():
     expected[1:3, 1:3] = True
     assert np.array_equal(mask, expected)
     assert box_mask([(0, 0, 1, 1), (3, 3, 1, 2)], (5, 5)).sum() == 3
+    assert box_mask([], (5, 5)).shape == (5, 5) and not box_mask([], (5, 5)).any()
+    assert box_mask(np.zeros((3, 0, 4)), (5, 5)).shape == (3, 5, 5)  # a stack of rows without boxes
 
 
 def test_pointing_iou_iobb_energy_exact():

@@ -29,7 +29,7 @@ def box_mask(boxes: Sequence[Box] | np.ndarray, shape: tuple[int, int]) -> np.nd
     stack of masks, one per row of K (whole training batches at once; 0-size boxes add nothing)."""
     height, width = shape
     table = np.asarray(boxes, dtype=np.float64)
-    table = table.reshape(*table.shape[:-2], -1, 4) if table.size else table.reshape(0, 4)
+    table = table.reshape(-1, 4) if table.ndim < 2 else table  # an empty list: no boxes
     rows = np.arange(height) + 0.5
     cols = np.arange(width) + 0.5
     mask = np.zeros((*table.shape[:-2], height, width), dtype=bool)
