@@ -92,15 +92,21 @@ def test_bad_and_unlabelled_files_are_rejected_not_fatal(phantom_source, tmp_pat
     labels = source / "stage_2_train_labels.csv"
     labels.write_text(labels.read_text() + "broken,,,,,0\n")
     (images / "stray.dcm").write_bytes((images / next(images.glob("*.dcm")).name).read_bytes())
+    (images / "notes.txt").write_text("not an image")
+    (images / ".DS_Store").write_bytes(b"\0")  # hidden files and folders are not inputs
+    (images / "subfolder").mkdir()
     report = prepare(source, tmp_path / "out", PrepareConfig(workers=1))
     rejected = _rows(tmp_path / "out" / "rejected.csv")
     reasons = {r["source"].split("/")[-1]: r["reason"] for r in rejected}
-    assert set(reasons) == {"broken.dcm", "stray.dcm"}
+    assert set(reasons) == {"broken.dcm", "stray.dcm", "notes.txt"}
     assert "not a readable DICOM" in reasons["broken.dcm"]
     assert "no row for stray" in reasons["stray.dcm"]
+    assert reasons["notes.txt"] == "not a .dcm file"
+    assert all(r["source"].startswith(str(images) + "/") for r in rejected)
     manifest = _rows(tmp_path / "out" / "manifest.csv")
-    assert len(manifest) + len(rejected) == len(list(images.glob("*.dcm")))
-    assert report.n_rejected == 2
+    inputs = [p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")]
+    assert len(manifest) + len(rejected) == len(inputs)
+    assert report.n_rejected == 3
 
 
 def test_split_is_stratified_grouped_and_seeded():

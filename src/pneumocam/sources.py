@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,16 +69,21 @@ def discover_rsna(source: Path) -> tuple[list[SourceItem], list[dict]]:
         raise PneumocamError(f"{images_dir}: image folder not found (expected the RSNA layout)")
     labels = read_rsna_labels(source / RSNA_LABELS)
     items, rejected = [], []
-    files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    for path in files:
-        patient = path.stem
-        if path.suffix.lower() != ".dcm":
-            rejected.append({"source": str(path), "reason": "not a .dcm file"})
+    # names and strings, not Path objects: listing and sorting the 26,684 files of the real set took
+    # 0.5 s (a stat and Path comparisons per file) while the other core waited; this takes ~0.05 s
+    with os.scandir(images_dir) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+    folder = str(images_dir)
+    for name in names:
+        path = os.path.join(folder, name)
+        patient, suffix = os.path.splitext(name)
+        if suffix.lower() != ".dcm":
+            rejected.append({"source": path, "reason": "not a .dcm file"})
         elif patient not in labels:
-            rejected.append({"source": str(path), "reason": f"no row for {patient} in {RSNA_LABELS}"})
+            rejected.append({"source": path, "reason": f"no row for {patient} in {RSNA_LABELS}"})
         else:
             target, boxes = labels[patient]
-            items.append(SourceItem(str(path), patient, target, patient, tuple(boxes)))
+            items.append(SourceItem(path, patient, target, patient, tuple(boxes)))
     n_unmatched = len(labels) - len(items)
     if n_unmatched:
         log.info("%d labelled patients in %s have no image in %s", n_unmatched, RSNA_LABELS, images_dir)
