@@ -7,6 +7,11 @@ then measures, on the same files:
            baseline the targets use)
   decode   pneumocam's decode + resize alone, one process, no output (the per-image work floor); and
            again with prepare's atomic save of each image (the floor for work that writes its outputs)
+  split    W forked processes started together, each doing decode + resize + save on every W-th file into
+           one shared folder: the per-image work split perfectly, with no pool, planning, bookkeeping or
+           start-up. prepare / split tells what prepare's own machinery costs, split / (W x decode) what
+           this machine gives W processes that write their outputs (both within the write costs' noise:
+           the system CPU of a save varied 0.2-0.7 ms from run to run here, so prepare can come out ahead)
   prepare  `pneumocam prepare` with --workers W (default: all cores), from a clean output folder
 Targets (issue 3): prepare >= 1.8x naive, and >= 90% of W x (1 / decode time).
 
@@ -29,7 +34,10 @@ back at once: /sys/module/page_reporting/parameters shows order 9 and min_free_m
 of such memory costs the guest a fault on the host. Filling the 196 KiB of page cache a prepared image
 needs took 0.12-0.5 ms of system CPU per file (perf: copy_folio_from_iter_atomic), against 0.01 ms for
 a copy into memory already in use; a first touch of fresh anonymous memory ran at 0.5-1.5 GB/s, a second
-at 27 GB/s. Decode+resize writes nothing, so this cost lies outside the "2 x decode+resize" ceiling. The
+at 27 GB/s. Decode+resize writes nothing, so this cost lies outside the "2 x decode+resize" ceiling. The same VM
+runs a DAMON "pageout" scheme (/sys/kernel/mm/damon/admin: page cache unused for 60 s is evicted, up to
+128 MiB/s), so at the full RSNA size, where a row takes over a minute, every row reads its source files
+from disk again. The
 script measures both costs on the output disk before and after the runs and prints them beside the results,
 with the cap the save alone puts on the ratio, and deletes nothing until the end.
 
@@ -40,6 +48,7 @@ usage: python benchmarks/prepare_speed.py [--n-images 1200] [--workers 2] [--rep
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
@@ -84,6 +93,30 @@ def decode_resize(files: list[Path], out: Path | None = None) -> float:
     return time.perf_counter() - start
 
 
+def _decode_part(files: list[Path], out: Path, barrier) -> None:
+    barrier.wait()
+    decode_resize(files, out)
+
+
+def independent_processes(files: list[Path], out: Path, workers: int) -> tuple[float, np.ndarray]:
+    """(seconds, the processes' (user, system) CPU seconds) of `workers` forked processes, each running
+    decode_resize with saves on every `workers`-th file, timed from a common start to the last finish."""
+    context = multiprocessing.get_context("fork")  # children inherit the imports: no start-up in the timing
+    barrier = context.Barrier(workers + 1)
+    parts = [context.Process(target=_decode_part, args=(files[k::workers], out, barrier)) for k in range(workers)]
+    for part in parts:
+        part.start()
+    cpu_before = _cpu_seconds(resource.RUSAGE_CHILDREN)
+    barrier.wait(timeout=300)  # a child that died before its start breaks the barrier instead of hanging here
+    start = time.perf_counter()
+    for part in parts:
+        part.join()
+    seconds = time.perf_counter() - start
+    if any(part.exitcode for part in parts):
+        raise RuntimeError(f"an independent decode process failed (exit codes {[p.exitcode for p in parts]})")
+    return seconds, _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
+
+
 def disk_probe(folder: Path, n: int = 400) -> tuple[float, float, float]:
     """(ms to create one empty file, ms to write one prepared-image-sized file, of which system CPU ms)
     in `folder`. The files are kept: deleting them would slow the next creations (see above)."""
@@ -111,6 +144,28 @@ def free_page_reporting() -> str:
     delay = params / "min_free_ms"  # not in every kernel
     after = f", after {delay.read_text().strip()} ms free" if delay.exists() else ""
     return f"free page reporting: on, free blocks of {4 << order} KiB and more go back to the host{after}"
+
+
+def damon_pageout() -> str:
+    """Whether this (virtual) machine's kernel evicts cold page cache on its own (a DAMON "pageout"
+    scheme): then a file left unread for that long is read from disk again, as the source files
+    are between rows at the full RSNA size."""
+    lines = []
+    for scheme in sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/contexts/*/schemes/*")):
+        try:
+            kdamond = scheme.parents[3]
+            if (kdamond / "state").read_text().strip() != "on" or (scheme / "action").read_text().strip() != "pageout":
+                continue
+            aggregation_us = int((scheme.parents[1] / "monitoring_attrs/intervals/aggr_us").read_text())
+            min_age = int((scheme / "access_pattern/age/min").read_text())
+        except (OSError, ValueError):
+            continue
+        skips_anonymous = any((f / "type").read_text().strip() == "anon" and (f / "allow").read_text().strip() == "N"
+                              for f in scheme.glob("ops_filters/[0-9]*"))
+        what = "page cache" if skips_anonymous else "memory"
+        seconds = min_age * aggregation_us / 1e6
+        lines.append(f"DAMON pageout: on, {what} left unused for {seconds:.0f} s or more is evicted")
+    return "; ".join(lines) or "DAMON pageout: none found"
 
 
 def _cpu_seconds(who: int) -> np.ndarray:
@@ -159,7 +214,13 @@ def main() -> None:
                                 _cpu_seconds(resource.RUSAGE_CHILDREN) - workers_before))
         return seconds
 
+    def timed_split(folder: Path) -> float:
+        seconds, cpu = independent_processes(files, folder, args.workers)
+        split_runs.append((seconds, cpu))
+        return seconds
+
     in_process_runs: list[tuple[float, np.ndarray, np.ndarray]] = []  # (seconds, main CPU, workers' CPU)
+    split_runs: list[tuple[float, np.ndarray]] = []  # (seconds, the processes' CPU)
     naive_rows = {
         "naive loop, pydicom default plugin, 1 proc": lambda folder: naive_loop(files, folder),
         "naive loop, Pillow plugin, 1 proc": lambda folder: naive_loop(files, folder, "pillow"),
@@ -168,6 +229,7 @@ def main() -> None:
         **({} if args.skip_naive else naive_rows),
         "pneumocam decode+resize only (1 proc)": lambda folder: decode_resize(files),
         "pneumocam decode+resize+save (1 proc)": lambda folder: decode_resize(files, folder),
+        f"same, {args.workers} independent procs, 1/{args.workers} each": timed_split,
         "pneumocam prepare (end to end, CLI)": timed_cli,
         "prepare() in-process (no interpreter start)": timed_in_process,
     }
@@ -198,6 +260,7 @@ def main() -> None:
           f"system CPU {probe_before[2]:.3f} / {probe_after[2]:.3f} ms (0.1-0.5 here: the page cache's first touch of "
           "memory the VM gave back to its host, see above)")
     print(free_page_reporting())
+    print(damon_pageout())
     if not args.skip_naive:
         naive_rate = n / min(best[label] for label in naive_rows)
         print(f"prepare / faster naive loop = {prepare_rate / naive_rate:.2f}x (target >= 1.8x)")
@@ -208,6 +271,13 @@ def main() -> None:
           "even with perfect parallelism and no start-up")
     print(f"prepare / ({args.workers} x decode+resize+save rate) = {prepare_rate / saving_ceiling:.1%}; in-process: "
           f"{n / in_process_s / saving_ceiling:.1%} (what the parallel run itself loses, writing costs aside)")
+    split_s, split_cpu = min(split_runs, key=lambda run: run[0])
+    print(f"prepare / ({args.workers} independent decode+resize+save processes) = "
+          f"{prepare_rate / (n / split_s):.1%}; in-process: {split_s / in_process_s:.1%} (what prepare's pool, "
+          "planning and bookkeeping cost, and for the CLI its start-up)")
+    print(f"{args.workers} independent decode+resize+save processes / ({args.workers} x decode+resize rate) = "
+          f"{n / split_s / ceiling:.1%} (what this machine gives {args.workers} processes that write their outputs); "
+          f"their CPU per image: {1000 * split_cpu[0] / n:.2f} ms user + {1000 * split_cpu[1] / n:.2f} ms system")
     print(f"\nwhere the best in-process run's CPU went, per image: workers {1000 * workers_cpu[0] / n:.2f} ms user + "
           f"{1000 * workers_cpu[1] / n:.2f} ms system (decode+resize alone: {1000 * decode_s / n:.2f}), main process "
           f"{1000 * sum(main_cpu) / n:.2f} ms; the {args.workers} cores were busy "
