@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from conftest import dead_pid
-from pneumocam.files import atomic_open, remove_stale_temporaries, save_npy, unique_stems, write_csv, write_json
+from pneumocam.files import (
+    atomic_open,
+    prefetch,
+    remove_stale_temporaries,
+    save_npy,
+    unique_stems,
+    write_csv,
+    write_json,
+)
 
 
 def test_outputs_get_ordinary_permissions(tmp_path):
@@ -93,3 +101,25 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and live.exists() and users.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is POSIX-only")
+def test_prefetch_hints_each_readable_file_and_never_fails(tmp_path, monkeypatch):
+    present = tmp_path / "a.dcm"
+    present.write_bytes(b"x" * 5000)
+    hinted = []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, *args: hinted.append((os.fstat(fd).st_ino, *args)))
+    prefetch([present, tmp_path / "missing.dcm", str(present)])
+    assert hinted == [(present.stat().st_ino, 0, 0, os.POSIX_FADV_WILLNEED)] * 2
+
+    def refuse(fd, *args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    prefetch([present])  # a file system that refuses the hint: the real read still works later
+    monkeypatch.setattr(os, "posix_fadvise", real_fadvise)
+    prefetch([present, tmp_path])  # the real call, on a file and on a folder
+    monkeypatch.delattr(os, "posix_fadvise")
+    prefetch([present])  # systems without it: nothing to do
+    assert present.read_bytes() == b"x" * 5000

@@ -67,6 +67,27 @@ def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source,
         assert full_text.replace(str(tmp_path / "full"), "") == (partial / name).read_text().replace(str(partial), "")
 
 
+def test_every_input_is_read_ahead_before_it_is_decoded(phantom_source, tmp_path, monkeypatch):
+    import pneumocam.prepare as prepare_module
+
+    events = []
+    monkeypatch.setattr(prepare_module, "prefetch", lambda paths: events.extend(("ahead", str(p)) for p in paths))
+    process = prepare_module._process
+    monkeypatch.setattr(prepare_module, "_process", lambda job: events.append(("read", job)) or process(job))
+    config = PrepareConfig(val_fraction=0.25, seed=0, workers=1)
+    prepare(phantom_source, tmp_path, config)
+    removed = sorted((tmp_path / "Processed").rglob("*.npy"))[::4]
+    for path in removed:
+        path.unlink()
+    events.clear()
+    prepare(phantom_source, tmp_path, config)  # a resumed run reads its finished outputs back instead
+    reads = [job for kind, job in events if kind == "read"]
+    assert len(reads) == 24 and sum(not job.finished for job in reads) == len(removed)
+    for job in reads:
+        path = str(tmp_path / job.out_file) if job.finished else job.item.source
+        assert events.index(("ahead", path)) < events.index(("read", job))
+
+
 def test_worker_count_does_not_change_any_output(phantom_source, tmp_path):
     one = prepare(phantom_source, tmp_path / "one", PrepareConfig(val_fraction=0.25, seed=0, workers=1))
     two = prepare(phantom_source, tmp_path / "two", PrepareConfig(val_fraction=0.25, seed=0, workers=2))

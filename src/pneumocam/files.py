@@ -141,6 +141,26 @@ def _write_all(fd: int, buffers: list[memoryview]) -> None:
             buffers[0] = buffers[0][written:]
 
 
+def prefetch(paths: Iterable[str | Path]) -> None:
+    """Ask the kernel to start reading these files into memory now, so that reading them later does not
+    wait on the disk: a batch job calls it for the next files while it decodes the current one. Only a
+    hint (posix_fadvise WILLNEED, which returns at once): nothing happens where the system lacks it,
+    and a file that cannot be opened is left for the real read to report."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # e.g. a pipe or a file system without read-ahead: the read itself still works
+        finally:
+            os.close(fd)
+
+
 def save_figure(path: str | Path, figure, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically; the format follows the target's suffix."""
     path = Path(path)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
-from pneumocam.files import remove_stale_temporaries, save_npy, write_csv, write_json
+from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
 from pneumocam.io import DICOM_SUFFIXES, ImageReadError, import_dicom_support, read_image_and_size, read_npy, read_size
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
@@ -191,22 +191,29 @@ def _finished_outputs(out_dir: Path) -> set[str]:
 
 def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
     bar = dict(total=len(jobs), desc="prepare", unit="img", smoothing=0.1)
+    results: list[dict] = []
     if workers <= 1 or len(jobs) < 8:
-        return [_process(job) for job in tqdm(jobs, **bar)]
+        with tqdm(**bar) as progress:
+            for start, stop in _ranges(len(jobs), 8):
+                results += _process_jobs(jobs, start, stop)
+                progress.update(stop - start)
+        return results
     if any(job.item.array is None and Path(job.item.source).suffix.lower() in DICOM_SUFFIXES for job in jobs):
         import_dicom_support()  # once here, inherited by the forked workers, instead of once in each
     # small chunks: a worker left with a long last chunk idles the other cores at the end (chunks of 32
     # kept 2 cores 96.7% busy, chunks of 8 98.5%, on 1,000 DICOMs). Workers get the job list once, when
     # they start, and then only (start, stop) ranges, so the main process pickles no job per image.
     size = max(1, min(8, len(jobs) // (workers * 8)))
-    ranges = [(start, min(start + size, len(jobs))) for start in range(0, len(jobs), size)]
-    results: list[dict] = []
     with ProcessPoolExecutor(max_workers=workers, initializer=_set_worker_jobs, initargs=(jobs,)) as pool, \
             tqdm(**bar) as progress:
-        for chunk in pool.map(_process_range, ranges):
+        for chunk in pool.map(_process_range, _ranges(len(jobs), size)):
             results += chunk
             progress.update(len(chunk))
     return results
+
+
+def _ranges(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 _worker_jobs: list[_Job] = []  # a pool worker's copy of the job list (set once by _set_worker_jobs)
@@ -218,8 +225,19 @@ def _set_worker_jobs(jobs: list[_Job]) -> None:
 
 
 def _process_range(bounds: tuple[int, int]) -> list[dict]:
-    start, stop = bounds
-    return [_process(job) for job in _worker_jobs[start:stop]]
+    return _process_jobs(_worker_jobs, *bounds)
+
+
+def _process_jobs(jobs: list[_Job], start: int, stop: int) -> list[dict]:
+    # this range's files and the next range's start reading now, behind the decoding: a 240 KB RSNA
+    # DICOM not in the page cache took ~0.7 ms to read here, a fifth of its decode, with the core idle
+    prefetch(_input_path(job) for job in jobs[start : stop + (stop - start)] if job.finished or job.item.array is None)
+    return [_process(job) for job in jobs[start:stop]]
+
+
+def _input_path(job: _Job) -> str:
+    """The file _process reads for `job`: its earlier output when resuming, else its source."""
+    return str(Path(job.out_root) / job.out_file) if job.finished else job.item.source
 
 
 def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
