@@ -144,7 +144,7 @@ def _write_all(fd: int, buffers: list[memoryview]) -> None:
 def prefetch(paths: Iterable[str | Path]) -> None:
     """Ask the kernel to start reading these files into memory now, so that reading them later does not
     wait on the disk: a batch job calls it for the next files while it decodes the current one. Only a
-    hint (posix_fadvise WILLNEED, which returns at once): nothing happens where the system lacks it,
+    hint (posix_fadvise WILLNEED starts the reads and returns): nothing happens where the system lacks it,
     and a file that cannot be opened is left for the real read to report."""
     if not hasattr(os, "posix_fadvise"):
         return
