@@ -77,6 +77,10 @@ class _Job:
     resize_mode: str
     finished: bool  # its output exists already (a resumed run)
 
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_root) / self.out_file
+
 
 def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> dict[str, str]:
     """patient -> split. Stratified by label, grouped by patient, seeded; preassigned splits are kept.
@@ -105,7 +109,7 @@ def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> di
 
 def _process(job: _Job) -> dict:
     """Decode (or, on resume, reload) one image; returns its manifest facts or a rejection reason."""
-    out_path = Path(job.out_root) / job.out_file
+    out_path = job.out_path
     item = job.item
     try:
         if job.finished:
@@ -237,7 +241,7 @@ def _process_jobs(jobs: list[_Job], start: int, stop: int) -> list[dict]:
 
 def _input_path(job: _Job) -> str:
     """The file _process reads for `job`: its earlier output when resuming, else its source."""
-    return str(Path(job.out_root) / job.out_file) if job.finished else job.item.source
+    return str(job.out_path) if job.finished else job.item.source
 
 
 def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
