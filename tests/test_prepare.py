@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
+from conftest import RSNA_SAMPLE, SHARED_DATA as SHARED_DATA_DIR, bomb_png, dead_pid, require
 from pneumocam.data import load_boxes
 from pneumocam.errors import PneumocamError
 from pneumocam.prepare import PrepareConfig, assign_splits, prepare
@@ -122,7 +122,7 @@ def test_bad_and_unlabelled_files_are_rejected_not_fatal(phantom_source, tmp_pat
     assert set(reasons) == {"broken.dcm", "stray.dcm", "notes.txt"}
     assert "not a readable DICOM" in reasons["broken.dcm"]
     assert "no row for stray" in reasons["stray.dcm"]
-    assert reasons["notes.txt"] == "not a .dcm file"
+    assert reasons["notes.txt"].startswith("not an RSNA image")
     assert all(r["source"].startswith(str(images) + "/") for r in rejected)
     manifest = _rows(tmp_path / "out" / "manifest.csv")
     inputs = [p for p in images.iterdir() if p.is_file() and not p.name.startswith(".")]
@@ -134,7 +134,8 @@ def test_split_is_stratified_grouped_and_seeded():
     items = [SourceItem(f"p{i}.dcm", f"p{i // 2}", int(i % 4 == 0), f"s{i}") for i in range(40)]
     a = assign_splits(items, 0.25, seed=3)
     assert a == assign_splits(items, 0.25, seed=3) and a != assign_splits(items, 0.25, seed=4)
-    patients_val = [p for p, s in a.items() if s == "val"]
+    patients_val = {it.patient for it, s in zip(items, a, strict=True) if s == "val"}
+    assert not patients_val & {it.patient for it, s in zip(items, a, strict=True) if s == "train"}
     # 20 patients, 10 positive and 10 negative: 0.25 of each class is 2.5, rounded half up to 3
     assert len(patients_val) == 6
     positive_patients = {it.patient for it in items if it.label == 1}
@@ -261,3 +262,90 @@ def test_prepare_killed_midway_resumes_to_identical_outputs(tmp_path):
     full_stats = json.loads((tmp_path / "full" / "stats.json").read_text())
     killed_stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
     assert full_stats["fingerprint"] == killed_stats["fingerprint"] and full_stats["mean"] == killed_stats["mean"]
+
+
+def _kermany_like(root, layout):
+    """Class folders whose patient numbers recur across the source's own split folders, as in Kermany."""
+    from PIL import Image
+
+    for split, cls, name in layout:
+        folder = root / split / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32), 40 + len(name), np.uint8)).save(folder / f"{name}.jpeg")
+
+
+def test_official_splits_are_kept_image_by_image_and_shared_patients_reported(tmp_path, caplog):
+    layout = [("train", "PNEUMONIA", f"person{i}_bacteria_{i}") for i in range(1, 21)]
+    layout += [("train", "NORMAL", f"IM-{i:04d}-0001") for i in range(1, 11)]
+    layout += [("test", "PNEUMONIA", f"person{i}_virus_{100 + i}") for i in (1, 2, 3)]  # patients 1-3 recur
+    layout += [("test", "NORMAL", "IM-0001-0002"), ("test", "NORMAL", "IM-0500-0001")]  # IM-0001 recurs
+    _kermany_like(tmp_path / "src", layout)
+    with caplog.at_level("WARNING"):
+        prepare(tmp_path / "src", tmp_path / "out", PrepareConfig(workers=1, val_fraction=0.2))
+    manifest = _rows(tmp_path / "out" / "manifest.csv")
+    split_of = {r["source"].split("/")[-3] + "/" + r["source"].split("/")[-1]: r["split"] for r in manifest}
+    assert sorted(k for k, s in split_of.items() if s == "test") == sorted(k for k in split_of if k.startswith("test/"))
+    assert all(s in ("train", "val") for k, s in split_of.items() if k.startswith("train/"))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["patients_in_several_source_splits"] == 4
+    assert "4 patients" in caplog.text
+    val_patients = {r["patient"] for r in manifest if r["split"] == "val"}
+    train_patients = {r["patient"] for r in manifest if r["split"] == "train"}
+    assert val_patients and not val_patients & train_patients  # the split prepare makes is patient-grouped
+
+
+def _rsna_jpeg_copy(source, out, size, n=None, suffix=".jpg"):
+    """A copy of the RSNA-as-JPEG layout, its images resized to `size` px (the labels CSV untouched)."""
+    from PIL import Image
+
+    images = out / "stage_2_train_images"
+    images.mkdir(parents=True)
+    for name in ("stage_2_train_labels.csv", "metadata.csv"):
+        shutil.copy(source / name, out / name)
+    names = sorted(p.name for p in (source / "stage_2_train_images").iterdir())
+    for name in names[:n] if n else names:
+        image = Image.open(source / "stage_2_train_images" / name)
+        image.resize((size, size), Image.BILINEAR).save((images / name).with_suffix(suffix))
+    return out
+
+
+def test_prepare_rsna_1000_jpeg_layout_with_boxes_in_224_space(tmp_path):
+    source = require(SHARED_DATA_DIR / "rsna_1000")
+    report = prepare(source, tmp_path / "out", PrepareConfig(workers=2, val_fraction=0.2))
+    assert report.n_rejected == 0
+    assert len(list((tmp_path / "out" / "Processed").rglob("*.npy"))) == 1000
+    boxes = _rows(tmp_path / "out" / "boxes.csv")
+    assert len(boxes) == 400
+    labels = _rows(source / "stage_2_train_labels.csv")
+    for row in [r for r in labels if r["Target"] == "1"][:2]:  # two boxes by hand: 224 / 1024 each way
+        mine = next(b for b in boxes if b["patient"] == row["patientId"] and
+                    abs(float(b["x"]) - float(row["x"]) * 224 / 1024) < 1e-3)
+        assert [float(mine[k]) for k in ("y", "width", "height")] == pytest.approx(
+            [float(row[k]) * 224 / 1024 for k in ("y", "width", "height")], abs=1e-3)
+
+
+def test_downsampled_rsna_copy_gives_the_same_boxes(tmp_path):
+    source = require(SHARED_DATA_DIR / "rsna_1000")
+    labels = _rows(source / "stage_2_train_labels.csv")
+    boxed = sorted({r["patientId"] for r in labels if r["Target"] == "1"})[:3]
+    plain = sorted({r["patientId"] for r in labels if r["Target"] == "0"})[:3]
+    subset = tmp_path / "subset"
+    (subset / "stage_2_train_images").mkdir(parents=True)
+    for name in ("stage_2_train_labels.csv", "metadata.csv"):
+        shutil.copy(source / name, subset / name)
+    for patient in boxed + plain:
+        shutil.copy(source / "stage_2_train_images" / f"{patient}.jpg", subset / "stage_2_train_images")
+    small = _rsna_jpeg_copy(subset, tmp_path / "small", 256, suffix=".png")
+    full_out, small_out = tmp_path / "full_out", tmp_path / "small_out"
+    prepare(subset, full_out, PrepareConfig(workers=1))
+    prepare(small, small_out, PrepareConfig(workers=1))
+    full_boxes, small_boxes = _rows(full_out / "boxes.csv"), _rows(small_out / "boxes.csv")
+    assert len(full_boxes) == len(small_boxes) >= 3
+    for a, b in zip(full_boxes, small_boxes, strict=True):
+        assert a["patient"] == b["patient"]
+        assert [float(a[k]) for k in ("x", "y", "width", "height")] == pytest.approx(
+            [float(b[k]) for k in ("x", "y", "width", "height")], abs=1.0)
+    # boxes drawn on a 512-px canvas but images kept at 256: --box-space says so
+    prepare(small, tmp_path / "space", PrepareConfig(workers=1, box_space=512))
+    doubled = _rows(tmp_path / "space" / "boxes.csv")
+    assert float(doubled[0]["width"]) == pytest.approx(float(small_boxes[0]["width"]) * 2, abs=1e-2)

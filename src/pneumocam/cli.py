@@ -64,7 +64,8 @@ def _synth(args) -> int:
 def _prepare(args) -> int:
     from pneumocam.prepare import PrepareConfig, prepare
 
-    config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format, args.class_map)
+    config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format, args.class_map,
+                           args.box_space)
     report = prepare(args.source, args.out, config)
     print(f"prepared {report.n_written + report.n_resumed} images ({report.n_resumed} resumed) into "
           f"{report.out_dir / 'Processed'}; counts {json.dumps(report.counts)}; mean {report.mean:.4f} "
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "prepare", "Turn a data set into 224x224 float .npy files under OUT/Processed/{train,val}/{0,1}/.",
              _examples("pneumocam prepare rsna-pneumonia-detection-challenge/ data/",
                        "pneumocam prepare chest_xray/ kermany-data/ --class-map NORMAL=0,PNEUMONIA=1",
+                       "pneumocam prepare rsna-as-png-512/ data/            # boxes follow the image size",
                        "pneumocam prepare pneumoniamnist.npz mnist-data/",
                        "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1"), _prepare)
     p.add_argument("source", help="RSNA layout (stage_2_train_images/ + stage_2_train_labels.csv), class folders "
@@ -273,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source layout (default: detected)")
     p.add_argument("--class-map", default=None,
                    help="class folders: folder name -> label, e.g. NORMAL=0,PNEUMONIA=1 (the default)")
+    p.add_argument("--box-space", type=float, default=None,
+                   help="RSNA layout: side of the pixel space the labels' boxes are given in (default 1024, the "
+                        "challenge's); boxes are scaled by each image's size / this")
 
     p = _add(sub, "train", "Train PneumoniaNet with PyTorch Lightning; writes RUN/checkpoints/{best,last}.ckpt.",
              _examples("pneumocam train data/ run/ --pretrained none --epochs 10",

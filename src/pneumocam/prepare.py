@@ -49,11 +49,12 @@ class PrepareConfig:
     resize_mode: str = "pad"
     source_format: str = "auto"  # auto | rsna | folders | medmnist
     class_map: str | None = None  # class folders: "NORMAL=0,PNEUMONIA=1" (the default)
+    box_space: float | None = None  # RSNA layout: the pixel space of the labels' boxes (None = 1024)
 
     def split_settings(self) -> dict:
         """The settings that decide which file goes where; a resume must not change them."""
         return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
-                "image_size": IMAGE_SIZE, "class_map": self.class_map}
+                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space}
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,21 @@ class _Job:
         return Path(self.out_root) / self.out_file
 
 
-def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> dict[str, str]:
-    """patient -> split. Stratified by label, grouped by patient, seeded; preassigned splits are kept.
+def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> list[str]:
+    """The split of each item. A split the source fixes is kept, image by image; the others are split into
+    train/val stratified by label, grouped by patient and seeded.
 
-    A patient's label for stratification is the max over their images (any pneumonia -> 1).
+    A patient's label for stratification is the max over their images (any pneumonia -> 1). Patients
+    whose images the source itself puts in two splits stay there (see shared_patients).
     """
     if not 0 <= val_fraction < 1:
         raise PneumocamError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    fixed = {it.patient: it.split for it in items if it.split}
     patient_label: dict[str, int] = {}
     for it in items:
-        if it.patient not in fixed:
+        if not it.split:
             patient_label[it.patient] = max(patient_label.get(it.patient, 0), it.label)
     rng = np.random.default_rng(seed)
-    splits = dict(fixed)
+    carved: dict[str, str] = {}
     for label in sorted(set(patient_label.values())):
         patients = sorted(p for p, lab in patient_label.items() if lab == label)
         rng.shuffle(patients)
@@ -103,8 +105,17 @@ def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> di
         if val_fraction > 0 and n_val == 0 and len(patients) > 1:
             n_val = 1  # keep every class represented in validation when possible
         for i, patient in enumerate(patients):
-            splits[patient] = "val" if i < n_val else "train"
-    return splits
+            carved[patient] = "val" if i < n_val else "train"
+    return [it.split or carved[it.patient] for it in items]
+
+
+def shared_patients(items: list[SourceItem]) -> set[str]:
+    """Patients whose images the source's own folders put in two splits (e.g. Kermany's train and test)."""
+    origins: dict[str, set[str]] = {}
+    for it in items:
+        if it.origin_split:
+            origins.setdefault(it.patient, set()).add(it.origin_split)
+    return {patient for patient, splits in origins.items() if len(splits) > 1}
 
 
 def _process(job: _Job) -> dict:
@@ -128,6 +139,8 @@ def _process(job: _Job) -> dict:
     except Exception as exc:  # a batch never dies on one file: record what happened instead
         return {"source": item.source, "reason": f"{type(exc).__name__}: {exc}"}
     geometry = square_geometry(height, width, IMAGE_SIZE, job.resize_mode) if item.boxes else None
+    # boxes given in another pixel space (RSNA's 1024 px) follow the image's actual size
+    sx, sy = (width / item.box_space, height / item.box_space) if item.box_space else (1.0, 1.0)
     values = array.astype(np.float64).ravel()
     return {
         "file": job.out_file,
@@ -140,7 +153,8 @@ def _process(job: _Job) -> dict:
         # einsum: one pass, no temporary, and no BLAS threads (np.dot's would oversubscribe the workers)
         "sumsq": float(np.einsum("i,i->", values, values)),
         "n": int(values.size),
-        "boxes": [tuple(round(v, 3) for v in geometry.box_to_output(*box)) for box in item.boxes],
+        "boxes": [tuple(round(v, 3) for v in geometry.box_to_output(x * sx, y * sy, w * sx, h * sy))
+                  for x, y, w, h in item.boxes],
     }
 
 
@@ -165,7 +179,7 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     fmt = detect_format(source) if config.source_format == "auto" else config.source_format
     if fmt not in SOURCE_FORMATS:
         raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
-    items, rejected = discover(source, fmt, config.class_map)
+    items, rejected = discover(source, fmt, config.class_map, config.box_space)
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,15 +187,18 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     if stale := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary files left by an interrupted run", stale)
     splits = assign_splits(items, config.val_fraction, config.seed)
+    if shared := shared_patients(items):
+        log.warning("%d patients have images in two of the source's own splits; they are kept where the source "
+                    "put them (see stats.json: patients_in_several_source_splits)", len(shared))
     finished = _finished_outputs(out_dir)
     jobs = []
-    for it in items:
-        out_file = f"Processed/{splits[it.patient]}/{it.label}/{it.stem}.npy"
-        jobs.append(_Job(it, splits[it.patient], out_file, str(out_dir), config.resize_mode, out_file in finished))
+    for it, split in zip(items, splits, strict=True):
+        out_file = f"Processed/{split}/{it.label}/{it.stem}.npy"
+        jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, out_file in finished))
     if n_finished := sum(job.finished for job in jobs):
         log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
     results = _run_jobs(jobs, config.workers)
-    return _write_outputs(out_dir, jobs, results, rejected, fmt)
+    return _write_outputs(out_dir, jobs, results, rejected, fmt, len(shared))
 
 
 def _finished_outputs(out_dir: Path) -> set[str]:
@@ -244,7 +261,8 @@ def _input_path(job: _Job) -> str:
     return str(job.out_path) if job.finished else job.item.source
 
 
-def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str):
+def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str,
+                   n_shared_patients: int = 0):
     manifest, boxes, counts = [], [], Counter()
     sums = {split: np.zeros(3) for split in SPLITS}  # pixel sum, sum of squares, count per split
     rejected = list(rejected)
@@ -277,6 +295,7 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
         "mean": round(mean, 6), "std": round(std, 6), "stats_split": stats_split, "image_size": IMAGE_SIZE,
         "counts": {s: {str(lab): counts[(s, lab)] for lab in (0, 1)} for s in SPLITS},
         "n_images": len(manifest), "n_rejected": len(rejected), "n_boxes": len(boxes),
+        "patients_in_several_source_splits": n_shared_patients,
         "fingerprint": fingerprint, "source_format": fmt, "settings": settings, "pneumocam_version": __version__,
     }
     write_json(out_dir / "stats.json", stats)

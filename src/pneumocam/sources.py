@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_IMAGES = "stage_2_train_images"
+# the challenge's DICOMs, and the JPEG/PNG conversions (often downsampled) that many copies of it hold
+RSNA_SUFFIXES = (".dcm", ".jpg", ".jpeg", ".png")
+RSNA_BOX_SPACE = 1024  # the challenge's boxes are given in the 1024-px space of its DICOMs
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class SourceItem:
     split: str | None = None  # a split the source already fixes, else None
     array: np.ndarray | None = None  # in-memory image (for array sources such as MedMNIST)
     source_label: str | None = None  # how to name the source in the manifest, when not a path
+    # the split the source's own folders name, fixed or not (Kermany train/ without val/ is carved later);
+    # prepare reports patients found in two of these, it never moves them
+    origin_split: str | None = None
+    # boxes are in a box_space x box_space pixel space and are scaled by the image's actual size / box_space;
+    # None = boxes are in the image's own pixels
+    box_space: float | None = None
 
 
 def read_rsna_labels(csv_path: Path) -> dict[str, tuple[int, list]]:
@@ -62,28 +71,33 @@ def read_rsna_labels(csv_path: Path) -> dict[str, tuple[int, list]]:
     return labels
 
 
-def discover_rsna(source: Path) -> tuple[list[SourceItem], list[dict]]:
-    """RSNA challenge layout: SOURCE/stage_2_train_images/<patientId>.dcm + SOURCE/stage_2_train_labels.csv."""
+def discover_rsna(source: Path, box_space: float = RSNA_BOX_SPACE) -> tuple[list[SourceItem], list[dict]]:
+    """RSNA challenge layout: SOURCE/stage_2_train_images/<patientId>.{dcm,jpg,jpeg,png} + SOURCE/
+    stage_2_train_labels.csv. Boxes are in box_space pixels (1024 in the challenge), whatever the images' size."""
     images_dir = source / RSNA_IMAGES
     if not images_dir.is_dir():
         raise PneumocamError(f"{images_dir}: image folder not found (expected the RSNA layout)")
+    if box_space <= 0:
+        raise PneumocamError(f"--box-space must be positive, got {box_space}")
     labels = read_rsna_labels(source / RSNA_LABELS)
-    items, rejected = [], []
-    # names and strings, not Path objects: with a stat and Path comparisons per file, discovering the
-    # 26,684 files of the real set took 0.5 s while the other core waited; now 0.2 s, mostly the CSV
+    items, rejected, seen = [], [], {}
+    # names and strings, not Path objects: a stat and Path comparisons per file cost the other core
     with os.scandir(images_dir) as entries:
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
     folder = str(images_dir)
     for name in names:
         path = os.path.join(folder, name)
         patient, suffix = os.path.splitext(name)
-        if suffix.lower() != ".dcm":
-            rejected.append({"source": path, "reason": "not a .dcm file"})
+        if suffix.lower() not in RSNA_SUFFIXES:
+            rejected.append({"source": path, "reason": f"not an RSNA image ({', '.join(RSNA_SUFFIXES)})"})
         elif patient not in labels:
             rejected.append({"source": path, "reason": f"no row for {patient} in {RSNA_LABELS}"})
+        elif patient in seen:
+            rejected.append({"source": path, "reason": f"a second image of {patient} (kept {seen[patient]})"})
         else:
+            seen[patient] = name
             target, boxes = labels[patient]
-            items.append(SourceItem(path, patient, target, patient, tuple(boxes)))
+            items.append(SourceItem(path, patient, target, patient, tuple(boxes), box_space=box_space))
     n_unmatched = len(labels) - len(items)
     if n_unmatched:
         log.info("%d labelled patients in %s have no image in %s", n_unmatched, RSNA_LABELS, images_dir)
@@ -144,7 +158,8 @@ def discover_class_folders(source: Path, class_map: dict[str, int] | None = None
                     rejected.append({"source": str(path), "reason": f"unsupported file type {path.suffix!r}"})
                 else:
                     stem = "__".join(path.relative_to(source).with_suffix("").parts)
-                    items.append(SourceItem(str(path), patient_from_name(path.stem), label, stem, split=fixed))
+                    items.append(SourceItem(str(path), patient_from_name(path.stem), label, stem, split=fixed,
+                                            origin_split=split))
     return items, rejected
 
 
@@ -175,7 +190,8 @@ def discover_medmnist(source: Path) -> tuple[list[SourceItem], list[dict]]:
                     continue
                 gray = image.mean(axis=-1) if image.ndim == 3 else image
                 items.append(SourceItem(str(path), f"{split}-{i}", int(label), f"{split}_{i:05d}", split=split,
-                                        array=(gray / scale).astype(np.float32), source_label=name))
+                                        array=(gray / scale).astype(np.float32), source_label=name,
+                                        origin_split=split))
     return items, rejected
 
 
@@ -186,10 +202,14 @@ SOURCE_FORMATS: dict[str, Callable[..., tuple[list[SourceItem], list[dict]]]] = 
 }
 
 
-def discover(source: Path, fmt: str, class_map: str | None = None) -> tuple[list[SourceItem], list[dict]]:
-    """The items and rejections of `source` read as `fmt`; class_map ("NAME=0,...") applies to class folders."""
+def discover(source: Path, fmt: str, class_map: str | None = None,
+             box_space: float | None = None) -> tuple[list[SourceItem], list[dict]]:
+    """The items and rejections of `source` read as `fmt`; class_map ("NAME=0,...") applies to class folders,
+    box_space (None = the challenge's 1024) to the RSNA layout."""
     if fmt == "folders":
         return discover_class_folders(source, parse_class_map(class_map))
+    if fmt == "rsna":
+        return discover_rsna(source, box_space or RSNA_BOX_SPACE)
     return SOURCE_FORMATS[fmt](source)
 
 
