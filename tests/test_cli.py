@@ -80,6 +80,26 @@ def test_cli_cam_methods_are_the_libraries_methods():
     assert CAM_ALIGNMENTS == ALIGNMENTS  # same order: the first is the default everywhere
 
 
+def test_cli_bundled_names_are_the_bundled_models():
+    from pneumocam.checkpoints import BUNDLED_MODELS
+    from pneumocam.cli import BUNDLED_NAMES
+
+    assert BUNDLED_NAMES == tuple(BUNDLED_MODELS)
+
+
+def test_models_lists_the_bundled_model_with_its_card(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "pneumocam-cxr" in out and "Kermany val AUROC" in out.replace("kermany", "Kermany")
+    assert main(["models", "pneumocam-cxr"]) == 0
+    card = capsys.readouterr().out
+    for heading in ("Training data", "Recipe", "Validation", "Intended use", "Limitations"):
+        assert heading in card
+    assert main(["models", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described[0]["name"] == "pneumocam-cxr" and set(described[0]["validation"]) == {"kermany", "rsna"}
+
+
 def test_localize_says_whether_the_model_was_box_guided(tiny_checkpoint, phantom_data, tmp_path, capsys):
     assert main(["localize", str(tiny_checkpoint), str(phantom_data), str(tmp_path), "--methods", "cam"]) == 0
     out = capsys.readouterr().out

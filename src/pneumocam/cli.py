@@ -25,6 +25,8 @@ DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
 # parser imports no torch (a test keeps them equal)
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 CAM_ALIGNMENTS = ("receptive-field", "block-centre")
+BUNDLED_NAMES = ("pneumocam-cxr",)  # checkpoints.BUNDLED_MODELS, without importing torch (a test keeps them equal)
+CHECKPOINT_HELP = "a .ckpt written by pneumocam train, or a bundled model's name (pneumocam-cxr; see pneumocam models)"
 
 
 def _examples(*lines: str) -> str:
@@ -158,6 +160,8 @@ def _localize(args) -> int:
     result = localize(args.checkpoint, args.data, args.out, config)
     named = [*result["methods"].items(), ("random map", result["baseline_random"]),
              ("centre prior", result["baseline_centre"])]
+    if result["baseline_box_prior"]:
+        named.append(("box prior", result["baseline_box_prior"]))
     rows = [(name, s["pointing_game"], s["mean_iou"], s["hit_rate_iobb"]["0.25"]) for name, s in named]
     weight = result["box_loss_weight"]
     trained = f"box-guided model (weight {weight}, its training split's boxes)" if weight else "labels-only model"
@@ -233,6 +237,31 @@ def _demo(args) -> int:
     print(f"localisation ({loc['n_images']} boxed images): CAM pointing game {loc['pointing_game']:.3f} "
           f"(random map {loc['random_pointing_game']:.3f}), mean IoU {loc['mean_iou']:.3f} "
           f"-> {Path(summary['out_dir']) / 'localize'}")
+    real = summary["real_examples"]
+    shown = ", ".join(f"{r['source']} {r['probability']:.3f}" for r in real["images"])
+    print(f"real X-rays with the bundled model {real['model']} (p(pneumonia)): {shown} "
+          f"-> {Path(summary['out_dir']) / 'real'}")
+    return EXIT_OK
+
+
+def _models(args) -> int:
+    from pneumocam.models import describe, model_card
+
+    if args.name:
+        if args.json:
+            print(json.dumps(describe(args.name), indent=2))
+        else:
+            print(model_card(args.name))
+        return EXIT_OK
+    described = [describe(name) for name in args.names]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    for model in described:
+        val = model["validation"]
+        scores = "; ".join(f"{source} val AUROC {m['auroc']:.3f}" for source, m in val.items())
+        print(f"{model['name']:<16}{model['size_mb']:>6.1f} MB  {model['summary']}\n{'':<24}{scores}")
+    print("\nthe whole card: pneumocam models NAME (or --json)")
     return EXIT_OK
 
 
@@ -342,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "pneumocam evaluate run/checkpoints/best.ckpt data/ eval/ --split test --threshold-from val",
                        "pneumocam evaluate runA/checkpoints/best.ckpt runB/checkpoints/best.ckpt data/ compare/"),
              _evaluate)
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more .ckpt files written by pneumocam train")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more checkpoints: " + CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder")
     p.add_argument("out", help="output folder")
     p.add_argument("--split", default="val", help="split under DATA/Processed (default val)")
@@ -360,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "cam", "Class Activation Maps: one side-by-side PNG per image plus the raw 7x7 and 224x224 maps.",
              _examples("pneumocam cam run/checkpoints/best.ckpt xray.dcm --out cams/",
                        "pneumocam cam run/checkpoints/best.ckpt data/Processed/val/1 --out cams/ --alpha 0.4"), _cam)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="DICOM, PNG, JPEG or .npy files, or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default 0.5)")
@@ -376,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
              _examples("pneumocam localize run/checkpoints/best.ckpt data/ loc/",
                        "pneumocam localize run/checkpoints/best.ckpt data/ loc/ --split val --randomize-check"),
              _localize)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder with boxes.csv")
     p.add_argument("out", help="output folder (localization.json, localization.csv, localization_grid.png)")
     p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
@@ -395,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
              _examples("pneumocam predict run/checkpoints/best.ckpt xray.dcm",
                        "pneumocam predict run/checkpoints/best.ckpt 'scans/**/*.dcm' --out preds/ --overlays",
                        "pneumocam predict run/checkpoints/best.ckpt folder/ --format json --threshold 0.3"), _predict)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG/npy files, folders or quoted globs")
     p.add_argument("--out", default=None, help="output folder (default: print the table to stdout)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="table format (default csv)")
@@ -408,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
              _examples("pneumocam serve run/checkpoints/best.ckpt",
                        "PNEUMOCAM_TOKEN=secret pneumocam serve run/checkpoints/best.ckpt --port 8080 "
                        "--token-env PNEUMOCAM_TOKEN"), _serve)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token")
@@ -420,12 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "with a parity check against PyTorch.",
              _examples("pneumocam export run/checkpoints/best.ckpt model.onnx",
                        "pneumocam export run/checkpoints/best.ckpt model.pt --format torchscript"), _export)
-    p.add_argument("checkpoint", help="a .ckpt written by pneumocam train")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("out", help="output file (a description OUT.json is written beside it)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |difference| (default 1e-4)")
 
-    p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam -> localize on a phantom set, on CPU.",
+    p = _add(sub, "models", "List the models bundled with pneumocam, or show one's model card.",
+             _examples("pneumocam models", "pneumocam models pneumocam-cxr", "pneumocam models --json",
+                       "pneumocam predict pneumocam-cxr xray.dcm"), _models)
+    p.add_argument("name", nargs="?", default=None, choices=BUNDLED_NAMES, help="show this model's card")
+    p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="machine-readable output")
+    p.set_defaults(names=BUNDLED_NAMES)
+
+    p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam -> localize on a phantom set, on CPU, "
+                          "then the bundled real-data model on bundled real X-rays.",
              _examples("pneumocam demo", "pneumocam demo my-demo/ --n-images 200 --epochs 2"), _demo)
     p.add_argument("out", nargs="?", default="pneumocam-demo", help="output folder (default ./pneumocam-demo)")
     p.add_argument("--n-images", type=int, default=None, help="phantom images (default 800)")

@@ -7,6 +7,7 @@ Layout under OUT:
   eval/       metrics.json, predictions.csv
   cam/        side-by-side overlays of validation images (boxes dashed), raw maps, cams.csv
   localize/   localization.json (pointing game, IoU, IoBB vs random/centre baselines), overlay grid
+  real/       the bundled real-data model pneumocam-cxr on the bundled real X-rays: overlays, cams.csv
   summary.json
 """
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib import resources
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pneumocam.checkpoints import BUNDLED_MODELS
 from pneumocam.data import dataset_files, load_boxes, split_dataset
 from pneumocam.evaluate import EvalConfig, evaluate
 from pneumocam.explain import CAM_FIELDS, CamConfig, write_cam_outputs
@@ -28,6 +31,7 @@ from pneumocam.synthetic import SynthConfig, synthesize
 from pneumocam.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
+BUNDLED_MODEL = next(iter(BUNDLED_MODELS))
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,20 @@ def _cam_examples(data_dir: Path, n: int) -> tuple[list[Path], list[list]]:
     negatives = [(p, []) for p, key in relative if "/0/" in key]
     chosen = positives[: n - n // 2] + negatives[: n // 2]
     return [p for p, _ in chosen], [b for _, b in chosen]
+
+
+def real_examples() -> list[Path]:
+    """The real chest X-rays shipped with the package (Kermany et al. 2018, CC BY 4.0; see their CREDITS.md)."""
+    folder = Path(str(resources.files("pneumocam").joinpath("examples")))
+    return sorted(folder.glob("*.jpeg"))
+
+
+def explain_real_examples(out_dir: Path) -> list[dict]:
+    """The bundled real-data model on the bundled real X-rays: what a user's own image will look like."""
+    predictions, _ = Predictor.from_checkpoint(BUNDLED_MODEL).predict_files(real_examples())
+    rows = write_cam_outputs(predictions, out_dir, CamConfig().alpha, CamConfig().colormap)
+    write_csv(out_dir / "cams.csv", CAM_FIELDS, rows)
+    return rows
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
@@ -77,6 +95,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         return rows
 
     cam_rows = timed("cam", cams)
+    real_rows = timed("real", explain_real_examples, out_dir / "real")
     loc = timed("localize", localize, fitted.best_checkpoint, out_dir / "data", out_dir / "localize",
                 LocalizeConfig(split="val"))
     summary = {
@@ -84,6 +103,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         "best_checkpoint": str(fitted.best_checkpoint), "metrics": {k: metrics[k] for k in (
             "n", "n_positive", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc")},
         "cam_images": [str(out_dir / "cam" / r["png"]) for r in cam_rows],
+        "real_examples": {"model": BUNDLED_MODEL, "images": [
+            {"source": Path(r["source"]).name, "probability": float(r["probability"]),
+             "overlay": str(out_dir / "real" / r["png"])} for r in real_rows]},
         "localization": {"n_images": loc["n_images"], "pointing_game": loc["pointing_game"],
                          "mean_iou": loc["mean_iou"], "random_pointing_game": loc["baseline_random"]["pointing_game"],
                          "methods": {m: v["pointing_game"] for m, v in loc["methods"].items()}},

@@ -16,6 +16,7 @@ import torch
 
 from pneumocam.cam import ALIGNMENTS, class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
+from pneumocam.checkpoints import load_checkpoint, network_state
 from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
@@ -39,20 +40,6 @@ class Prediction:
     cam: np.ndarray | None = None  # (224, 224) normalised map in [0, 1]
     cam_raw: np.ndarray | None = None  # (7, 7) raw map; for CAM in logit units: mean(cam_raw) + bias = logit
     method: str = "cam"
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True (no code from the file runs), with a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise PneumocamError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PneumocamError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pneumocam" not in checkpoint:
-        raise PneumocamError(f"{path}: not a pneumocam checkpoint (no model state or pneumocam metadata)")
-    return checkpoint
 
 
 def resolve_device(device: str) -> torch.device:
@@ -88,9 +75,10 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
                         alignment: str = "receptive-field") -> Predictor:
+        """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr"."""
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
-        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        state = network_state(checkpoint)
         net = PneumoniaNet("none")
         try:
             net.load_state_dict(state)

@@ -1,6 +1,6 @@
 """Localisation stage: saliency maps of positive images vs their ground-truth boxes.
 
-Writes OUT/localization.json (scores per method, a random-map and a centre-prior baseline, and
+Writes OUT/localization.json (scores per method; a random-map, a centre-prior and a box-prior baseline, and
 optionally the model-randomisation check), OUT/localization.csv (one row per image and method: the
 probability, the map's peak, hit or miss and by how far, IoU/IoBB, energy) and
 OUT/localization_grid.png (overlays with boxes).
@@ -24,7 +24,7 @@ from pneumocam.data import load_boxes, load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
-from pneumocam.localization import THRESHOLDS, centre_prior, rank_correlation, score_images, score_maps, summarize
+from pneumocam.localization import THRESHOLDS, box_mask, centre_prior, rank_correlation, score_images, score_maps, summarize
 from pneumocam.overlay import overlay_grid
 from pneumocam.provenance import package_versions
 
@@ -54,6 +54,18 @@ def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
     if not files:
         raise PneumocamError(f"{data_dir}: no images with boxes in split {split!r} (see boxes.csv)")
     return files, [boxes[f] for f in files]
+
+
+def box_prior(data_dir: Path, size: int = 224) -> np.ndarray | None:
+    """The mean box mask of the training split's boxed images, scaled to [0, 1]: where boxes usually are.
+    As a map it is one fixed guess for every image, so a saliency map must beat it to show it looks at the
+    image at all (on RSNA its peak alone hits a box in over half the positives). None without training boxes."""
+    boxes = load_boxes(data_dir)
+    training = [b for f, b in boxes.items() if f.startswith("Processed/train/")]
+    if not training:
+        return None
+    mean = np.mean([box_mask(b, (size, size)) for b in training], axis=0)
+    return (mean / mean.max()).astype(np.float32)
 
 
 def compute_maps(predictor: Predictor, images: list[np.ndarray], methods,
@@ -128,11 +140,16 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
     baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=config.alignment), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
+    prior = box_prior(data_dir)
+    if prior is not None:
+        baselines["box_prior"] = score_maps(np.repeat(prior[None], len(images), axis=0), boxes)
     main = scores.get("cam") or next(iter(scores.values()))
     result = {
         "n_images": len(files), "split": config.split, "method": "cam" if "cam" in scores else config.methods[0],
         "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
         "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
+        # None when the training split has no boxes (the prior is the mean training-box mask)
+        "baseline_box_prior": baselines.get("box_prior"),
         "methods": scores, "config": asdict(config), "checkpoint": str(Path(checkpoint).resolve()),
         # > 0: the model was trained with box guidance (on its training split's boxes, never these);
         # 0: from labels alone, so these scores measure weakly supervised localisation

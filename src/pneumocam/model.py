@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from pneumocam.checkpoints import is_pneumocam_checkpoint, load_checkpoint, network_state
 from pneumocam.errors import PneumocamError
 
 FEATURE_CHANNELS = 512
@@ -84,14 +85,16 @@ class PneumoniaNet(nn.Module):
 
     forward(x: (B, 1, H, W), normalised) -> (logit (B, 1), feature_map (B, 512, H/32, W/32)).
 
-    pretrained: "none" (random init), "imagenet" (torchvision weights API, needs network), or a path to
-    a torchvision resnet18 state dict. With pretrained weights conv1 is the sum of the RGB kernels.
+    pretrained: "none" (random init), "imagenet" (torchvision weights API, needs network), a path to
+    a torchvision resnet18 state dict (conv1 then is the sum of the RGB kernels), or a model pneumocam
+    trained itself (a .ckpt or a bundled model's name), whose every layer, fc included, is taken over.
     """
 
     def __init__(self, pretrained: str = "none"):
         super().__init__()
         conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if pretrained == "none":
+        own = is_pneumocam_checkpoint(pretrained)
+        if pretrained == "none" or own:
             backbone = resnet18(weights=None)
         else:
             backbone, conv1_weight = load_pretrained_backbone(pretrained)
@@ -109,6 +112,11 @@ class PneumoniaNet(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(FEATURE_CHANNELS, 1)
+        if own:
+            try:
+                self.load_state_dict(network_state(load_checkpoint(pretrained)))
+            except RuntimeError as exc:
+                raise PretrainedWeightsError(f"{pretrained}: weights do not match PneumoniaNet ({exc})") from exc
 
     @property
     def conv1(self) -> nn.Conv2d:

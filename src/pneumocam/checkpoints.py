@@ -1,0 +1,93 @@
+"""Checkpoints by path or by the name of a model bundled with the package, loaded without running code.
+
+A bundled model is a pneumocam checkpoint (the same "state_dict" + "pneumocam" entries that `train`
+writes) with float16 weights and no optimizer state, shipped in pneumocam/weights/ beside its model card.
+Everywhere a checkpoint path is taken, its name (e.g. "pneumocam-cxr") works too, offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from pneumocam.errors import PneumocamError
+
+WEIGHTS_PACKAGE = "pneumocam.weights"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    weights: str  # file in pneumocam/weights/
+    card: str  # model card (markdown) in pneumocam/weights/
+    summary: str
+
+
+BUNDLED_MODELS = {
+    "pneumocam-cxr": BundledModel(
+        "pneumocam-cxr", "pneumocam-cxr.pt", "pneumocam-cxr.md",
+        "ResNet18 from scratch on real chest X-rays (Kermany pediatric, then RSNA adult with box guidance)",
+    ),
+}
+
+
+def bundled_file(name: str) -> Path:
+    """The path of a file in pneumocam/weights/ (inside the installed package)."""
+    return Path(str(resources.files(WEIGHTS_PACKAGE).joinpath(name)))
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A bundled model's name -> its file; anything else is taken as a path. A file of that name wins."""
+    path = Path(name_or_path)
+    if path.exists() or str(name_or_path) not in BUNDLED_MODELS:
+        return path
+    weights = bundled_file(BUNDLED_MODELS[str(name_or_path)].weights)
+    if not weights.is_file():
+        raise PneumocamError(f"{name_or_path}: bundled model's weights are missing from the installed package "
+                             f"({weights}); reinstall pneumocam")
+    return weights
+
+
+def load_checkpoint(name_or_path: str | Path) -> dict:
+    """torch.load with weights_only=True (no code from the file runs), with a clear error."""
+    path = resolve_checkpoint(name_or_path)
+    if not path.is_file():
+        names = ", ".join(BUNDLED_MODELS)
+        raise PneumocamError(f"{path}: checkpoint not found (a .ckpt written by pneumocam train, or a bundled "
+                             f"model: {names})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PneumocamError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pneumocam" not in checkpoint:
+        raise PneumocamError(f"{path}: not a pneumocam checkpoint (no model state or pneumocam metadata)")
+    return checkpoint
+
+
+def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """PneumoniaNet's state dict (in float32) from a pneumocam checkpoint's "net."-prefixed entries."""
+    return {k.removeprefix("net."): v.float() if v.is_floating_point() else v
+            for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
+def is_pneumocam_checkpoint(name_or_path: str | Path) -> bool:
+    """True for a bundled model's name or a .ckpt file (what `train --pretrained` continues from)."""
+    return str(name_or_path) in BUNDLED_MODELS or Path(name_or_path).suffix == ".ckpt"
+
+
+def bundle(checkpoint_path: str | Path, out: str | Path, card: dict) -> Path:
+    """Write a training checkpoint as a bundled model: float16 weights, its pneumocam metadata plus `card`
+    (recipe, metrics, intended use), no optimizer state. Written atomically."""
+    from pneumocam.files import atomic_path
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
+             if k.startswith("net.")}
+    meta = {**checkpoint["pneumocam"], "model_card": card}
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": state, "pneumocam": meta}, tmp)
+    return out

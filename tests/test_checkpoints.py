@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA, require
+from pneumocam.checkpoints import BUNDLED_MODELS, bundle, load_checkpoint, resolve_checkpoint
+from pneumocam.errors import PneumocamError
+from pneumocam.inference import Predictor
+from pneumocam.model import PneumoniaNet
+
+
+def test_bundle_is_float16_loads_safely_and_predicts_like_its_source(tiny_checkpoint, tmp_path):
+    out = bundle(tiny_checkpoint, tmp_path / "m.pt", {"recipe": "test"})
+    raw = torch.load(out, weights_only=True)
+    assert {v.dtype for v in raw["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert "optimizer_states" not in raw and raw["pneumocam"]["model_card"] == {"recipe": "test"}
+    images = [np.random.default_rng(i).random((224, 224), dtype=np.float32) for i in range(3)]
+    full = Predictor.from_checkpoint(tiny_checkpoint).predict_arrays(images, cam=False)
+    half = Predictor.from_checkpoint(out).predict_arrays(images, cam=False)
+    assert [p.logit for p in half] == pytest.approx([p.logit for p in full], abs=0.05)
+    assert next(Predictor.from_checkpoint(out).net.parameters()).dtype == torch.float32
+
+
+def test_training_can_start_from_a_pneumocam_checkpoint(tiny_checkpoint):
+    net = PneumoniaNet(str(tiny_checkpoint))
+    state = load_checkpoint(tiny_checkpoint)["state_dict"]
+    assert torch.equal(net.fc.weight, state["net.fc.weight"])
+    assert torch.equal(net.conv1.weight, state["net.feature_map.0.weight"])
+
+
+def test_unknown_name_and_a_file_of_that_name(tmp_path, monkeypatch):
+    with pytest.raises(PneumocamError, match="checkpoint not found.*pneumocam-cxr"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pneumocam-cxr").write_bytes(b"x")  # a local file of a bundled model's name wins
+    assert resolve_checkpoint("pneumocam-cxr").resolve() == tmp_path / "pneumocam-cxr"
+
+
+def test_bundled_model_loads_by_name_weights_only_and_predicts_a_real_xray(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr("socket.socket.connect", offline)
+    checkpoint = load_checkpoint("pneumocam-cxr")  # torch.load(weights_only=True) inside
+    card = checkpoint["pneumocam"]["model_card"]
+    assert card["recipe"] and card["train_command"].startswith("pneumocam train")
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    image = require(SHARED_DATA / "rsna_sample" / "stage_2_train_images")
+    predictions, failures = predictor.predict_files(sorted(image.glob("*.dcm"))[:2])
+    assert not failures and len(predictions) == 2
+    assert all(0 <= p.probability <= 1 and p.cam.shape == (224, 224) for p in predictions)
+    assert set(BUNDLED_MODELS) == {"pneumocam-cxr"}
