@@ -1,5 +1,9 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import RSNA_SAMPLE, SHARED_DATA, bomb_png, require
@@ -255,3 +259,72 @@ def test_lossy_and_12_bit_syntaxes_decode(name, shape):
 def test_unusable_dicoms_are_rejected_with_a_reason(name, reason):
     with pytest.raises(ImageReadError, match=reason):
         read_image(_pydicom_test_file(name))
+
+
+def _pydicom_test_files():
+    import pydicom.data
+
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_every_pydicom_test_file_is_read_in_unit_range_or_rejected_with_our_error():
+    files = _pydicom_test_files()
+    assert len(files) > 50 and any(p.name == "badVR.dcm" for p in files)
+    read = 0
+    for path in files:
+        try:
+            image = read_image(path, min_side=224)
+        except ImageReadError as exc:
+            assert str(path) in str(exc) and exc.reason
+            continue
+        read += 1
+        assert image.dtype == np.float32 and image.ndim == 2 and 0 <= image.min() and image.max() <= 1, path
+    assert read >= 50
+
+
+def test_malformed_header_value_is_our_read_error():
+    path = next(p for p in _pydicom_test_files() if p.name == "badVR.dcm")
+    with pytest.raises(ImageReadError, match="badVR.dcm.*malformed file.*1A"):
+        read_image(path)
+
+
+def _mutations(data: bytes, draw) -> bytes:
+    """Flip bytes, truncate, or splice a random slice of the file elsewhere into it."""
+    kind = draw(st.sampled_from(("flip", "truncate", "splice")))
+    data = bytearray(data)
+    if kind == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data)))])
+    if kind == "flip":
+        for index in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=16)):
+            data[index] ^= draw(st.integers(1, 255))
+        return bytes(data)
+    start, stop, at = sorted(draw(st.lists(st.integers(0, len(data)), min_size=3, max_size=3)))
+    return bytes(data[:at] + data[start:stop] + data[at:])
+
+
+FUZZ_EXAMPLES = int(os.environ.get("PNEUMOCAM_FUZZ_EXAMPLES", 40))
+
+
+@pytest.mark.parametrize("suffix", [".dcm", ".png", ".jpg"])
+def test_mutated_real_files_are_read_or_rejected_with_our_error(suffix, tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+
+    sources = {".dcm": RSNA_SAMPLE / "stage_2_train_images",
+               ".png": SHARED_DATA / "other_formats", ".jpg": SHARED_DATA / "other_formats"}
+    original = sorted(require(sources[suffix]).glob(f"*{suffix}"))[0].read_bytes()
+    folder = tmp_path_factory.mktemp("fuzz")
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.data())
+    def check(data):
+        path = folder / f"mutant{suffix}"
+        path.write_bytes(_mutations(original, data.draw))
+        try:
+            image = read_image(path, min_side=224)
+        except ImageReadError:
+            return
+        assert image.ndim == 2 and np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
+
+    check()

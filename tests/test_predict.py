@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -43,3 +44,20 @@ def test_cli_predict_exit_codes(tiny_checkpoint, phantom_data, tmp_path):
     failed = subprocess.run([*command, str(tmp_path / "missing.dcm")], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
     assert np.isfinite(float(row["logit"]))
+
+
+def test_predict_over_pydicom_test_files_keeps_good_work_and_lists_every_failure(tiny_checkpoint, phantom_data,
+                                                                                  tmp_path):
+    import pydicom.data
+
+    files = sorted(p for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+    good = str(next((phantom_data / "Processed").rglob("*.npy")))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "pneumocam.cli", "predict", str(tiny_checkpoint), good,
+                             *map(str, files), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    predicted = list(csv.DictReader(open(out / "predictions.csv")))
+    failed = list(csv.DictReader(open(out / "failed.csv")))
+    assert good in {r["source"] for r in predicted}
+    assert any(r["source"].endswith("badVR.dcm") and "1A" in r["reason"] for r in failed)
+    assert all(r["reason"] for r in failed) and len(predicted) + len(failed) == len(files) + 1

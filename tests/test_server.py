@@ -2,6 +2,7 @@
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,15 @@ def test_bad_uploads_get_a_clear_4xx(client, tmp_path, name, make, status, messa
     response = _post(client, name, make(tmp_path))
     assert response.status_code == status
     assert message in response.json()["detail"]
+
+
+def test_a_well_formed_request_with_a_malformed_dicom_gets_422_and_the_readers_reason(client):
+    import pydicom.data
+
+    bad = Path(pydicom.data.__file__).parent / "test_files" / "badVR.dcm"
+    response = _post(client, "badVR.dcm", bad.read_bytes())
+    assert response.status_code == 422
+    assert "malformed file" in response.json()["detail"] and "1A" in response.json()["detail"]
 
 
 def test_missing_file_field_and_wrong_content_type(client):

@@ -479,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")  # the CLI only writes figures to files; never open a window
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        # pydicom logs a traceback for each decoder plugin that fails before another one succeeds, or before
+        # the reader reports the file; the reason that matters reaches the user as one line naming the file
+        # (a filter on the handlers, not a level: importing pydicom sets its loggers' levels again)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: not r.name.startswith("pydicom") or r.levelno >= logging.CRITICAL)
     if getattr(args, "workers", 1) is None:
         import os
 

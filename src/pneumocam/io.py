@@ -63,13 +63,18 @@ def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     suffix = path.suffix.lower()
-    if suffix in NPY_SUFFIXES:
-        array = read_npy(path)
-        return array, array.shape
-    if suffix in RASTER_SUFFIXES:
-        return read_raster(path, min_side)
-    if suffix in DICOM_SUFFIXES or _looks_like_dicom(path):
-        return read_dicom(path, min_side)
+    try:
+        if suffix in NPY_SUFFIXES:
+            array = read_npy(path)
+            return array, array.shape
+        if suffix in RASTER_SUFFIXES:
+            return read_raster(path, min_side)
+        if suffix in DICOM_SUFFIXES or _looks_like_dicom(path):
+            return read_dicom(path, min_side)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a malformed header (e.g. an IS value '1A') can fail anywhere in a reader
+        raise ImageReadError(path, f"malformed file ({type(exc).__name__}: {exc})") from exc
     raise ImageReadError(path, f"unsupported file type {suffix!r} (expected DICOM, PNG, JPEG, BMP, TIFF or .npy)")
 
 
