@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pneumocam.cam import grad_cam, upsample_and_normalize
+from pneumocam.cam import grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.errors import PneumocamError
 from pneumocam.model import PneumoniaNet
 
@@ -27,6 +27,17 @@ def test_library_gradcam_matches_pure_gradcam(net):
     ours = upsample_and_normalize(grad_cam(features, logit).detach(), alignment="block-centre")
     theirs = library_saliency(net, x, "gradcam-lib")
     assert theirs.shape == (2, 224, 224)
+    assert torch.allclose(ours, theirs, atol=2e-2)
+    assert float((ours - theirs).abs().mean()) < 2e-3
+
+
+def test_library_gradcam_plus_plus_matches_ours_on_the_single_logit(net):
+    from pneumocam.cam_extra import library_saliency
+
+    x = torch.randn(2, 1, 224, 224)
+    logit, features = net(x)
+    ours = upsample_and_normalize(grad_cam_plus_plus(features, logit[:, 0]).detach(), alignment="block-centre")
+    theirs = library_saliency(net, x, "gradcam++-lib")
     assert torch.allclose(ours, theirs, atol=2e-2)
     assert float((ours - theirs).abs().mean()) < 2e-3
 

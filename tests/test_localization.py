@@ -72,3 +72,6 @@ def test_centre_prior_peaks_in_the_middle_and_rank_correlation():
     a = np.arange(16.0).reshape(4, 4)
     assert rank_correlation(a, a * 3 + 1) == pytest.approx(1.0)
     assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    # ties get their average rank: [0, 0, 1] against [0, 1, 1] is 0.5 (Spearman), whatever the order of ties
+    assert rank_correlation(np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.5)
+    assert rank_correlation(np.array([1.0, 0.0, 0.0]), np.array([1.0, 1.0, 0.0])) == pytest.approx(0.5)

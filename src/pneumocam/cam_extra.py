@@ -14,7 +14,9 @@ from torch import nn
 
 from pneumocam.errors import PneumocamError
 
-LIBRARY_METHODS = {"scorecam": "ScoreCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM", "gradcam-lib": "GradCAM"}
+# the -lib entries are the library's versions of methods pneumocam computes itself, kept to check one against the other
+LIBRARY_METHODS = {"scorecam": "ScoreCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM", "gradcam-lib": "GradCAM",
+                   "gradcam++-lib": "GradCAMPlusPlus"}
 
 
 class LogitOnly(nn.Module):

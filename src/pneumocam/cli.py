@@ -154,7 +154,8 @@ def _cam(args) -> int:
 def _localize(args) -> int:
     from pneumocam.localize import LocalizeConfig, localize
 
-    config = LocalizeConfig(split=args.split, methods=tuple(args.methods), batch_size=args.batch_size,
+    config = LocalizeConfig(split=args.split, allow_training_boxes=args.allow_training_boxes,
+                            methods=tuple(args.methods), batch_size=args.batch_size,
                             seed=args.seed, randomize_check=args.randomize_check, device=args.device,
                             alignment=args.alignment)
     result = localize(args.checkpoint, args.data, args.out, config)
@@ -165,7 +166,9 @@ def _localize(args) -> int:
     rows = [(name, s["pointing_game"], s["mean_iou"], s["hit_rate_iobb"]["0.25"]) for name, s in named]
     weight = result["box_loss_weight"]
     trained = f"box-guided model (weight {weight}, its training split's boxes)" if weight else "labels-only model"
-    print(f"{result['n_images']} images with boxes ({args.split}); {trained}")
+    print(f"{result['n_images']} images with boxes ({result['split']} split); {trained}")
+    if result["includes_training_boxes"]:
+        print("note: these images include the training split, so the scores are not those of unseen images")
     print(f"{'method':<14}{'pointing':>10}{'IoU@0.5':>10}{'hit@IoBB.25':>13}")
     for name, pointing, iou, hit in rows:
         print(f"{name:<14}{pointing:>10.3f}{iou:>10.3f}{hit:>13.3f}")
@@ -408,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder with boxes.csv")
     p.add_argument("out", help="output folder (localization.json, localization.csv, localization_grid.png)")
-    p.add_argument("--split", choices=("all", "train", "val"), default="all", help="which boxed images (default all)")
+    p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto",
+                   help="which boxed images (default auto: test when DATA has one, else val; never the training "
+                        "boxes of a box-guided model unless --allow-training-boxes)")
+    p.add_argument("--allow-training-boxes", action=argparse.BooleanOptionalAction, default=False,
+                   help="let --split train/all score a box-guided model on the boxes it was trained on")
     p.add_argument("--methods", nargs="+", choices=CAM_METHODS,
                    default=["cam", "gradcam", "gradcam++"],
                    help="saliency methods to score (default the three built-in ones; scorecam, eigencam and layercam "

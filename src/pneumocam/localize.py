@@ -38,7 +38,10 @@ RANDOMIZATION_MAX_CORRELATION = 0.5
 
 @dataclass(frozen=True)
 class LocalizeConfig:
-    split: str = "all"  # "all", "train" or "val"
+    # auto: test when DATA has a test split, else val. A box-guided model was trained on its training
+    # split's boxes, so train/all are refused for it unless allow_training_boxes
+    split: str = "auto"  # auto | test | val | train | all
+    allow_training_boxes: bool = False
     methods: tuple[str, ...] = METHODS
     batch_size: int = 16
     seed: int = 0
@@ -46,6 +49,27 @@ class LocalizeConfig:
     grid_images: int = 16
     device: str = "cpu"
     alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
+
+
+SPLITS = ("auto", "test", "val", "train", "all")
+
+
+def resolve_split(data_dir: Path, split: str) -> str:
+    """auto -> test when DATA/Processed/test holds images, else val."""
+    if split not in SPLITS:
+        raise PneumocamError(f"unknown split {split!r}; choose from {SPLITS}")
+    if split != "auto":
+        return split
+    test = data_dir / "Processed" / "test"
+    return "test" if test.is_dir() and any(test.rglob("*.npy")) else "val"
+
+
+def _check_training_boxes(split: str, box_loss_weight: float, allowed: bool) -> None:
+    if split in ("train", "all") and box_loss_weight > 0 and not allowed:
+        raise PneumocamError(
+            f"this model was trained with box guidance (weight {box_loss_weight}) on the training split's boxes, "
+            f"so scoring split {split!r} would measure it on boxes it was trained on; use --split val or test, "
+            "or --allow-training-boxes to do it anyway")
 
 
 def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
@@ -68,17 +92,26 @@ def box_prior(data_dir: Path, size: int = 224) -> np.ndarray | None:
     return (mean / mean.max()).astype(np.float32)
 
 
-def compute_maps(predictor: Predictor, images: list[np.ndarray], methods,
-                 batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(method -> (N, 224, 224) maps in [0, 1], the (N,) logits), computed in batches."""
+def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int,
+                 cells: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(method -> (N, 224, 224) maps in [0, 1], the (N,) logits), computed in batches. cells=True: the maps
+    at the network's own 7x7 resolution instead (the raw map, or, for a library method that has none, the
+    mean of each cell's 32x32 block)."""
     maps: dict[str, list] = {m: [] for m in methods}
     logits = []
     for chunk in tqdm(list(batches(images, batch_size)), desc="saliency", unit="batch"):
         results = [predictor.saliency(chunk, method) for method in methods]
-        for method, (_, _, chunk_maps) in zip(methods, results, strict=True):
-            maps[method].append(chunk_maps)
+        for method, (_, raw, chunk_maps) in zip(methods, results, strict=True):
+            maps[method].append(_cells(raw, chunk_maps) if cells else chunk_maps)
         logits.append(results[0][0])  # the first method's forward pass (every method runs the same network)
     return {m: np.concatenate(v) for m, v in maps.items()}, np.concatenate(logits)
+
+
+def _cells(raw: np.ndarray | None, maps: np.ndarray, cells: int = 7) -> np.ndarray:
+    if raw is not None:
+        return raw
+    n, height, width = maps.shape
+    return maps.reshape(n, cells, height // cells, cells, width // cells).mean(axis=(2, 4))
 
 
 CSV_FIELDS = ["file", "method", "probability", "peak_x", "peak_y", "pointing_hit", "peak_distance_px",
@@ -116,11 +149,15 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
                      predictor.alignment)
 
 
-def randomization_check(predictor: Predictor, images, maps: dict[str, np.ndarray], config: LocalizeConfig) -> dict:
-    randomized, _ = compute_maps(randomized_predictor(predictor, config.seed), images, list(maps), config.batch_size)
+def randomization_check(predictor: Predictor, images, methods, config: LocalizeConfig) -> dict:
+    """Spearman correlation, per image at the maps' own 7x7 resolution, between the trained model's maps and
+    those of the same model with layer4 and fc re-initialised; a faithful method's maps must change."""
+    original, _ = compute_maps(predictor, images, list(methods), config.batch_size, cells=True)
+    randomized, _ = compute_maps(randomized_predictor(predictor, config.seed), images, list(methods),
+                                 config.batch_size, cells=True)
     result = {}
-    for method, original in maps.items():
-        pairs = zip(original, randomized[method], strict=True)
+    for method in methods:
+        pairs = zip(original[method], randomized[method], strict=True)
         correlation = float(np.mean([rank_correlation(a, b) for a, b in pairs]))
         result[method] = {"mean_rank_correlation": correlation, "passed": correlation < RANDOMIZATION_MAX_CORRELATION}
     return result
@@ -132,9 +169,12 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     unknown = set(config.methods) - set(METHODS) - set(LIBRARY_METHODS)
     if unknown:
         raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
-    files, boxes = _boxed_files(data_dir, config.split)
-    images = [load_file(data_dir / f) for f in files]
+    split = resolve_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
+    box_loss_weight = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0)
+    _check_training_boxes(split, box_loss_weight, config.allow_training_boxes)
+    files, boxes = _boxed_files(data_dir, split)
+    images = [load_file(data_dir / f) for f in files]
     maps, logits = compute_maps(predictor, images, config.methods, config.batch_size)
     per_image = {method: score_images(m, boxes) for method, m in maps.items()}
     scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
@@ -145,7 +185,9 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         baselines["box_prior"] = score_maps(np.repeat(prior[None], len(images), axis=0), boxes)
     main = scores.get("cam") or next(iter(scores.values()))
     result = {
-        "n_images": len(files), "split": config.split, "method": "cam" if "cam" in scores else config.methods[0],
+        "n_images": len(files), "split": split,
+        # what the scores may mean: boxes of images the model (or its box guidance) was trained on, or not
+        "includes_training_boxes": split in ("train", "all"), "method": "cam" if "cam" in scores else config.methods[0],
         "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
         "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
         # None when the training split has no boxes (the prior is the mean training-box mask)
@@ -153,11 +195,11 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "methods": scores, "config": asdict(config), "checkpoint": str(Path(checkpoint).resolve()),
         # > 0: the model was trained with box guidance (on its training split's boxes, never these);
         # 0: from labels alone, so these scores measure weakly supervised localisation
-        "box_loss_weight": predictor.metadata.get("config", {}).get("box_loss_weight", 0.0),
+        "box_loss_weight": box_loss_weight,
         "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
     }
     if config.randomize_check:
-        result["randomization_check"] = randomization_check(predictor, images, maps, config)
+        result["randomization_check"] = randomization_check(predictor, images, list(maps), config)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
     write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(logits), per_image))

@@ -15,7 +15,8 @@ from matplotlib.patches import Rectangle
 from pneumocam.files import save_figure
 
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
-                "eigencam": "Eigen-CAM", "layercam": "LayerCAM", "gradcam-lib": "Grad-CAM (pytorch-grad-cam)"}
+                "eigencam": "Eigen-CAM", "layercam": "LayerCAM", "gradcam-lib": "Grad-CAM (pytorch-grad-cam)",
+                "gradcam++-lib": "Grad-CAM++ (pytorch-grad-cam)"}
 
 
 def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
