@@ -67,27 +67,6 @@ def test_resume_skips_finished_files_and_gives_identical_outputs(phantom_source,
         assert full_text.replace(str(tmp_path / "full"), "") == (partial / name).read_text().replace(str(partial), "")
 
 
-def test_every_input_is_read_ahead_before_it_is_decoded(phantom_source, tmp_path, monkeypatch):
-    import pneumocam.prepare as prepare_module
-
-    events = []
-    monkeypatch.setattr(prepare_module, "prefetch", lambda paths: events.extend(("ahead", str(p)) for p in paths))
-    process = prepare_module._process
-    monkeypatch.setattr(prepare_module, "_process", lambda job: events.append(("read", job)) or process(job))
-    config = PrepareConfig(val_fraction=0.25, seed=0, workers=1)
-    prepare(phantom_source, tmp_path, config)
-    removed = sorted((tmp_path / "Processed").rglob("*.npy"))[::4]
-    for path in removed:
-        path.unlink()
-    events.clear()
-    prepare(phantom_source, tmp_path, config)  # a resumed run reads its finished outputs back instead
-    reads = [job for kind, job in events if kind == "read"]
-    assert len(reads) == 24 and sum(not job.finished for job in reads) == len(removed)
-    for job in reads:
-        path = str(tmp_path / job.out_file) if job.finished else job.item.source
-        assert events.index(("ahead", path)) < events.index(("read", job))
-
-
 def test_worker_count_does_not_change_any_output(phantom_source, tmp_path):
     one = prepare(phantom_source, tmp_path / "one", PrepareConfig(val_fraction=0.25, seed=0, workers=1))
     two = prepare(phantom_source, tmp_path / "two", PrepareConfig(val_fraction=0.25, seed=0, workers=2))
@@ -349,3 +328,23 @@ def test_downsampled_rsna_copy_gives_the_same_boxes(tmp_path):
     prepare(small, tmp_path / "space", PrepareConfig(workers=1, box_space=512))
     doubled = _rows(tmp_path / "space" / "boxes.csv")
     assert float(doubled[0]["width"]) == pytest.approx(float(small_boxes[0]["width"]) * 2, abs=1e-2)
+
+
+def test_test_fraction_carves_a_patient_grouped_stratified_test_split(tmp_path):
+    items = [SourceItem(f"p{i}.dcm", f"p{i // 2}", int(i % 4 == 0), f"s{i}") for i in range(80)]
+    splits = assign_splits(items, 0.2, seed=0, test_fraction=0.2)
+    by_patient = {}
+    for it, split in zip(items, splits, strict=True):
+        by_patient.setdefault(it.patient, set()).add(split)
+    assert all(len(s) == 1 for s in by_patient.values())  # a patient never spans two splits
+    positive = {it.patient for it in items if it.label == 1}
+    for patients in (positive, set(by_patient) - positive):
+        test = {p for p in patients if by_patient[p] == {"test"}}
+        val = {p for p in patients if by_patient[p] == {"val"}}
+        assert len(test) == len(val) == 4  # 20 patients of each class: 0.2 each
+    assert splits == assign_splits(items, 0.2, seed=0, test_fraction=0.2)
+    assert assign_splits(items, 0.2, seed=0) == [
+        "train" if s == "test" else s for s in assign_splits(items, 0.2, seed=0)]  # no test without the flag
+    own_test = [SourceItem("a.png", "a", 0, "a", split="test"), SourceItem("b.png", "b", 1, "b")]
+    with pytest.raises(PneumocamError, match="own test split"):
+        assign_splits(own_test, 0.2, seed=0, test_fraction=0.1)

@@ -116,7 +116,7 @@ def test_thresholds_from_another_split_have_no_same_data_warning(tiny_checkpoint
     metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path,
                        EvalConfig(threshold_from="train", bootstrap=0, report=False))
     assert metrics["thresholds_chosen_on"] == "train"
-    assert not any("optimistic" in w for w in metrics["warnings"])
+    assert not any("thresholds were chosen" in w for w in metrics["warnings"])
     assert not (tmp_path / "report.html").exists()
 
 
@@ -153,3 +153,19 @@ def test_localize_refuses_a_box_guided_models_training_boxes_unless_allowed(phan
     result = loc.localize(guided, phantom_data, tmp_path / "allowed",
                           loc.LocalizeConfig(split="train", methods=("cam",), allow_training_boxes=True))
     assert result["includes_training_boxes"] and result["box_loss_weight"] == 0.1
+
+
+def test_evaluate_defaults_to_test_when_there_is_one_else_val_with_a_warning(tiny_checkpoint, phantom_source,
+                                                                             phantom_data, tmp_path):
+    from pneumocam.prepare import PrepareConfig, prepare
+
+    on_val = evaluate(tiny_checkpoint, phantom_data, tmp_path / "val", EvalConfig(bootstrap=0, report=False))
+    assert on_val["split"] == "val" and on_val["split_chose_checkpoint"]
+    assert any("chose the checkpoint" in w for w in on_val["warnings"])
+    with_test = prepare(phantom_source, tmp_path / "data", PrepareConfig(val_fraction=0.25, test_fraction=0.25,
+                                                                         workers=1))
+    assert sum(with_test.counts["test"].values()) > 0
+    on_test = evaluate(tiny_checkpoint, tmp_path / "data", tmp_path / "test", EvalConfig(bootstrap=0, report=False))
+    assert on_test["split"] == "test" and not on_test["split_chose_checkpoint"]
+    assert not any("chose the checkpoint" in w for w in on_test["warnings"])
+    assert on_test["n"] == sum(with_test.counts["test"].values())

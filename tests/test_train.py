@@ -17,10 +17,26 @@ def test_fast_dev_run_checkpoint_loads_with_weights_only(tiny_checkpoint, phanto
     stats = json.loads((phantom_data / "stats.json").read_text())
     assert (meta["normalization"]["mean"], meta["normalization"]["std"]) == (stats["mean"], stats["std"])
     assert len(meta["data_fingerprint"]) == 64
-    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    from importlib.metadata import version
+
+    assert meta["versions"]["torch"] == version("torch") and meta["versions"]["lightning"] == version("lightning")
     assert any(k.startswith("net.feature_map.") for k in checkpoint["state_dict"])
     config = json.loads((tiny_checkpoint.parents[1] / "config.json").read_text())
     assert config["pos_weight"] > 0 and config["n_train"] == 18
+
+
+def test_balanced_sampling_and_pos_weight_correct_the_imbalance_once(phantom_data, tmp_path):
+    import numpy as np
+
+    from pneumocam.train import resolve_pos_weight
+
+    labels = np.array([0] * 30 + [1] * 10)
+    assert resolve_pos_weight("auto", labels) == 3.0
+    assert resolve_pos_weight("auto", labels, balanced_sampling=True) == 1.0
+    assert resolve_pos_weight("2", labels, balanced_sampling=True) == 2.0  # an explicit number is kept (warned)
+    fit(phantom_data, tmp_path, TrainConfig(epochs=1, batch_size=4, pretrained="none", balanced_sampling=True,
+                                            fast_dev_run=True))
+    assert json.loads((tmp_path / "config.json").read_text())["pos_weight"] == 1.0
 
 
 def test_positive_weight_is_negatives_over_positives():

@@ -67,7 +67,7 @@ def _prepare(args) -> int:
     from pneumocam.prepare import PrepareConfig, prepare
 
     config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format, args.class_map,
-                           args.box_space)
+                           args.box_space, args.test_fraction)
     report = prepare(args.source, args.out, config)
     print(f"prepared {report.n_written + report.n_resumed} images ({report.n_resumed} resumed) into "
           f"{report.out_dir / 'Processed'}; counts {json.dumps(report.counts)}; mean {report.mean:.4f} "
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(<root>/[train|val|test/]<CLASS>/*) or a MedMNIST .npz")
     p.add_argument("out", help="output folder (Processed/, manifest.csv, boxes.csv, stats.json, rejected.csv)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of patients in validation (default 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="share of patients in a test split carved like validation (default 0; a source's own "
+                        "test split is kept instead)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified validation split")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--resize-mode", choices=("pad", "stretch"), default="pad",
@@ -377,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more checkpoints: " + CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder")
     p.add_argument("out", help="output folder")
-    p.add_argument("--split", default="val", help="split under DATA/Processed (default val)")
+    p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto",
+                   help="split under DATA/Processed (default auto: test when DATA has one, else val, which the "
+                        "report then flags as the split that chose the checkpoint)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the probability (default 0.5)")
     p.add_argument("--target-sensitivity", type=float, default=0.9,
                    help="operating point: the highest threshold reaching this sensitivity (default 0.9)")

@@ -90,6 +90,19 @@ def build_transform(norm: Normalization, augment: str = "none") -> transforms.Co
     return transforms.Compose(steps)
 
 
+EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
+
+
+def evaluation_split(data_dir: str | Path, split: str) -> str:
+    """"auto" -> test when DATA/Processed/test holds images, else val (the split that chose the checkpoint)."""
+    if split not in EVALUATION_SPLITS:
+        raise PneumocamError(f"unknown split {split!r}; choose from {EVALUATION_SPLITS}")
+    if split != "auto":
+        return split
+    test = Path(data_dir) / "Processed" / "test"
+    return "test" if test.is_dir() and any(test.rglob("*.npy")) else "val"
+
+
 def split_dataset(data_dir: str | Path, split: str, transform=None) -> DatasetFolder:
     """DATA/Processed/<split>/{0,1}/*.npy as a dataset of (tensor (1, 224, 224), label int)."""
     root = Path(data_dir) / "Processed" / split

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.data import dataset_files, dataset_labels, load_file, read_fingerprint, split_dataset
+from pneumocam.data import dataset_files, dataset_labels, evaluation_split, load_file, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, read_csv, write_csv, write_json
 from pneumocam.inference import Predictor, batches, sigmoid
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    split: str = "val"
+    split: str = "auto"  # auto: test when DATA has one, else val (and the report says it chose the checkpoint)
     threshold: float = 0.5
     target_sensitivity: float = 0.9
     threshold_from: str | None = None  # split on which data-driven thresholds are chosen; None = `split`
@@ -105,6 +105,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig = EvalConfig()) -> dict:
     """Write OUT/metrics.json, OUT/predictions.csv and (with config.report) plots and report.html."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    config = replace(config, split=evaluation_split(data_dir, config.split))
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
     start = time.perf_counter()
     preds = predict_split(predictor, data_dir, config.split, config.batch_size)
@@ -115,8 +116,19 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     metrics = compute_metrics(preds, choose, config)
     timing["metrics_and_bootstrap"] = time.perf_counter() - start
     meta = predictor.metadata
+    metrics["split_chose_checkpoint"] = config.split == "val"
+    if config.split == "val":
+        metrics["warnings"].append(
+            "These numbers come from the validation split, which chose the checkpoint (best.ckpt) during training, "
+            "so they are optimistic; prepare with --test-fraction (or keep a source's own test split) for a test set.")
+    pos_weight = meta.get("pos_weight", 1.0)
+    if pos_weight != 1:
+        metrics["warnings"].append(
+            f"The model was trained with pos_weight {pos_weight:.3g}, which shifts every logit by about "
+            f"log({pos_weight:.3g}) = {np.log(pos_weight):+.2f}: its probabilities are not the frequencies they claim "
+            "(see the calibration plot), and threshold 0.5 is not the frequency-neutral choice.")
     metrics.update({
-        "split": config.split, "bootstrap_resamples": config.bootstrap, "bootstrap_seed": config.seed,
+        "split": config.split, "pos_weight": pos_weight, "bootstrap_resamples": config.bootstrap, "bootstrap_seed": config.seed,
         "checkpoint": str(Path(checkpoint).resolve()), "data_dir": str(data_dir.resolve()),
         "data_fingerprint": read_fingerprint(data_dir), "train_data_fingerprint": meta.get("data_fingerprint"),
         "model_config": meta.get("config"), "normalization": meta.get("normalization"),
@@ -212,6 +224,7 @@ def compare(checkpoints: list[str | Path], data_dir: str | Path, out_dir: str | 
     """Evaluate several checkpoints on the same split (OUT/model_<k>/ each), then a comparison table and the
     paired-bootstrap AUROC difference of every model against the first -> OUT/comparison.json + .csv."""
     out_dir = Path(out_dir)
+    config = replace(config, split=evaluation_split(data_dir, config.split))
     results, probabilities = [], []
     for k, checkpoint in enumerate(checkpoints):
         metrics = evaluate(checkpoint, data_dir, out_dir / f"model_{k}", config)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pneumocam.cam import upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS
-from pneumocam.data import load_boxes, load_file, read_fingerprint
+from pneumocam.data import evaluation_split, load_boxes, load_file, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
@@ -49,19 +49,6 @@ class LocalizeConfig:
     grid_images: int = 16
     device: str = "cpu"
     alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
-
-
-SPLITS = ("auto", "test", "val", "train", "all")
-
-
-def resolve_split(data_dir: Path, split: str) -> str:
-    """auto -> test when DATA/Processed/test holds images, else val."""
-    if split not in SPLITS:
-        raise PneumocamError(f"unknown split {split!r}; choose from {SPLITS}")
-    if split != "auto":
-        return split
-    test = data_dir / "Processed" / "test"
-    return "test" if test.is_dir() and any(test.rglob("*.npy")) else "val"
 
 
 def _check_training_boxes(split: str, box_loss_weight: float, allowed: bool) -> None:
@@ -169,7 +156,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     unknown = set(config.methods) - set(METHODS) - set(LIBRARY_METHODS)
     if unknown:
         raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
-    split = resolve_split(data_dir, config.split)
+    split = evaluation_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     box_loss_weight = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0)
     _check_training_boxes(split, box_loss_weight, config.allow_training_boxes)

@@ -50,11 +50,13 @@ class PrepareConfig:
     source_format: str = "auto"  # auto | rsna | folders | medmnist
     class_map: str | None = None  # class folders: "NORMAL=0,PNEUMONIA=1" (the default)
     box_space: float | None = None  # RSNA layout: the pixel space of the labels' boxes (None = 1024)
+    test_fraction: float = 0.0  # share of patients carved into a test split (not for a source with its own)
 
     def split_settings(self) -> dict:
         """The settings that decide which file goes where; a resume must not change them."""
         return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
-                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space}
+                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space,
+                "test_fraction": self.test_fraction}
 
 
 @dataclass(frozen=True)
@@ -83,15 +85,18 @@ class _Job:
         return Path(self.out_root) / self.out_file
 
 
-def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> list[str]:
+def assign_splits(items: list[SourceItem], val_fraction: float, seed: int, test_fraction: float = 0.0) -> list[str]:
     """The split of each item. A split the source fixes is kept, image by image; the others are split into
-    train/val stratified by label, grouped by patient and seeded.
+    train/val (and test, with test_fraction) stratified by label, grouped by patient and seeded.
 
     A patient's label for stratification is the max over their images (any pneumonia -> 1). Patients
     whose images the source itself puts in two splits stay there (see shared_patients).
     """
-    if not 0 <= val_fraction < 1:
-        raise PneumocamError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise PneumocamError(f"--val-fraction and --test-fraction must be in [0, 1) and leave images for training, "
+                             f"got {val_fraction} and {test_fraction}")
+    if test_fraction and any(it.split == "test" for it in items):
+        raise PneumocamError("the source has its own test split, which is kept as it is: drop --test-fraction")
     patient_label: dict[str, int] = {}
     for it in items:
         if not it.split:
@@ -101,12 +106,18 @@ def assign_splits(items: list[SourceItem], val_fraction: float, seed: int) -> li
     for label in sorted(set(patient_label.values())):
         patients = sorted(p for p, lab in patient_label.items() if lab == label)
         rng.shuffle(patients)
-        n_val = int(np.floor(len(patients) * val_fraction + 0.5))  # half up, not banker's rounding
-        if val_fraction > 0 and n_val == 0 and len(patients) > 1:
-            n_val = 1  # keep every class represented in validation when possible
+        n_test = _share(len(patients), test_fraction)
+        n_val = _share(len(patients) - n_test, val_fraction / (1 - test_fraction))
         for i, patient in enumerate(patients):
-            carved[patient] = "val" if i < n_val else "train"
+            carved[patient] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return [it.split or carved[it.patient] for it in items]
+
+
+def _share(n: int, fraction: float) -> int:
+    """round(n * fraction) half up (not banker's rounding), and at least 1 of 2+ when fraction > 0, so that
+    every class is represented in each carved split where possible."""
+    count = int(np.floor(n * fraction + 0.5))
+    return 1 if fraction > 0 and count == 0 and n > 1 else count
 
 
 def shared_patients(items: list[SourceItem]) -> set[str]:
@@ -186,7 +197,7 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     _check_settings(out_dir, config, source)
     if stale := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary files left by an interrupted run", stale)
-    splits = assign_splits(items, config.val_fraction, config.seed)
+    splits = assign_splits(items, config.val_fraction, config.seed, config.test_fraction)
     if shared := shared_patients(items):
         log.warning("%d patients have images in two of the source's own splits; they are kept where the source "
                     "put them (see stats.json: patients_in_several_source_splits)", len(shared))

@@ -333,8 +333,13 @@ def _devices(value: str):
     return int(value) if str(value).isdigit() else value
 
 
-def resolve_pos_weight(setting: str, labels) -> float:
+def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:
+    """The BCE positive-class weight. "auto" corrects the class imbalance once: n_neg / n_pos, or 1 when
+    balanced sampling already draws both classes equally often (both together would over-call pneumonia)."""
     if setting == "auto":
+        if balanced_sampling:
+            log.warning("--balanced-sampling already corrects the class imbalance: --pos-weight auto means 1 here")
+            return 1.0
         return positive_weight(labels)
     try:
         value = float(setting)
@@ -342,6 +347,9 @@ def resolve_pos_weight(setting: str, labels) -> float:
         raise PneumocamError(f"--pos-weight must be 'auto' or a number, got {setting!r}") from exc
     if value <= 0:
         raise PneumocamError(f"--pos-weight must be positive, got {value}")
+    if balanced_sampling and value != 1:
+        log.warning("--pos-weight %g with --balanced-sampling corrects the class imbalance twice; probabilities "
+                    "will be shifted by log(%g)", value, value)
     return value
 
 
@@ -388,7 +396,7 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     L.seed_everything(config.seed, workers=True, verbose=False)
     norm = read_normalization(data_dir, config.data_stats)
     labels = dataset_labels(split_dataset(data_dir, "train"))
-    pos_weight = resolve_pos_weight(config.pos_weight, labels)
+    pos_weight = resolve_pos_weight(config.pos_weight, labels, config.balanced_sampling)
     metadata = {
         "config": asdict(config), "data_dir": str(data_dir.resolve()), "data_fingerprint": read_fingerprint(data_dir),
         "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5, "image_size": 224,
