@@ -13,7 +13,7 @@ def test_predictions_match_the_network_and_cam_identity(tiny_checkpoint, phantom
     assert failures == [] and len(predictions) == 3
     bias = float(predictor.net.fc.bias.detach())
     for p in predictions:
-        assert 0 <= p.probability <= 1 and p.label == int(p.probability >= 0.5)
+        assert 0 <= p.probability <= 1 and p.predicted == int(p.probability >= 0.5)
         assert p.cam.shape == (224, 224) and p.cam.min() >= 0 and p.cam.max() <= 1
         assert p.cam_raw.shape == (7, 7)
         assert float(p.cam_raw.mean()) + bias == pytest.approx(p.logit, abs=1e-4)

@@ -40,7 +40,7 @@ def test_cli_predict_exit_codes(tiny_checkpoint, phantom_data, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert partial.returncode == 3 and "missing.dcm" in partial.stderr and "Traceback" not in partial.stderr
     row = next(csv.DictReader(partial.stdout.splitlines()))
-    assert float(row["threshold"]) == 0.2 and int(row["label"]) == int(float(row["probability"]) >= 0.2)
+    assert float(row["threshold"]) == 0.2 and int(row["predicted"]) == int(float(row["probability"]) >= 0.2)
     failed = subprocess.run([*command, str(tmp_path / "missing.dcm")], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
     assert np.isfinite(float(row["logit"]))

@@ -45,7 +45,7 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         response = _post(client, path.name, path.read_bytes())
         assert response.status_code == 200, response.text
         body = response.json()
-        assert 0 <= body["probability"] <= 1 and body["label"] in (0, 1) and body["threshold"] == 0.5
+        assert 0 <= body["probability"] <= 1 and body["predicted"] in (0, 1) and "label" not in body and body["threshold"] == 0.5
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)
 
 
@@ -104,7 +104,7 @@ def test_page_health_model_and_openapi(client):
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
     assert client.get("/v1/health").json() == {"status": "ok"}
     model = client.get("/v1/model").json()
-    assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64
+    assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64 and model["api_version"] == 2
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and client.get("/docs").status_code == 200
 

@@ -22,7 +22,7 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, phantom_data, 
     assert len(rows) == 6
     # predictions.csv recomputes to metrics.json
     labels = np.array([int(r["label"]) for r in rows])
-    preds = np.array([int(r["prediction"]) for r in rows])
+    preds = np.array([int(r["predicted"]) for r in rows])
     assert on_disk["confusion"]["tp"] == int(((preds == 1) & (labels == 1)).sum())
     assert on_disk["accuracy"] == (preds == labels).mean()
     assert on_disk["train_data_fingerprint"] == on_disk["data_fingerprint"]

@@ -136,10 +136,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"file": f, "patient": pid, "label": int(y), "probability": f"{p:.6f}", "logit": f"{z:.6f}",
-             "prediction": int(p >= config.threshold)}
+             "predicted": int(p >= config.threshold)}
             for f, pid, y, p, z in zip(preds.files, preds.patients, preds.labels, preds.probabilities,
                                        preds.logits, strict=True)]
-    write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "prediction"], rows)
+    write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "predicted"], rows)
     if config.report:
         start = time.perf_counter()
         write_report(out_dir, metrics, preds, predictor, data_dir, config)

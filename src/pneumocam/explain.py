@@ -25,7 +25,7 @@ from pneumocam.overlay import SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
 
-CAM_FIELDS = ["source", "probability", "logit", "label", "threshold", "method", "peak_x", "peak_y", "png", "cam7x7",
+CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "method", "peak_x", "peak_y", "png", "cam7x7",
               "cam224"]
 
 
@@ -86,7 +86,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
     rows, jobs = [], []
     named = list(zip(predictions, unique_stems([p.source for p in predictions]), strict=True))
     for index, (prediction, name) in enumerate(named):
-        verdict = "pneumonia" if prediction.label else "no pneumonia"
+        verdict = "pneumonia" if prediction.predicted else "no pneumonia"
         title = f"{Path(prediction.source).name}\np(pneumonia) = {prediction.probability:.3f} -> {verdict}"
         jobs.append(SideBySideJob(out_dir / f"{name}_cam.png", prediction.image, prediction.cam, title, alpha,
                                   colormap, tuple(boxes[index]) if boxes else (), prediction.method))
@@ -95,7 +95,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
         peak_y, peak_x = peak(prediction.cam)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
-                     "logit": f"{prediction.logit:.6f}", "label": prediction.label,
+                     "logit": f"{prediction.logit:.6f}", "predicted": prediction.predicted,
                      "threshold": prediction.threshold, "method": prediction.method,
                      "peak_x": peak_x, "peak_y": peak_y, "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",

@@ -34,7 +34,7 @@ class Prediction:
     source: str
     probability: float  # sigmoid(logit), in [0, 1]
     logit: float
-    label: int  # 1 when probability >= threshold
+    predicted: int  # the model's call: 1 when probability >= threshold (the truth is called "label")
     threshold: float
     image: np.ndarray  # (224, 224) model input in [0, 1]
     cam: np.ndarray | None = None  # (224, 224) normalised map in [0, 1]

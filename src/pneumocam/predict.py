@@ -24,7 +24,7 @@ from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
-FIELDS = ["source", "probability", "logit", "label", "threshold", "cam_peak_x", "cam_peak_y", "overlay"]
+FIELDS = ["source", "probability", "logit", "predicted", "threshold", "cam_peak_x", "cam_peak_y", "overlay"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
                     if config.overlays and out_dir else ""
                 peak_y, peak_x = peak(prediction.cam)
                 rows.append({"source": prediction.source, "probability": round(prediction.probability, 6),
-                             "logit": round(prediction.logit, 6), "label": prediction.label,
+                             "logit": round(prediction.logit, 6), "predicted": prediction.predicted,
                              "threshold": prediction.threshold, "cam_peak_x": peak_x, "cam_peak_y": peak_y,
                              "overlay": overlay})
             bar.update(len(chunk))

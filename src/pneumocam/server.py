@@ -32,6 +32,8 @@ from pneumocam.preprocess import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
+# 2: /v1/predict answers "predicted" (the model's 0/1 call) where version 1 said "label" (see CHANGELOG.md)
+API_VERSION = 2
 # what the upload's first bytes say it is -> the suffix the reader needs
 MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"BM", ".bmp"),
          (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
@@ -84,7 +86,7 @@ def predict_upload(predictor: Predictor, data: bytes) -> dict:
     prediction = predictor.predict_arrays([image], ["upload"], cam=True)[0]
     return {
         "probability": prediction.probability,
-        "label": prediction.label,
+        "predicted": prediction.predicted,
         "threshold": prediction.threshold,
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
@@ -135,7 +137,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
         if not authorised(request):
             return error(401, "missing or wrong bearer token")
         meta = predictor.metadata
-        return {"config": meta.get("config"), "normalization": meta.get("normalization"),
+        return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
                 "threshold": predictor.threshold, "data_fingerprint": meta.get("data_fingerprint"),
                 "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
 
