@@ -119,3 +119,27 @@ def test_operating_points_mark_unavailable_thresholds():
     points = operating_points(PROBS, LABELS, {"default": 0.5, "youden": None})
     assert points[0]["available"] and points[0]["confusion"]["tp"] == 3
     assert points[1] == {"name": "youden", "threshold": None, "available": False}
+
+
+def test_cluster_bootstrap_resamples_whole_patients_and_widens_the_ci_of_copies():
+    from pneumocam.metrics import bootstrap_mean_ci, resampler
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(rng.integers(0, 2, 60), 5)  # 60 patients with 5 images each, one label per patient
+    patients = np.repeat(np.arange(60), 5)
+    probs = np.clip(labels * 0.3 + np.repeat(rng.random(60), 5) * 0.7, 0, 1)  # images of a patient agree
+    draw, method = resampler(labels, patients)
+    assert method.startswith("cluster bootstrap")
+    idx = draw(np.random.default_rng(1))
+    counts = np.bincount(patients[idx], minlength=60)
+    assert all(c % 5 == 0 for c in counts)  # every patient comes with all five images or not at all
+    assert labels[idx].sum() == labels.sum()  # stratified by patient label: prevalence kept
+    by_patient = bootstrap_ci(probs, labels, config=Bootstrap(300, 0), groups=patients)
+    by_image = bootstrap_ci(probs, labels, config=Bootstrap(300, 0))
+    assert by_patient.pop("ci_method").startswith("cluster") and by_image.pop("ci_method").startswith("stratified")
+    width = {name: ci["auroc"][1] - ci["auroc"][0] for name, ci in (("patient", by_patient), ("image", by_image))}
+    assert width["patient"] > 1.5 * width["image"]  # 5 copies are not 5 times the evidence
+    one_each = bootstrap_ci(probs[::5], labels[::5], config=Bootstrap(50, 3), groups=patients[::5])
+    assert one_each == bootstrap_ci(probs[::5], labels[::5], config=Bootstrap(50, 3))  # no repeats: by image
+    hits = bootstrap_mean_ci(labels, patients, Bootstrap(200, 0))
+    assert hits["ci_method"].startswith("cluster") and hits["ci95"][0] < labels.mean() < hits["ci95"][1]

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.data import dataset_files, dataset_labels, evaluation_split, load_file, read_fingerprint, split_dataset
+from pneumocam.data import (
+    dataset_files,
+    dataset_labels,
+    evaluation_split,
+    load_file,
+    manifest_patients,
+    read_fingerprint,
+    split_dataset,
+)
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, read_csv, write_csv, write_json
 from pneumocam.inference import Predictor, batches, sigmoid
@@ -59,12 +67,6 @@ class SplitPredictions:
     probabilities: np.ndarray  # (N,) in [0, 1]
 
 
-def _patients(data_dir: Path, files: list[str]) -> list[str]:
-    manifest = data_dir / "manifest.csv"
-    by_file = {row["file"]: row["patient"] for row in read_csv(manifest)} if manifest.exists() else {}
-    return [by_file.get(f, Path(f).stem) for f in files]
-
-
 def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_size: int = 32) -> SplitPredictions:
     """Run the model on every prepared image of a split, in batches, with a progress bar."""
     dataset = split_dataset(data_dir, split)
@@ -76,15 +78,18 @@ def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_
               for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch")]
     logits_arr = np.concatenate(logits)
     probabilities = sigmoid(logits_arr)
-    return SplitPredictions(files, _patients(Path(data_dir), files), labels, logits_arr, probabilities)
+    return SplitPredictions(files, manifest_patients(data_dir, files), labels, logits_arr, probabilities)
 
 
 def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: EvalConfig) -> dict:
     """Point metrics, ECE, bootstrap CIs and operating points (thresholds chosen on `choose`)."""
     metrics = classification_metrics(preds.probabilities, preds.labels, config.threshold)
     metrics["ece"] = expected_calibration_error(preds.probabilities, preds.labels)
-    metrics["ci95"] = bootstrap_ci(preds.probabilities, preds.labels, config.threshold,
-                                   Bootstrap(config.bootstrap, config.seed)) if config.bootstrap else {}
+    # patients with several images (Kermany) are resampled whole: their images are not independent
+    ci = bootstrap_ci(preds.probabilities, preds.labels, config.threshold, Bootstrap(config.bootstrap, config.seed),
+                      groups=np.asarray(preds.patients)) if config.bootstrap else {"ci_method": None}
+    metrics["ci_method"] = ci.pop("ci_method")
+    metrics["ci95"] = ci
     target = config.target_sensitivity
     thresholds = {
         f"threshold {config.threshold:g}": config.threshold,

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from pneumocam.cam import upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS
-from pneumocam.data import evaluation_split, load_boxes, load_file, read_fingerprint
+from pneumocam.data import evaluation_split, load_boxes, load_file, manifest_patients, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
 from pneumocam.localization import THRESHOLDS, box_mask, centre_prior, rank_correlation, score_images, score_maps, summarize
+from pneumocam.metrics import Bootstrap, bootstrap_mean_ci
 from pneumocam.overlay import overlay_grid
 from pneumocam.provenance import package_versions
 
@@ -170,6 +171,10 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     prior = box_prior(data_dir)
     if prior is not None:
         baselines["box_prior"] = score_maps(np.repeat(prior[None], len(images), axis=0), boxes)
+    patients = np.asarray(manifest_patients(data_dir, files))
+    for method, image_scores in per_image.items():  # by patient where patients have several images
+        scores[method]["pointing_game_ci"] = bootstrap_mean_ci([s["pointing"] for s in image_scores], patients,
+                                                               Bootstrap(1000, config.seed))
     main = scores.get("cam") or next(iter(scores.values()))
     result = {
         "n_images": len(files), "split": split,

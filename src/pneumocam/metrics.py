@@ -85,24 +85,66 @@ class Bootstrap:
     seed: int = 0
 
 
+def resampler(labels: np.ndarray, groups: np.ndarray | None = None):
+    """A function rng -> the image indices of one bootstrap resample, and the name of the method.
+
+    Without groups (or when every group has one image): images are resampled, positives and negatives
+    separately, so every resample keeps the split's prevalence and both classes. With groups (patients)
+    that hold several images: whole patients are resampled (cluster bootstrap), separately for patients
+    with and without pneumonia, so that images of one patient, which are not independent, never count as
+    independent evidence."""
+    labels = np.asarray(labels)
+    if groups is not None and len(set(groups)) < len(groups):
+        members: dict = {}
+        for index, group in enumerate(groups):
+            members.setdefault(group, []).append(index)
+        clusters = [np.asarray(m) for m in members.values()]
+        strata = [[c for c in clusters if labels[c].max() == k] for k in (0, 1)]
+        strata = [s for s in strata if s]
+
+        def patients(rng: np.random.Generator) -> np.ndarray:
+            return np.concatenate([s[i] for s in strata for i in rng.integers(0, len(s), len(s))])
+
+        return patients, "cluster bootstrap over patients, stratified by patient label"
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+
+    def images(rng: np.random.Generator) -> np.ndarray:
+        if pos.size and neg.size:
+            return np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        return rng.choice(labels.size, labels.size)
+
+    return images, "stratified bootstrap over images"
+
+
 def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
-                 config: Bootstrap = Bootstrap()) -> dict[str, list[float] | None]:
-    """Percentile 95% CIs by stratified bootstrap (positives and negatives resampled separately,
-    so every resample keeps the split's prevalence and both classes)."""
+                 config: Bootstrap = Bootstrap(), groups: np.ndarray | None = None) -> dict[str, list[float] | None]:
+    """Percentile 95% CIs by bootstrap (see resampler: by image, or by patient when `groups` repeat);
+    the method's name is under "ci_method"."""
     probs, labels = _check(probs, labels)
     rng = np.random.default_rng(config.seed)
-    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    draw, method = resampler(labels, groups)
     samples: dict[str, list[float]] = {m: [] for m in CI_METRICS}
     for _ in range(config.n_resamples):
-        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) if pos.size and neg.size \
-            else rng.choice(labels.size, labels.size)
+        idx = draw(rng)
         p, y = probs[idx], labels[idx]
         values = {**threshold_metrics(p, y, threshold), **ranking_metrics(p, y)}
         for name in CI_METRICS:
             if values[name] is not None:
                 samples[name].append(values[name])
-    return {name: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None)
-            for name, v in samples.items()}
+    result = {name: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None)
+              for name, v in samples.items()}
+    return {**result, "ci_method": method}
+
+
+def bootstrap_mean_ci(values: np.ndarray, groups: np.ndarray | None = None, config: Bootstrap = Bootstrap()) -> dict:
+    """95% percentile CI of a mean of per-image scores (e.g. pointing-game hits), resampling patients
+    when `groups` repeat, else images."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(config.seed)
+    draw, method = resampler(np.zeros(values.size, dtype=int), groups)
+    means = [float(values[draw(rng)].mean()) for _ in range(config.n_resamples)] if values.size else []
+    ci = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))] if means else None
+    return {"ci95": ci, "ci_method": method, "n_resamples": config.n_resamples}
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
