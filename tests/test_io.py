@@ -328,3 +328,62 @@ def test_mutated_real_files_are_read_or_rejected_with_our_error(suffix, tmp_path
         assert image.ndim == 2 and np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
 
     check()
+
+
+def _lut_sequence(descriptor, data):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.add_new(0x00283002, "US", list(descriptor))  # LUT Descriptor: entries, first value mapped, bits
+    item.add_new(0x00283006, "US", list(data))  # LUT Data
+    return Sequence([item])
+
+
+def _linear_window(x, center, width):
+    """PS3.3 C.11.2.1.2.1 (LINEAR), as a fraction of the output range."""
+    return np.clip((np.asarray(x, dtype=np.float64) - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def test_window_after_rescale_maps_into_the_rescaled_range(tmp_path):
+    raw = np.array([[1024, 2048], [3072, 4095]], dtype=np.uint16)  # 12 bit; HU = raw - 1024
+    path = _write_dicom(tmp_path / "w.dcm", raw, bits=12, RescaleSlope=1, RescaleIntercept=-1024,
+                        WindowCenter=1024, WindowWidth=2048)
+    expected = _linear_window(raw - 1024.0, 1024, 2048)  # HU 0, 1024, 2048, 3071 -> 0, .5, 1, 1
+    assert np.allclose(read_image(path), expected, atol=1e-5)
+    assert np.allclose(expected.ravel(), [0.0, 0.500244, 1.0, 1.0], atol=1e-5)
+
+
+def test_window_without_rescale(tmp_path):
+    raw = np.array([[0, 1000], [2047, 4095]], dtype=np.uint16)
+    path = _write_dicom(tmp_path / "w.dcm", raw, bits=12, WindowCenter=2048, WindowWidth=4096)
+    assert np.allclose(read_image(path), _linear_window(raw, 2048, 4096), atol=1e-5)
+
+
+def test_sigmoid_window(tmp_path):
+    raw = np.array([[0, 100], [128, 255]], dtype=np.uint8)
+    path = _write_dicom(tmp_path / "s.dcm", raw, WindowCenter=128, WindowWidth=64, VOILUTFunction="SIGMOID")
+    expected = 1 / (1 + np.exp(-4 * (raw - 128.0) / 64))  # PS3.3 C.11.2.1.3.1
+    assert np.allclose(read_image(path), expected, atol=1e-5)
+
+
+def test_modality_lut_sequence_maps_into_its_own_range(tmp_path):
+    raw = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    # LUT entries are 8 or 16 bits (PS3.3 C.11.1.1.1); the range is that of the entries, as pydicom windows into
+    path = _write_dicom(tmp_path / "m.dcm", raw, bits=12, ModalityLUTSequence=_lut_sequence((4, 0, 16),
+                                                                                           (0, 100, 512, 65535)))
+    assert np.allclose(read_image(path), np.array([[0, 100], [512, 65535]]) / 65535, atol=1e-6)
+
+
+def test_voi_lut_sequence_after_rescale(tmp_path):
+    raw = np.array([[10, 11], [12, 13]], dtype=np.uint8)  # rescaled: 0..3, the LUT's first mapped value is 0
+    path = _write_dicom(tmp_path / "v.dcm", raw, RescaleSlope=1, RescaleIntercept=-10,
+                        VOILUTSequence=_lut_sequence((4, 0, 8), (0, 64, 128, 255)))
+    assert np.allclose(read_image(path), np.array([[0, 64], [128, 255]]) / 255, atol=1e-6)
+
+
+def test_monochrome1_with_rescale_and_window_is_inverted_after_windowing(tmp_path):
+    raw = np.array([[1024, 2048], [3072, 4095]], dtype=np.uint16)
+    path = _write_dicom(tmp_path / "w1.dcm", raw, bits=12, photometric="MONOCHROME1", RescaleSlope=1,
+                        RescaleIntercept=-1024, WindowCenter=1024, WindowWidth=2048)
+    assert np.allclose(read_image(path), 1 - _linear_window(raw - 1024.0, 1024, 2048), atol=1e-5)

@@ -260,24 +260,32 @@ def _decode_pixels(ds, min_side: int | None = None) -> np.ndarray:
     return ds.pixel_array
 
 
-def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -> np.ndarray:
+def _modality_output_range(ds) -> tuple[float, float]:
+    """The range of the values after the Modality LUT stage, which pydicom's windowing also maps into:
+    a Modality LUT's own range [0, 2^bits - 1], else the stored range, rescaled when the file says how."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     bits = int(ds.get("BitsStored", 8))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return float(min(low, high)), float(max(low, high))
+
+
+def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -> np.ndarray:
+    """Stored values -> [0, 1]: Modality LUT or rescale, then a VOI LUT or window (LINEAR, LINEAR_EXACT,
+    SIGMOID), each output divided by the range that stage maps into (PS3.3 C.11), MONOCHROME1 inverted."""
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     values = apply_modality_lut(arr, ds) if _has_pointwise_luts(ds) else arr
-    if has_voi:
+    if "VOILUTSequence" in ds:  # preferred over a window, as pydicom does
         values = apply_voi_lut(values, ds).astype(np.float64)
-        if "VOILUTSequence" in ds:
-            descriptor = ds.VOILUTSequence[0].LUTDescriptor
-            low, high = 0.0, float(2 ** int(descriptor[2]) - 1)
-        else:
-            # pydicom's windowing maps into the stored range of the (rescaled) data type
-            low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0.0, 2**bits - 1)
-    else:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        raw_low, raw_high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        low, high = sorted((raw_low * slope + intercept, raw_high * slope + intercept))
+        low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    else:  # a window maps into the modality stage's output range; without one that range is the image's
+        if has_voi:
+            values = apply_voi_lut(values, ds).astype(np.float64)
+        low, high = _modality_output_range(ds)
     if high <= low:
         raise ImageReadError(getattr(ds, "filename", "?"), f"degenerate pixel range [{low}, {high}]")
     out = np.asarray(values, dtype=np.float32) - np.float32(low)  # float32 throughout: 1024^2 px per file
