@@ -1,3 +1,6 @@
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +45,58 @@ def test_bad_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(PneumocamError, match="not a pneumocam checkpoint"):
         Predictor.from_checkpoint(tmp_path / "foreign.ckpt")
+
+
+def _mixed_format_source(root):
+    """Non-square gray images as DICOM (JPEG Baseline), PNG and JPEG, in both class folders."""
+    from PIL import Image
+
+    from pneumocam.io import write_dicom_jpeg
+
+    y, x = np.mgrid[0:180, 0:300]
+    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        folder = root / cls
+        folder.mkdir(parents=True)
+        for k in range(2):
+            image = ((x * (1 + k + label) + y * 2) % 256).astype(np.uint8)
+            write_dicom_jpeg(folder / f"d{k}.dcm", image, f"{cls}-d{k}")
+            Image.fromarray(image).save(folder / f"p{k}.png")
+            Image.fromarray(image.T.copy()).save(folder / f"j{k}.jpg", quality=92)  # tall as well as wide
+    return root
+
+
+@pytest.mark.parametrize("mode", ["pad", "stretch"])
+def test_prepare_and_the_predictor_give_the_same_tensor_for_dicom_png_and_jpeg(mode, tmp_path):
+    from pneumocam.data import collate_images, load_file
+    from pneumocam.files import read_csv
+    from pneumocam.prepare import PrepareConfig, prepare
+    from pneumocam.train import TrainConfig, fit
+
+    source = _mixed_format_source(tmp_path / "src")
+    prepare(source, tmp_path / "data", PrepareConfig(resize_mode=mode, val_fraction=0.5, workers=1))
+    checkpoint = fit(tmp_path / "data", tmp_path / "run", TrainConfig(epochs=1, batch_size=2, pretrained="none",
+                                                                      fast_dev_run=True)).last_checkpoint
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.contract.resize_mode == mode
+    other = Predictor.from_checkpoint(checkpoint)
+    other.contract = replace(other.contract, resize_mode="stretch" if mode == "pad" else "pad")
+    rows = read_csv(tmp_path / "data" / "manifest.csv")
+    assert {Path(r["source"]).suffix for r in rows} == {".dcm", ".png", ".jpg"}
+    for row in rows:
+        prepared = collate_images([load_file(tmp_path / "data" / row["file"])], predictor.normalization)
+        served = collate_images([predictor.load(row["source"])], predictor.normalization)
+        assert float((prepared - served).abs().max()) <= 1e-6, row["source"]
+        mismatched = collate_images([other.load(row["source"])], predictor.normalization)
+        assert float((prepared - mismatched).abs().max()) > 0.1  # the contract decides the pixels
+
+
+def test_a_checkpoint_from_before_the_contract_loads_with_the_defaults_and_a_warning(tiny_checkpoint, tmp_path,
+                                                                                     caplog):
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    assert checkpoint["pneumocam"]["preprocessing"] == {"image_size": 224, "resize_mode": "pad",
+                                                        "cam_alignment": "receptive-field"}
+    del checkpoint["pneumocam"]["preprocessing"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with caplog.at_level("WARNING"):
+        predictor = Predictor.from_checkpoint(tmp_path / "old.ckpt")
+    assert predictor.contract.resize_mode == "pad" and "predates the preprocessing contract" in caplog.text

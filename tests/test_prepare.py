@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import RSNA_SAMPLE, SHARED_DATA as SHARED_DATA_DIR, bomb_png, dead_pid, require
+from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
+from conftest import SHARED_DATA as SHARED_DATA_DIR
 from pneumocam.data import load_boxes
 from pneumocam.errors import PneumocamError
 from pneumocam.prepare import PrepareConfig, assign_splits, prepare

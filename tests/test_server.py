@@ -45,7 +45,8 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         response = _post(client, path.name, path.read_bytes())
         assert response.status_code == 200, response.text
         body = response.json()
-        assert 0 <= body["probability"] <= 1 and body["predicted"] in (0, 1) and "label" not in body and body["threshold"] == 0.5
+        assert 0 <= body["probability"] <= 1 and body["predicted"] in (0, 1) and body["threshold"] == 0.5
+        assert "label" not in body  # the model's call is "predicted"; "label" means the truth
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)
 
 

@@ -40,8 +40,9 @@ def _add_inference_options(parser: argparse.ArgumentParser, batch_size: int = 32
 
 
 def _add_alignment_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alignment", choices=CAM_ALIGNMENTS, default=CAM_ALIGNMENTS[0],
-                        help="where each 7x7 cell sits in the 224-px image: receptive-field (default; cell p at "
+    parser.add_argument("--alignment", choices=CAM_ALIGNMENTS, default=None,
+                        help="where each 7x7 cell sits in the 224-px image (default: the checkpoint's, which is "
+                             "receptive-field for every model pneumocam trains): receptive-field (cell p at "
                              "pixel 32p, the centre of what it sees) or block-centre ((p + 0.5) * 32, as "
                              "cv2.resize and most CAM code place it, ~16 px right of and below the evidence)")
 

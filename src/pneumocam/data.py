@@ -19,6 +19,7 @@ from torchvision.datasets import DatasetFolder
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
 from pneumocam.localization import box_mask
+from pneumocam.preprocess import Contract
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ def read_fingerprint(data_dir: str | Path) -> str | None:
     """The data fingerprint recorded by `pneumocam prepare`, or None for a hand-made folder."""
     stats_path = Path(data_dir) / "stats.json"
     return json.loads(stats_path.read_text()).get("fingerprint") if stats_path.exists() else None
+
+
+def data_contract(data_dir: str | Path) -> Contract:
+    """The preprocessing `prepare` applied to DATA (its image size and resize mode, from stats.json), which
+    training records so that prediction repeats it. A hand-made folder gets the defaults."""
+    stats_path = Path(data_dir) / "stats.json"
+    settings = json.loads(stats_path.read_text()).get("settings", {}) if stats_path.exists() else {}
+    default = Contract()
+    return Contract(int(settings.get("image_size", default.image_size)),
+                    settings.get("resize_mode", default.resize_mode), default.cam_alignment)
 
 
 def geometric_transform(augment: str = "none") -> transforms.Compose | None:

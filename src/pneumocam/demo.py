@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib import resources
 from dataclasses import asdict, dataclass, replace
+from importlib import resources
 from pathlib import Path
 
 from pneumocam.checkpoints import BUNDLED_MODELS

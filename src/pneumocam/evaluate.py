@@ -133,7 +133,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
             f"log({pos_weight:.3g}) = {np.log(pos_weight):+.2f}: its probabilities are not the frequencies they claim "
             "(see the calibration plot), and threshold 0.5 is not the frequency-neutral choice.")
     metrics.update({
-        "split": config.split, "pos_weight": pos_weight, "bootstrap_resamples": config.bootstrap, "bootstrap_seed": config.seed,
+        "split": config.split, "pos_weight": pos_weight, "bootstrap_resamples": config.bootstrap,
+        "bootstrap_seed": config.seed,
         "checkpoint": str(Path(checkpoint).resolve()), "data_dir": str(data_dir.resolve()),
         "data_fingerprint": read_fingerprint(data_dir), "train_data_fingerprint": meta.get("data_fingerprint"),
         "model_config": meta.get("config"), "normalization": meta.get("normalization"),

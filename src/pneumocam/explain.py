@@ -37,7 +37,7 @@ class CamConfig:
     device: str = "cpu"
     method: str = "cam"
     workers: int = 0  # processes drawing the PNGs (matplotlib, ~170 ms each); 0 = all cores
-    alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
+    alignment: str | None = None  # where the 7x7 cells sit (cam.upsample_and_normalize); None = the checkpoint's
 
 
 # drawing in parallel pays off once the workers' start-up (about half a second) is covered

@@ -9,7 +9,7 @@ data fingerprint and the measured parity. If parity fails, the export is deleted
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,8 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
                     "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map; cell (p, q) is centred on "
                                    "input pixel (32 p, 32 q), as pneumocam's receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
+        # how a file becomes the input above: read as gray [0, 1], then this size and resize mode
+        "preprocessing": asdict(predictor.contract),
         "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),
         "data_fingerprint": meta.get("data_fingerprint"), "checkpoint": str(Path(checkpoint).resolve()),
     })

@@ -21,7 +21,7 @@ from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
 from pneumocam.model import PneumoniaNet
-from pneumocam.preprocess import IMAGE_SIZE, to_model_input
+from pneumocam.preprocess import Contract, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,13 @@ class Predictor:
     """Runs a trained PneumoniaNet. Inputs are (224, 224) images in [0, 1] or any readable file."""
 
     def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
-                 metadata: dict | None = None, device: str = "cpu", alignment: str = "receptive-field"):
+                 metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
+                 contract: Contract = Contract()):
+        alignment = alignment or contract.cam_alignment
         if alignment not in ALIGNMENTS:
             raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
         self.alignment = alignment  # where the 7x7 cells sit in the image; see cam.upsample_and_normalize
+        self.contract = contract  # size and resize mode of the model's input, as trained
         self.device = resolve_device(device)
         self.net = net.eval().to(self.device)
         self.normalization = normalization
@@ -74,8 +77,10 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
-                        alignment: str = "receptive-field") -> Predictor:
-        """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr"."""
+                        alignment: str | None = None) -> Predictor:
+        """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr".
+        The preprocessing contract (size, resize mode, normalisation, CAM alignment) comes from the checkpoint;
+        `alignment` overrides where the CAM's cells are drawn."""
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
         state = network_state(checkpoint)
@@ -85,8 +90,18 @@ class Predictor:
         except RuntimeError as exc:
             raise PneumocamError(f"{path}: model weights do not match PneumoniaNet ({exc})") from exc
         norm = meta["normalization"]
+        contract = Contract.from_metadata(meta)
+        if contract is None:
+            contract = Contract()
+            log.warning("%s predates the preprocessing contract: assuming %s", path, contract)
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
-                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment)
+                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract)
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """A file -> the (size, size) image in [0, 1] the network sees, by the checkpoint's contract (the same
+        pixels `prepare` writes for it). Raises ImageReadError for an unreadable file."""
+        size = self.contract.image_size
+        return to_model_input(read_image(path, min_side=size), size, self.contract.resize_mode)
 
     @torch.inference_mode()
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +136,8 @@ class Predictor:
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(images))]
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = [to_model_input(np.asarray(im, dtype=np.float32), IMAGE_SIZE)
+            size, mode = self.contract.image_size, self.contract.resize_mode
+            chunk = [to_model_input(np.asarray(im, dtype=np.float32), size, mode)
                      for im in images[start : start + batch_size]]
             logits, raw, maps = self.saliency(chunk, method) if cam else self.forward(chunk)
             probabilities = sigmoid(logits)
@@ -142,7 +158,7 @@ class Predictor:
             images, sources = [], []
             for path in chunk:
                 try:
-                    images.append(read_image(path, min_side=IMAGE_SIZE))
+                    images.append(self.load(path))
                     sources.append(str(path))
                 except ImageReadError as exc:
                     failures.append({"source": str(path), "reason": exc.reason})

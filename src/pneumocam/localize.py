@@ -24,7 +24,15 @@ from pneumocam.data import evaluation_split, load_boxes, load_file, manifest_pat
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches, sigmoid
-from pneumocam.localization import THRESHOLDS, box_mask, centre_prior, rank_correlation, score_images, score_maps, summarize
+from pneumocam.localization import (
+    THRESHOLDS,
+    box_mask,
+    centre_prior,
+    rank_correlation,
+    score_images,
+    score_maps,
+    summarize,
+)
 from pneumocam.metrics import Bootstrap, bootstrap_mean_ci
 from pneumocam.overlay import overlay_grid
 from pneumocam.provenance import package_versions
@@ -49,7 +57,7 @@ class LocalizeConfig:
     randomize_check: bool = False
     grid_images: int = 16
     device: str = "cpu"
-    alignment: str = "receptive-field"  # where the 7x7 cells sit in the image (cam.upsample_and_normalize)
+    alignment: str | None = None  # where the 7x7 cells sit (cam.upsample_and_normalize); None = the checkpoint's
 
 
 def _check_training_boxes(split: str, box_loss_weight: float, allowed: bool) -> None:
@@ -134,7 +142,7 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     return Predictor(net, predictor.normalization, predictor.threshold, predictor.metadata, str(predictor.device),
-                     predictor.alignment)
+                     predictor.alignment, predictor.contract)
 
 
 def randomization_check(predictor: Predictor, images, methods, config: LocalizeConfig) -> dict:
@@ -166,7 +174,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     maps, logits = compute_maps(predictor, images, config.methods, config.batch_size)
     per_image = {method: score_images(m, boxes) for method, m in maps.items()}
     scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
-    baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=config.alignment), boxes),
+    baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=predictor.alignment), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
     prior = box_prior(data_dir)
     if prior is not None:

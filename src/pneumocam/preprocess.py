@@ -17,6 +17,27 @@ RESIZE_MODES = ("pad", "stretch")
 
 
 @dataclass(frozen=True)
+class Contract:
+    """How a file becomes the network's input, and where the CAM's cells sit, as the model was trained.
+
+    Written into every checkpoint by `train` (from the prepared data's settings) and read back by
+    everything that predicts (Predictor, cam, serve, export), so that training and serving see the same pixels.
+    """
+
+    image_size: int = IMAGE_SIZE
+    resize_mode: str = "pad"  # pad to a square with black, then resize | stretch
+    cam_alignment: str = "receptive-field"  # cam.ALIGNMENTS
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> Contract | None:
+        """The contract a checkpoint records, or None for a checkpoint that predates it."""
+        recorded = meta.get("preprocessing")
+        if not recorded:
+            return None
+        return cls(int(recorded["image_size"]), recorded["resize_mode"], recorded["cam_alignment"])
+
+
+@dataclass(frozen=True)
 class Geometry:
     """How an (H, W) source maps into the square output: out = (src + offset) * scale."""
 

@@ -26,9 +26,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pneumocam.inference import Predictor
-from pneumocam.io import ImageReadError, read_image
+from pneumocam.io import ImageReadError
 from pneumocam.overlay import overlay_cam, to_png
-from pneumocam.preprocess import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -79,7 +78,7 @@ def predict_upload(predictor: Predictor, data: bytes) -> dict:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            image = read_image(path, min_side=IMAGE_SIZE)  # the same decode as `pneumocam predict`
+            image = predictor.load(path)  # the checkpoint's preprocessing, as `pneumocam predict` applies it
         except ImageReadError as exc:
             status = 413 if "too large" in exc.reason else 422
             raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {exc.reason}") from exc

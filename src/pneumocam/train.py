@@ -39,6 +39,7 @@ from pneumocam.data import (
     InMemorySplit,
     Normalization,
     build_transform,
+    data_contract,
     dataset_labels,
     load_split_in_memory,
     positive_weight,
@@ -400,6 +401,7 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     metadata = {
         "config": asdict(config), "data_dir": str(data_dir.resolve()), "data_fingerprint": read_fingerprint(data_dir),
         "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5, "image_size": 224,
+        "preprocessing": asdict(data_contract(data_dir)),
     }
     normalization = asdict(norm)
     module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
