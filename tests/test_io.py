@@ -387,3 +387,19 @@ def test_monochrome1_with_rescale_and_window_is_inverted_after_windowing(tmp_pat
     path = _write_dicom(tmp_path / "w1.dcm", raw, bits=12, photometric="MONOCHROME1", RescaleSlope=1,
                         RescaleIntercept=-1024, WindowCenter=1024, WindowWidth=2048)
     assert np.allclose(read_image(path), 1 - _linear_window(raw - 1024.0, 1024, 2048), atol=1e-5)
+
+
+REDUCED_SCALE_MEAN, REDUCED_SCALE_P99 = 0.01, 0.08  # per image, on [0, 1]; measured by benchmarks/reduced_scale.py
+
+
+@pytest.mark.parametrize(("folder", "pattern"), [("kermany_sample", "**/*.jpeg"),
+                                                 ("rsna_1000/stage_2_train_images", "*.jpg"),
+                                                 ("rsna_sample/stage_2_train_images", "*.dcm")])
+def test_reduced_scale_decoding_stays_within_its_tolerance_on_real_images(folder, pattern):
+    from pneumocam.preprocess import to_model_input
+
+    files = sorted(require(SHARED_DATA / folder.split("/")[0]).parent.joinpath(folder).glob(pattern))[:3]
+    assert files
+    for path in files:
+        diff = np.abs(to_model_input(read_image(path, min_side=224)) - to_model_input(read_image(path)))
+        assert diff.mean() <= REDUCED_SCALE_MEAN and np.percentile(diff, 99) <= REDUCED_SCALE_P99, path
