@@ -169,3 +169,19 @@ def test_evaluate_defaults_to_test_when_there_is_one_else_val_with_a_warning(tin
     assert on_test["split"] == "test" and not on_test["split_chose_checkpoint"]
     assert not any("chose the checkpoint" in w for w in on_test["warnings"])
     assert on_test["n"] == sum(with_test.counts["test"].values())
+
+
+def test_evaluate_names_a_damaged_prepared_file_in_one_line(tiny_checkpoint, phantom_data, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    damaged = sorted((data / "Processed" / "val").rglob("*.npy"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = subprocess.run([sys.executable, "-m", "pneumocam.cli", "evaluate", str(tiny_checkpoint), str(data),
+                             str(tmp_path / "out"), "--bootstrap", "0", "--no-report"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert damaged.name in result.stderr and "not a readable prepared image" in result.stderr

@@ -18,6 +18,7 @@ from torchvision.datasets import DatasetFolder
 
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
+from pneumocam.io import ImageReadError
 from pneumocam.localization import box_mask
 from pneumocam.preprocess import Contract
 
@@ -30,8 +31,13 @@ AUGMENTATIONS = ("original", "shift", "none")
 
 
 def load_file(path: str | Path) -> np.ndarray:
-    """Read one prepared image: a (224, 224) float32 array in [0, 1]."""
-    return np.load(path, allow_pickle=False).astype(np.float32)
+    """Read one prepared image: a (224, 224) float32 array in [0, 1]. A damaged file raises ImageReadError
+    naming it (evaluate and localize then stop with that one line, not a traceback)."""
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ImageReadError(path, f"not a readable prepared image ({type(exc).__name__}: {exc}); "
+                                   "run pneumocam prepare again") from exc
 
 
 @dataclass(frozen=True)
