@@ -32,3 +32,32 @@ def test_notebooks_run_top_to_bottom(tmp_path, monkeypatch):
         assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
     assert images >= 3  # notebook 3 shows the step-by-step CAM, the gallery and Grad-CAM
+
+
+@pytest.mark.slow
+def test_notebooks_run_on_real_rsna_images_with_the_bundled_model(tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import SHARED_DATA, require
+    from pneumocam.files import read_csv
+    from pneumocam.prepare import PrepareConfig, prepare
+
+    source = require(SHARED_DATA / "rsna_1000")
+    subset = tmp_path / "rsna_subset"
+    (subset / "stage_2_train_images").mkdir(parents=True)
+    shutil.copy(source / "stage_2_train_labels.csv", subset)
+    rows = read_csv(source / "stage_2_train_labels.csv")
+    positives = sorted({r["patientId"] for r in rows if r["Target"] == "1"})[:16]
+    negatives = sorted({r["patientId"] for r in rows if r["Target"] == "0"})[:16]
+    for patient in positives + negatives:
+        shutil.copy(source / "stage_2_train_images" / f"{patient}.jpg", subset / "stage_2_train_images")
+    prepare(subset, tmp_path / "data", PrepareConfig(val_fraction=0.25, workers=1))
+    monkeypatch.setenv("PNEUMOCAM_NB_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("PNEUMOCAM_NB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("PNEUMOCAM_NB_CHECKPOINT", "pneumocam-cxr")
+    monkeypatch.setenv("PNEUMOCAM_NB_EPOCHS", "1")
+    for name in ORDER:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
