@@ -51,6 +51,13 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     return weights
 
 
+def checkpoint_label(name_or_path: str | Path) -> str:
+    """How reports name a checkpoint: a bundled model by its name, a file by its absolute path."""
+    if str(name_or_path) in BUNDLED_MODELS and not Path(name_or_path).exists():
+        return str(name_or_path)
+    return str(Path(name_or_path).resolve())
+
+
 def load_checkpoint(name_or_path: str | Path) -> dict:
     """torch.load with weights_only=True (no code from the file runs), with a clear error."""
     path = resolve_checkpoint(name_or_path)

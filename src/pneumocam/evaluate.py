@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pneumocam.checkpoints import checkpoint_label
 from pneumocam.data import (
     dataset_files,
     dataset_labels,
@@ -135,7 +136,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     metrics.update({
         "split": config.split, "pos_weight": pos_weight, "bootstrap_resamples": config.bootstrap,
         "bootstrap_seed": config.seed,
-        "checkpoint": str(Path(checkpoint).resolve()), "data_dir": str(data_dir.resolve()),
+        "checkpoint": checkpoint_label(checkpoint), "data_dir": str(data_dir.resolve()),
         "data_fingerprint": read_fingerprint(data_dir), "train_data_fingerprint": meta.get("data_fingerprint"),
         "model_config": meta.get("config"), "normalization": meta.get("normalization"),
         "git_commit": meta.get("git_commit"), "versions": package_versions(),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumocam.checkpoints import checkpoint_label
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, write_json
 from pneumocam.inference import Predictor
@@ -97,7 +98,7 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
         # how a file becomes the input above: read as gray [0, 1], then this size and resize mode
         "preprocessing": asdict(predictor.contract),
         "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),
-        "data_fingerprint": meta.get("data_fingerprint"), "checkpoint": str(Path(checkpoint).resolve()),
+        "data_fingerprint": meta.get("data_fingerprint"), "checkpoint": checkpoint_label(checkpoint),
     })
     log.info("exported %s to %s (max |diff| logit %.2e, feature map %.2e)", config.format, out,
              report["max_abs_diff_logit"], report["max_abs_diff_feature_map"])

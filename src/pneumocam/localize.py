@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from pneumocam.cam import upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS
+from pneumocam.checkpoints import checkpoint_label
 from pneumocam.data import evaluation_split, load_boxes, load_file, manifest_patients, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
@@ -192,7 +193,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
         # None when the training split has no boxes (the prior is the mean training-box mask)
         "baseline_box_prior": baselines.get("box_prior"),
-        "methods": scores, "config": asdict(config), "checkpoint": str(Path(checkpoint).resolve()),
+        "methods": scores, "config": asdict(config), "checkpoint": checkpoint_label(checkpoint),
         # > 0: the model was trained with box guidance (on its training split's boxes, never these);
         # 0: from labels alone, so these scores measure weakly supervised localisation
         "box_loss_weight": box_loss_weight,
