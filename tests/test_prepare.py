@@ -39,7 +39,13 @@ def test_prepare_real_rsna_sample(tmp_path):
     box = next(b for b in boxes if b["patient"].startswith("00436515") and float(b["x"]) < 100)
     assert [float(box[k]) for k in ("x", "y", "width", "height")] == pytest.approx(
         [264 * 0.21875, 152 * 0.21875, 213 * 0.21875, 379 * 0.21875], abs=1e-3)
+    import pydicom
+
+    for row in manifest:  # sex, age and view come from each DICOM's own header
+        ds = pydicom.dcmread(row["source"], stop_before_pixels=True)
+        assert (row["sex"], row["age"], row["view"]) == (ds.PatientSex, str(int(ds.PatientAge)), ds.ViewPosition)
     stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["metadata"]["known"] == {"sex": 17, "age": 17, "view": 17}
     counts = stats["counts"]
     assert sum(counts[s][lab] for s in ("train", "val") for lab in ("0", "1")) == 17
     assert counts["val"]["1"] >= 1 and counts["val"]["0"] >= 1
@@ -296,6 +302,11 @@ def test_prepare_rsna_1000_jpeg_layout_with_boxes_in_224_space(tmp_path):
     assert len(list((tmp_path / "out" / "Processed").rglob("*.npy"))) == 1000
     boxes = _rows(tmp_path / "out" / "boxes.csv")
     assert len(boxes) == 400
+    manifest = _rows(tmp_path / "out" / "manifest.csv")  # sex, age and view from metadata.csv
+    assert sum(r["view"] == "AP" for r in manifest) == 480 and all(r["sex"] in ("M", "F") for r in manifest)
+    metadata = {r["patientId"]: r for r in _rows(source / "metadata.csv")}
+    first = manifest[0]
+    assert first["age"] == str(int(metadata[first["patient"]]["PatientAge"]))
     labels = _rows(source / "stage_2_train_labels.csv")
     for row in [r for r in labels if r["Target"] == "1"][:2]:  # two boxes by hand: 224 / 1024 each way
         mine = next(b for b in boxes if b["patient"] == row["patientId"] and

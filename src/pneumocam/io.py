@@ -41,7 +41,8 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
     return read_image_and_size(path, min_side)[0]
 
 
-def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_and_size(path: str | Path, min_side: int | None = None,
+                        header: dict | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Read a DICOM, PNG/JPEG/BMP/TIFF or .npy file -> float32 (H, W) in [0, 1].
 
     min_side: the caller will shrink the image until its longer side is this long, so a JPEG-coded
@@ -52,6 +53,8 @@ def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[
 
     Returns the image and the file's full-resolution (height, width), which differ only when a
     reduced-scale decode was used (boxes given in source pixels need the full size).
+    header: a dict that, for a DICOM, receives the patient fields of HEADER_FIELDS as written in the file
+    (read from the same parse as the pixels).
     Raises ImageReadError (with the file and the reason) for anything that is missing, empty,
     corrupt, not a single grayscale-convertible image, or larger than MAX_PIXELS.
     """
@@ -70,7 +73,7 @@ def read_image_and_size(path: str | Path, min_side: int | None = None) -> tuple[
         if suffix in RASTER_SUFFIXES:
             return read_raster(path, min_side)
         if suffix in DICOM_SUFFIXES or _looks_like_dicom(path):
-            return read_dicom(path, min_side)
+            return read_dicom(path, min_side, header)
     except ImageReadError:
         raise
     except Exception as exc:  # a malformed header (e.g. an IS value '1A') can fail anywhere in a reader
@@ -95,6 +98,17 @@ def read_size(path: str | Path) -> tuple[int, int]:
         return int(ds.Rows), int(ds.Columns)
     except Exception as exc:
         raise ImageReadError(path, f"cannot read the image size ({type(exc).__name__}: {exc})") from exc
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The raw HEADER_FIELDS of a DICOM without decoding its pixels (a resumed prepare needs them)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return {k: str(ds.get(k, "") or "") for k in HEADER_FIELDS}
+    except Exception as exc:
+        raise ImageReadError(path, f"cannot read the DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
 def import_dicom_support() -> None:
@@ -194,7 +208,11 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
-def read_dicom(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+HEADER_FIELDS = ("PatientSex", "PatientAge", "ViewPosition")
+
+
+def read_dicom(path: Path, min_side: int | None = None,
+               header: dict | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """A single-frame grayscale DICOM -> (float32 (H, W) in [0, 1], full-resolution (Rows, Columns)).
 
     Applies the Modality LUT (rescale slope/intercept), then the VOI LUT or window if present, inverts
@@ -207,6 +225,8 @@ def read_dicom(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tup
 
     try:
         ds = pydicom.dcmread(path)
+        if header is not None:  # raw strings; metadata.py judges them (a malformed value never fails the read)
+            header.update({k: str(ds.get(k, "") or "") for k in HEADER_FIELDS})
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ImageReadError(path, f"not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds:

@@ -31,7 +31,17 @@ from tqdm import tqdm
 from pneumocam import __version__
 from pneumocam.errors import PneumocamError
 from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
-from pneumocam.io import DICOM_SUFFIXES, ImageReadError, import_dicom_support, read_image_and_size, read_npy, read_size
+from pneumocam.io import (
+    DICOM_SUFFIXES,
+    ImageReadError,
+    import_dicom_support,
+    read_header,
+    read_image_and_size,
+    read_npy,
+    read_size,
+)
+from pneumocam.metadata import FIELDS as METADATA_FIELDS
+from pneumocam.metadata import METADATA_CSV, Judge, from_header, read_metadata_csv
 from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
 
@@ -133,13 +143,16 @@ def _process(job: _Job) -> dict:
     """Decode (or, on resume, reload) one image; returns its manifest facts or a rejection reason."""
     out_path = job.out_path
     item = job.item
+    header: dict = {}  # a DICOM's patient fields, from the same parse as its pixels
+    dicom = item.array is None and Path(item.source).suffix.lower() in DICOM_SUFFIXES
     try:
         if job.finished:
             array = read_npy(out_path)
             height, width = read_size(item.source) if item.boxes else (0, 0)
+            header = read_header(item.source) if dicom else {}
         else:
             if item.array is None:  # decoded at reduced scale where possible; boxes need the full size
-                image, (height, width) = read_image_and_size(item.source, min_side=IMAGE_SIZE)
+                image, (height, width) = read_image_and_size(item.source, min_side=IMAGE_SIZE, header=header)
             else:
                 image = item.array
                 height, width = image.shape
@@ -166,6 +179,7 @@ def _process(job: _Job) -> dict:
         "n": int(values.size),
         "boxes": [tuple(round(v, 3) for v in geometry.box_to_output(x * sx, y * sy, w * sx, h * sy))
                   for x, y, w, h in item.boxes],
+        "header": header,
     }
 
 
@@ -191,6 +205,9 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     if fmt not in SOURCE_FORMATS:
         raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
     items, rejected = discover(source, fmt, config.class_map, config.box_space)
+    # patient sex/age/view for sources without headers: a metadata.csv beside the labels (as in rsna_1000)
+    table = source / METADATA_CSV if source.is_dir() else None
+    patient_metadata = read_metadata_csv(table) if table and table.is_file() else {}
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +226,7 @@ def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = Pre
     if n_finished := sum(job.finished for job in jobs):
         log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
     results = _run_jobs(jobs, config.workers)
-    return _write_outputs(out_dir, jobs, results, rejected, fmt, len(shared))
+    return _write_outputs(out_dir, jobs, results, rejected, fmt, len(shared), patient_metadata)
 
 
 def _finished_outputs(out_dir: Path) -> set[str]:
@@ -273,8 +290,9 @@ def _input_path(job: _Job) -> str:
 
 
 def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejected: list[dict], fmt: str,
-                   n_shared_patients: int = 0):
+                   n_shared_patients: int = 0, patient_metadata: dict | None = None):
     manifest, boxes, counts = [], [], Counter()
+    judge = Judge()
     sums = {split: np.zeros(3) for split in SPLITS}  # pixel sum, sum of squares, count per split
     rejected = list(rejected)
     for job, res in zip(jobs, results, strict=True):
@@ -282,8 +300,10 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
             rejected.append(res)
             continue
         it = job.item
+        raw = dict((patient_metadata or {}).get(it.patient, {}))
+        raw.update({k: v for k, v in from_header(res["header"]).items() if v})  # a DICOM's own header wins
         manifest.append({"file": res["file"], "label": it.label, "split": job.split, "patient": it.patient,
-                         "source": it.source_label or it.source, "xxh3_128": res["xxh3_128"]})
+                         "source": it.source_label or it.source, "xxh3_128": res["xxh3_128"], **judge(raw)})
         boxes += [{"file": res["file"], "patient": it.patient, "x": x, "y": y, "width": w, "height": h}
                   for x, y, w, h in res["boxes"]]
         counts[(job.split, it.label)] += 1
@@ -291,7 +311,8 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
     if not manifest:
         raise PneumocamError(f"every input was rejected; see the reasons in {out_dir / 'rejected.csv'}")
     write_csv(out_dir / "rejected.csv", ["source", "reason"], rejected)
-    write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "xxh3_128"], manifest)
+    write_csv(out_dir / "manifest.csv", ["file", "label", "split", "patient", "source", "xxh3_128",
+                                         *METADATA_FIELDS], manifest)
     write_csv(out_dir / "boxes.csv", ["file", "patient", "x", "y", "width", "height"], boxes)
     # mean/std of the training split; a source without one (e.g. a test-only set) uses all its images
     stats_split = "train" if sums["train"][2] else "all"
@@ -307,6 +328,7 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
         "counts": {s: {str(lab): counts[(s, lab)] for lab in (0, 1)} for s in SPLITS},
         "n_images": len(manifest), "n_rejected": len(rejected), "n_boxes": len(boxes),
         "patients_in_several_source_splits": n_shared_patients,
+        "metadata": judge.summary(),  # images with a known sex/age/view, and values found malformed (left empty)
         "fingerprint": fingerprint, "source_format": fmt, "settings": settings, "pneumocam_version": __version__,
     }
     write_json(out_dir / "stats.json", stats)

@@ -1,0 +1,22 @@
+import pytest
+
+from pneumocam.metadata import Judge, normalise, read_metadata_csv
+
+
+@pytest.mark.parametrize(("field", "raw", "value", "malformed"), [
+    ("age", "045Y", "45", False), ("age", "45", "45", False), ("age", "006M", "0", False),
+    ("age", "155", "", True), ("age", "4 5", "", True), ("age", "", "", False),
+    ("sex", "F", "F", False), ("sex", "male", "M", False), ("sex", "O", "", True),
+    ("view", "pa", "PA", False), ("view", "AP", "AP", False), ("view", "A P?", "", True),
+])
+def test_values_are_normalised_or_left_empty_and_counted(field, raw, value, malformed):
+    assert normalise(field, raw) == (value, malformed)
+
+
+def test_judge_counts_known_and_malformed_values(tmp_path):
+    (tmp_path / "metadata.csv").write_text("patientId,PatientAge,PatientSex\na,155,F\nb,60,M\n")
+    table = read_metadata_csv(tmp_path / "metadata.csv")
+    judge = Judge()
+    assert [judge(table[p]) for p in ("a", "b")] == [{"sex": "F", "age": "", "view": ""},
+                                                     {"sex": "M", "age": "60", "view": ""}]
+    assert judge.summary() == {"known": {"sex": 2, "age": 1, "view": 0}, "malformed": {"sex": 0, "age": 1, "view": 0}}
