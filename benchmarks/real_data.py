@@ -5,7 +5,9 @@ Recipes (each a row of the table; every command is printed before it runs, so ea
   rsna-labels         rsna_1000 (800 train / 200 val, grouped by patient), from scratch, labels only
   rsna-box            the same with box guidance (--box-loss-weight)
   rsna-kermany-labels rsna_1000 starting from the Kermany model (children -> adults), labels only
-  rsna-kermany-box    the same with box guidance: the recipe of the bundled model pneumocam-cxr
+  rsna-kermany-box    the same with box guidance
+  joint               both sets in one (prepare kermany224 rsna_1000), starting from rsna-kermany-box: the
+                      bundled model pneumocam-cxr (a model fine-tuned on RSNA alone forgets the children)
 Every model is evaluated on both validation splits (AUROC, accuracy, sensitivity, specificity with
 bootstrap 95% CIs); RSNA models are also scored against the validation boxes (pointing game, hit rate at
 IoBB 0.25, IoU at 0.5) beside the random-map, centre-prior and box-prior baselines.
@@ -45,9 +47,11 @@ RECIPES = {
     "rsna-box": ("rsna", ["--lr", "1e-3", "--box-loss-weight", BOX_WEIGHT], 10, None),
     "rsna-kermany-labels": ("rsna", ["--lr", "5e-4"], 10, "kermany"),
     "rsna-kermany-box": ("rsna", ["--lr", "5e-4", "--box-loss-weight", BOX_WEIGHT], 10, "kermany"),
+    "joint": ("joint", ["--lr", "2e-4", "--box-loss-weight", BOX_WEIGHT], 2, "rsna-kermany-box"),
 }
-BUNDLED_RECIPE = "rsna-kermany-box"
-SOURCES = {"kermany": "kermany224", "rsna": "rsna_1000"}
+BUNDLED_RECIPE = "joint"
+SOURCES = {"kermany": ["kermany224"], "rsna": ["rsna_1000"], "joint": ["kermany224", "rsna_1000"]}
+EVALUATED_ON = ("kermany", "rsna")
 
 
 def run(command: list[str]) -> float:
@@ -60,7 +64,7 @@ def run(command: list[str]) -> float:
 def prepared(work: Path, shared: Path, name: str) -> Path:
     out = work / name
     if not (out / "stats.json").exists():
-        run(["pneumocam", "prepare", str(shared / SOURCES[name]), str(out), "--seed", "0"])
+        run(["pneumocam", "prepare", *(str(shared / s) for s in SOURCES[name]), str(out), "--seed", "0"])
     return out
 
 
@@ -117,8 +121,8 @@ def localized(checkpoint: str, data: Path, out: Path) -> dict:
 
 
 def measure(work: Path, name: str, checkpoint: str, data_sets: dict[str, Path]) -> dict:
-    row = {"val": {source: evaluated(checkpoint, data, work / "eval" / name / source)
-                   for source, data in data_sets.items()}}
+    row = {"val": {source: evaluated(checkpoint, data_sets[source], work / "eval" / name / source)
+                   for source in EVALUATED_ON}}
     row["localization"] = localized(checkpoint, data_sets["rsna"], work / "eval" / name / "localize")
     return row
 
@@ -148,18 +152,28 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None,
                         help=f"also write the {BUNDLED_RECIPE} model as a bundled model file here and measure it")
     args = parser.parse_args()
-    for source in SOURCES.values():
+    for source in {s for names in SOURCES.values() for s in names}:
         if not (args.shared / source).is_dir():
             raise SystemExit(f"{args.shared / source}: not found (pass --shared)")
     work = args.work
-    data_sets = {name: prepared(work, args.shared, name) for name in SOURCES}
+    needed = {RECIPES[r][0] for r in args.recipes} | set(EVALUATED_ON)
+    data_sets = {name: prepared(work, args.shared, name) for name in SOURCES if name in needed}
     results = {"machine": f"{platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
                "rows": {}}
+    previous = work / "real_data.json"
+    if previous.exists():  # rows of recipes measured by an earlier run are kept beside this run's
+        results["rows"] = json.loads(previous.read_text())["rows"]
     for recipe in args.recipes:
-        parent = RECIPES[recipe][3]
-        if parent and finished_epochs(work / "runs" / parent) < RECIPES[parent][2]:
-            trained(work, parent)
+        ancestors, parent = [], RECIPES[recipe][3]
+        while parent:  # each model it starts from, oldest first, trained where it is not yet
+            ancestors.insert(0, parent)
+            parent = RECIPES[parent][3]
+        for ancestor in ancestors:
+            if finished_epochs(work / "runs" / ancestor) < RECIPES[ancestor][2]:
+                if RECIPES[ancestor][0] not in data_sets:
+                    data_sets[RECIPES[ancestor][0]] = prepared(work, args.shared, RECIPES[ancestor][0])
+                trained(work, ancestor)
         facts = trained(work, recipe)
         results["rows"][recipe] = {**facts, **measure(work, recipe, facts["checkpoint"], data_sets)}
         (work / "real_data.json").write_text(json.dumps(results, indent=2))
@@ -168,8 +182,15 @@ def main() -> None:
 
         source = results["rows"].get(BUNDLED_RECIPE) or {"checkpoint": str(work / "runs" / BUNDLED_RECIPE /
                                                                           "checkpoints" / "best.ckpt")}
+        lineage, parent = [BUNDLED_RECIPE], RECIPES[BUNDLED_RECIPE][3]
+        while parent:
+            lineage.insert(0, parent)
+            parent = RECIPES[parent][3]
         card = {"recipe": BUNDLED_RECIPE, "train_command": shlex.join(train_command(work, BUNDLED_RECIPE)),
-                "parent_command": shlex.join(train_command(work, "kermany"))}
+                "lineage": {name: shlex.join(train_command(work, name)) for name in lineage},
+                "prepare_commands": {name: shlex.join(["pneumocam", "prepare", *(str(args.shared / s) for s in
+                                                                                  SOURCES[name]), str(work / name),
+                                                        "--seed", "0"]) for name in SOURCES}}
         bundle(source["checkpoint"], args.bundle, card)
         row = {"epochs": "-", **measure(work, "bundled", str(args.bundle), data_sets)}
         # the same float16 weights again, now with the card's numbers, which were measured on exactly them

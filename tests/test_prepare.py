@@ -360,3 +360,24 @@ def test_test_fraction_carves_a_patient_grouped_stratified_test_split(tmp_path):
     own_test = [SourceItem("a.png", "a", 0, "a", split="test"), SourceItem("b.png", "b", 1, "b")]
     with pytest.raises(PneumocamError, match="own test split"):
         assign_splits(own_test, 0.2, seed=0, test_fraction=0.1)
+
+
+def test_two_sources_make_one_data_set_with_each_split_as_if_prepared_alone(tmp_path):
+    layout = [("train", "PNEUMONIA", f"person{i}_bacteria_{i}") for i in range(1, 13)]
+    layout += [("train", "NORMAL", f"IM-{i:04d}-0001") for i in range(1, 9)]
+    _kermany_like(tmp_path / "kermany", layout)
+    rsna = require(RSNA_SAMPLE)
+    config = PrepareConfig(workers=1, val_fraction=0.25)
+    alone = {name: prepare(src, tmp_path / f"alone-{name}", config) for name, src in
+             (("kermany", tmp_path / "kermany"), ("rsna", rsna))}
+    both = prepare([tmp_path / "kermany", rsna], tmp_path / "both", config)
+    assert both.n_written == sum(r.n_written for r in alone.values())
+    rows = _rows(tmp_path / "both" / "manifest.csv")
+    for name in ("kermany", "rsna_sample"):
+        key = "kermany" if name == "kermany" else "rsna"
+        mine = {r["patient"].split(":", 1)[1]: r["split"] for r in rows if r["patient"].startswith(name + ":")}
+        theirs = {r["patient"]: r["split"] for r in _rows(tmp_path / f"alone-{key}" / "manifest.csv")}
+        assert mine == theirs
+    assert len(_rows(tmp_path / "both" / "boxes.csv")) == 10  # RSNA's boxes, renamed with their files
+    with pytest.raises(PneumocamError, match="different folder names"):
+        prepare([rsna, rsna], tmp_path / "twice", config)

@@ -69,7 +69,7 @@ def _prepare(args) -> int:
 
     config = PrepareConfig(args.val_fraction, args.seed, args.workers, args.resize_mode, args.format, args.class_map,
                            args.box_space, args.test_fraction)
-    report = prepare(args.source, args.out, config)
+    report = prepare(args.sources if len(args.sources) > 1 else args.sources[0], args.out, config)
     print(f"prepared {report.n_written + report.n_resumed} images ({report.n_resumed} resumed) into "
           f"{report.out_dir / 'Processed'}; counts {json.dumps(report.counts)}; mean {report.mean:.4f} "
           f"std {report.std:.4f}; rejected {report.n_rejected}")
@@ -295,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "pneumocam prepare chest_xray/ kermany-data/ --class-map NORMAL=0,PNEUMONIA=1",
                        "pneumocam prepare rsna-as-png-512/ data/            # boxes follow the image size",
                        "pneumocam prepare pneumoniamnist.npz mnist-data/",
+                       "pneumocam prepare kermany/ rsna/ both-data/        # two sources, one data set",
                        "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1"), _prepare)
-    p.add_argument("source", help="RSNA layout (stage_2_train_images/ + stage_2_train_labels.csv), class folders "
-                                  "(<root>/[train|val|test/]<CLASS>/*) or a MedMNIST .npz")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="RSNA layout (stage_2_train_images/ + stage_2_train_labels.csv), class folders "
+                        "(<root>/[train|val|test/]<CLASS>/*) or a MedMNIST .npz; several go into one data set, each "
+                        "split as if prepared alone")
     p.add_argument("out", help="output folder (Processed/, manifest.csv, boxes.csv, stats.json, rejected.csv)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of patients in validation (default 0.2)")
     p.add_argument("--test-fraction", type=float, default=0.0,

@@ -27,7 +27,8 @@ def describe(name: str) -> dict:
         "name": name, "summary": model.summary, "weights": str(weights),
         "size_mb": round(weights.stat().st_size / 2**20, 1), "card": str(bundled_file(model.card)),
         "recipe": card.get("recipe"), "train_command": card.get("train_command"),
-        "parent_command": card.get("parent_command"), "validation": card.get("validation", {}),
+        "lineage": card.get("lineage"), "prepare_commands": card.get("prepare_commands"),
+        "validation": card.get("validation", {}), "localization": card.get("localization"),
         "normalization": meta.get("normalization"), "threshold": meta.get("threshold", 0.5),
         "data_fingerprint": meta.get("data_fingerprint"), "versions": meta.get("versions"),
     }

@@ -21,7 +21,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +183,9 @@ def _process(job: _Job) -> dict:
     }
 
 
-def _check_settings(out_dir: Path, config: PrepareConfig, source: Path) -> None:
-    settings = {"source": str(source.resolve()), **config.split_settings()}
+def _check_settings(out_dir: Path, config: PrepareConfig, sources: list[Path]) -> None:
+    resolved = [str(source.resolve()) for source in sources]
+    settings = {"source": resolved[0] if len(resolved) == 1 else resolved, **config.split_settings()}
     path = out_dir / SETTINGS_FILE
     if path.exists():
         previous = json.loads(path.read_text())
@@ -196,37 +197,75 @@ def _check_settings(out_dir: Path, config: PrepareConfig, source: Path) -> None:
     write_json(path, settings)
 
 
-def prepare(source: str | Path, out_dir: str | Path, config: PrepareConfig = PrepareConfig()) -> PrepareReport:
-    """Prepare every image under `source` into `out_dir`; see the module docstring for the outputs."""
-    source, out_dir = Path(source), Path(out_dir)
+@dataclass(frozen=True)
+class _Discovered:
+    items: list[SourceItem]
+    splits: list[str]
+    rejected: list[dict]
+    fmt: str
+    metadata: dict  # patient -> raw sex/age/view from the source's metadata.csv
+    n_shared_patients: int
+
+
+def _discover_source(source: Path, config: PrepareConfig) -> _Discovered:
+    """One source's items and splits, carved exactly as if it were prepared alone."""
     if not source.exists():
         raise PneumocamError(f"{source}: source not found")
     fmt = detect_format(source) if config.source_format == "auto" else config.source_format
     if fmt not in SOURCE_FORMATS:
         raise PneumocamError(f"unknown --format {fmt!r}; choose from {sorted(SOURCE_FORMATS)}")
     items, rejected = discover(source, fmt, config.class_map, config.box_space)
-    # patient sex/age/view for sources without headers: a metadata.csv beside the labels (as in rsna_1000)
-    table = source / METADATA_CSV if source.is_dir() else None
-    patient_metadata = read_metadata_csv(table) if table and table.is_file() else {}
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
+    # patient sex/age/view for sources without headers: a metadata.csv beside the labels (as in rsna_1000)
+    table = source / METADATA_CSV if source.is_dir() else None
+    metadata = read_metadata_csv(table) if table and table.is_file() else {}
+    splits = assign_splits(items, config.val_fraction, config.seed, config.test_fraction)
+    shared = shared_patients(items)
+    if shared:
+        log.warning("%s: %d patients have images in two of the source's own splits; they are kept where the source "
+                    "put them (see stats.json: patients_in_several_source_splits)", source, len(shared))
+    return _Discovered(items, splits, rejected, fmt, metadata, len(shared))
+
+
+def _namespaced(found: _Discovered, name: str) -> _Discovered:
+    """Prefix file stems and patient ids with the source's name, so that two sources never collide. A common
+    prefix keeps the patients' order, so each source's splits stay those it gets when prepared alone."""
+    items = [replace(it, stem=f"{name}__{it.stem}", patient=f"{name}:{it.patient}") for it in found.items]
+    metadata = {f"{name}:{patient}": values for patient, values in found.metadata.items()}
+    return replace(found, items=items, metadata=metadata)
+
+
+def prepare(source: str | Path | list, out_dir: str | Path, config: PrepareConfig = PrepareConfig()) -> PrepareReport:
+    """Prepare every image under `source` into `out_dir`; see the module docstring for the outputs.
+
+    Several sources (a list) go into one data set, e.g. Kermany and RSNA for a model that must serve both:
+    each is split as if prepared alone, and its file names and patient ids are prefixed with its folder name.
+    """
+    sources = [Path(s) for s in source] if isinstance(source, list | tuple) else [Path(source)]
+    out_dir = Path(out_dir)
+    if len({s.name for s in sources}) != len(sources):
+        raise PneumocamError(f"sources must have different folder names, got {[s.name for s in sources]}")
+    found = [_discover_source(s, config) for s in sources]
+    if len(found) > 1:
+        found = [_namespaced(f, s.name) for f, s in zip(found, sources, strict=True)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, config, source)
+    _check_settings(out_dir, config, sources)
     if stale := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary files left by an interrupted run", stale)
-    splits = assign_splits(items, config.val_fraction, config.seed, config.test_fraction)
-    if shared := shared_patients(items):
-        log.warning("%d patients have images in two of the source's own splits; they are kept where the source "
-                    "put them (see stats.json: patients_in_several_source_splits)", len(shared))
     finished = _finished_outputs(out_dir)
     jobs = []
-    for it, split in zip(items, splits, strict=True):
-        out_file = f"Processed/{split}/{it.label}/{it.stem}.npy"
-        jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, out_file in finished))
+    for f in found:
+        for it, split in zip(f.items, f.splits, strict=True):
+            out_file = f"Processed/{split}/{it.label}/{it.stem}.npy"
+            jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, out_file in finished))
     if n_finished := sum(job.finished for job in jobs):
         log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
     results = _run_jobs(jobs, config.workers)
-    return _write_outputs(out_dir, jobs, results, rejected, fmt, len(shared), patient_metadata)
+    fmt = "+".join(f.fmt for f in found)
+    metadata = {k: v for f in found for k, v in f.metadata.items()}
+    return _write_outputs(out_dir, jobs, results, [r for f in found for r in f.rejected], fmt,
+                          sum(f.n_shared_patients for f in found), metadata)
 
 
 def _finished_outputs(out_dir: Path) -> set[str]:
