@@ -50,3 +50,12 @@ def test_bundled_model_loads_by_name_weights_only_and_predicts_a_real_xray(monke
     assert not failures and len(predictions) == 2
     assert all(0 <= p.probability <= 1 and p.cam.shape == (224, 224) for p in predictions)
     assert set(BUNDLED_MODELS) == {"pneumocam-cxr"}
+
+
+def test_the_model_card_in_docs_is_the_one_shipped_with_the_weights():
+    from pathlib import Path
+
+    from pneumocam.models import model_card
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
+    assert docs.read_text(encoding="utf-8") == model_card("pneumocam-cxr")

@@ -29,7 +29,7 @@ class BundledModel:
 BUNDLED_MODELS = {
     "pneumocam-cxr": BundledModel(
         "pneumocam-cxr", "pneumocam-cxr.pt", "pneumocam-cxr.md",
-        "ResNet18 from scratch on real chest X-rays (Kermany pediatric, then RSNA adult with box guidance)",
+        "ResNet18 trained from scratch on real chest X-rays: Kermany (children) and RSNA (adults, box-guided)",
     ),
 }
 
