@@ -56,7 +56,7 @@ def test_cam_on_unreadable_image_exits_partial(tiny_checkpoint, phantom_data, tm
 
 def test_parser_defaults_follow_the_spec():
     args = build_parser().parse_args(["evaluate", "c.ckpt", "data", "out"])
-    assert args.threshold == 0.5 and args.split == "val"
+    assert args.threshold == 0.5 and args.split == "auto"  # test when the data has one, else val
 
 
 def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):
@@ -94,7 +94,7 @@ def test_models_lists_the_bundled_model_with_its_card(capsys):
     assert "pneumocam-cxr" in out and "Kermany val AUROC" in out.replace("kermany", "Kermany")
     assert main(["models", "pneumocam-cxr"]) == 0
     card = capsys.readouterr().out
-    for heading in ("Training data", "Recipe", "Validation", "Intended use", "Limitations"):
+    for heading in ("Training data", "Recipe", "Validation", "Intended use", "Known limits"):
         assert heading in card
     assert main(["models", "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
