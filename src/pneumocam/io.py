@@ -300,6 +300,8 @@ def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     values = apply_modality_lut(arr, ds) if _has_pointwise_luts(ds) else arr
     if "VOILUTSequence" in ds:  # preferred over a window, as pydicom does
+        if values.dtype.kind == "f" and np.array_equal(values, np.round(values)):
+            values = values.astype(np.int64)  # a LUT is indexed by integers; an integral rescale gives them
         values = apply_voi_lut(values, ds).astype(np.float64)
         low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     else:  # a window maps into the modality stage's output range; without one that range is the image's
