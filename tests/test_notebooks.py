@@ -10,6 +10,16 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ORDER = ["1_train_model.ipynb", "2_evaluate_model.ipynb", "3_interpretability.ipynb"]
 
 
+def _execute(name: str, tmp_path):
+    """Run one notebook top to bottom in tmp_path; fail on the first error cell; return the executed copy."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.write(nb, tmp_path / name)  # the executed copy, kept for inspection
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    return nb
+
+
 def test_notebooks_are_committed_without_outputs():
     for name in ORDER:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -24,12 +34,7 @@ def test_notebooks_run_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMOCAM_NB_N_IMAGES", "60")
     monkeypatch.setenv("PNEUMOCAM_NB_EPOCHS", "1")
     for name in ORDER:
-        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
-        nbformat.write(nb, tmp_path / name)  # the executed copy, kept for inspection
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        nb = _execute(name, tmp_path)
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
     assert images >= 3  # notebook 3 shows the step-by-step CAM, the gallery and Grad-CAM
 
@@ -57,7 +62,4 @@ def test_notebooks_run_on_real_rsna_images_with_the_bundled_model(tmp_path, monk
     monkeypatch.setenv("PNEUMOCAM_NB_CHECKPOINT", "pneumocam-cxr")
     monkeypatch.setenv("PNEUMOCAM_NB_EPOCHS", "1")
     for name in ORDER:
-        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        _execute(name, tmp_path)
