@@ -77,6 +77,14 @@ def train_command(work: Path, recipe: str) -> list[str]:
     return command
 
 
+def lineage(recipe: str) -> list[str]:
+    """The recipes a recipe starts from, oldest first, ending with itself."""
+    chain = [recipe]
+    while RECIPES[chain[0]][3]:
+        chain.insert(0, RECIPES[chain[0]][3])
+    return chain
+
+
 def finished_epochs(run_dir: Path) -> int:
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
@@ -165,11 +173,7 @@ def main() -> None:
     if previous.exists():  # rows of recipes measured by an earlier run are kept beside this run's
         results["rows"] = json.loads(previous.read_text())["rows"]
     for recipe in args.recipes:
-        ancestors, parent = [], RECIPES[recipe][3]
-        while parent:  # each model it starts from, oldest first, trained where it is not yet
-            ancestors.insert(0, parent)
-            parent = RECIPES[parent][3]
-        for ancestor in ancestors:
+        for ancestor in lineage(recipe)[:-1]:  # each model it starts from, trained where it is not yet
             if finished_epochs(work / "runs" / ancestor) < RECIPES[ancestor][2]:
                 if RECIPES[ancestor][0] not in data_sets:
                     data_sets[RECIPES[ancestor][0]] = prepared(work, args.shared, RECIPES[ancestor][0])
@@ -182,12 +186,8 @@ def main() -> None:
 
         source = results["rows"].get(BUNDLED_RECIPE) or {"checkpoint": str(work / "runs" / BUNDLED_RECIPE /
                                                                           "checkpoints" / "best.ckpt")}
-        lineage, parent = [BUNDLED_RECIPE], RECIPES[BUNDLED_RECIPE][3]
-        while parent:
-            lineage.insert(0, parent)
-            parent = RECIPES[parent][3]
         card = {"recipe": BUNDLED_RECIPE, "train_command": shlex.join(train_command(work, BUNDLED_RECIPE)),
-                "lineage": {name: shlex.join(train_command(work, name)) for name in lineage},
+                "lineage": {name: shlex.join(train_command(work, name)) for name in lineage(BUNDLED_RECIPE)},
                 "prepare_commands": {name: shlex.join(["pneumocam", "prepare", *(str(args.shared / s) for s in
                                                                                   SOURCES[name]), str(work / name),
                                                         "--seed", "0"]) for name in SOURCES}}

@@ -88,6 +88,13 @@ def test_cli_bundled_names_are_the_bundled_models():
     assert BUNDLED_NAMES == tuple(BUNDLED_MODELS)
 
 
+def test_cli_evaluation_splits_are_the_libraries():
+    from pneumocam.cli import EVALUATION_SPLITS
+    from pneumocam.data import EVALUATION_SPLITS as LIBRARY_SPLITS
+
+    assert EVALUATION_SPLITS == LIBRARY_SPLITS
+
+
 def test_models_lists_the_bundled_model_with_its_card(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -21,10 +21,11 @@ log = logging.getLogger("pneumocam")
 
 
 DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
-# inference.METHODS + cam_extra.LIBRARY_METHODS and cam.ALIGNMENTS, spelled out so that building the
-# parser imports no torch (a test keeps them equal)
+# inference.METHODS + cam_extra.LIBRARY_METHODS, cam.ALIGNMENTS and data.EVALUATION_SPLITS, spelled out so that
+# building the parser imports no torch (a test keeps them equal)
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 CAM_ALIGNMENTS = ("receptive-field", "block-centre")
+EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
 BUNDLED_NAMES = ("pneumocam-cxr",)  # checkpoints.BUNDLED_MODELS, without importing torch (a test keeps them equal)
 CHECKPOINT_HELP = "a .ckpt written by pneumocam train, or a bundled model's name (pneumocam-cxr; see pneumocam models)"
 
@@ -257,7 +258,7 @@ def _models(args) -> int:
         else:
             print(model_card(args.name))
         return EXIT_OK
-    described = [describe(name) for name in args.names]
+    described = [describe(name) for name in BUNDLED_NAMES]
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more checkpoints: " + CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder")
     p.add_argument("out", help="output folder")
-    p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto",
+    p.add_argument("--split", choices=EVALUATION_SPLITS, default="auto",
                    help="split under DATA/Processed (default auto: test when DATA has one, else val, which the "
                         "report then flags as the split that chose the checkpoint)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the probability (default 0.5)")
@@ -420,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder with boxes.csv")
     p.add_argument("out", help="output folder (localization.json, localization.csv, localization_grid.png)")
-    p.add_argument("--split", choices=("auto", "test", "val", "train", "all"), default="auto",
+    p.add_argument("--split", choices=EVALUATION_SPLITS, default="auto",
                    help="which boxed images (default auto: test when DATA has one, else val; never the training "
                         "boxes of a box-guided model unless --allow-training-boxes)")
     p.add_argument("--allow-training-boxes", action=argparse.BooleanOptionalAction, default=False,
@@ -475,7 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "pneumocam predict pneumocam-cxr xray.dcm"), _models)
     p.add_argument("name", nargs="?", default=None, choices=BUNDLED_NAMES, help="show this model's card")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="machine-readable output")
-    p.set_defaults(names=BUNDLED_NAMES)
 
     p = _add(sub, "demo", "Run synth -> prepare -> train -> evaluate -> cam -> localize on a phantom set, on CPU, "
                           "then the bundled real-data model on bundled real X-rays.",

@@ -22,7 +22,7 @@ from pathlib import Path
 from pneumocam.checkpoints import BUNDLED_MODELS
 from pneumocam.data import dataset_files, load_boxes, split_dataset
 from pneumocam.evaluate import EvalConfig, evaluate
-from pneumocam.explain import CAM_FIELDS, CamConfig, write_cam_outputs
+from pneumocam.explain import CAM_FIELDS, CamConfig, explain_files, write_cam_outputs
 from pneumocam.files import write_csv, write_json
 from pneumocam.inference import Predictor
 from pneumocam.localize import LocalizeConfig, localize
@@ -63,10 +63,7 @@ def real_examples() -> list[Path]:
 
 def explain_real_examples(out_dir: Path) -> list[dict]:
     """The bundled real-data model on the bundled real X-rays: what a user's own image will look like."""
-    predictions, _ = Predictor.from_checkpoint(BUNDLED_MODEL).predict_files(real_examples())
-    rows = write_cam_outputs(predictions, out_dir, CamConfig().alpha, CamConfig().colormap)
-    write_csv(out_dir / "cams.csv", CAM_FIELDS, rows)
-    return rows
+    return explain_files(BUNDLED_MODEL, real_examples(), out_dir).rows
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:

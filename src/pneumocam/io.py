@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pneumocam.errors import PneumocamError
+from pneumocam.metadata import HEADER_KEYWORDS
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -100,13 +101,14 @@ def read_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(path, f"cannot read the image size ({type(exc).__name__}: {exc})") from exc
 
 
-def read_header(path: str | Path) -> dict[str, str]:
-    """The raw HEADER_FIELDS of a DICOM without decoding its pixels (a resumed prepare needs them)."""
+def read_header(path: str | Path) -> tuple[dict[str, str], tuple[int, int]]:
+    """The raw HEADER_FIELDS and the (Rows, Columns) of a DICOM, from one parse without the pixels (what a
+    resumed prepare needs of a finished image)."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return {k: str(ds.get(k, "") or "") for k in HEADER_FIELDS}
+        return _header_fields(ds), (int(ds.Rows), int(ds.Columns))
     except Exception as exc:
         raise ImageReadError(path, f"cannot read the DICOM header ({type(exc).__name__}: {exc})") from exc
 
@@ -208,7 +210,12 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
-HEADER_FIELDS = ("PatientSex", "PatientAge", "ViewPosition")
+HEADER_FIELDS = tuple(HEADER_KEYWORDS.values())  # the patient fields prepare keeps (metadata.py judges them)
+
+
+def _header_fields(ds) -> dict[str, str]:
+    """HEADER_FIELDS as raw strings ("" where absent); a malformed value never fails the read."""
+    return {k: str(ds.get(k, "") or "") for k in HEADER_FIELDS}
 
 
 def read_dicom(path: Path, min_side: int | None = None,
@@ -225,8 +232,8 @@ def read_dicom(path: Path, min_side: int | None = None,
 
     try:
         ds = pydicom.dcmread(path)
-        if header is not None:  # raw strings; metadata.py judges them (a malformed value never fails the read)
-            header.update({k: str(ds.get(k, "") or "") for k in HEADER_FIELDS})
+        if header is not None:
+            header.update(_header_fields(ds))
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ImageReadError(path, f"not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds:

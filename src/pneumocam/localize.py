@@ -69,19 +69,18 @@ def _check_training_boxes(split: str, box_loss_weight: float, allowed: bool) -> 
             "or --allow-training-boxes to do it anyway")
 
 
-def _boxed_files(data_dir: Path, split: str) -> tuple[list[str], list[list]]:
-    boxes = load_boxes(data_dir)
+def _boxed_files(boxes: dict[str, list], data_dir: Path, split: str) -> tuple[list[str], list[list]]:
     files = sorted(f for f in boxes if split == "all" or f.startswith(f"Processed/{split}/"))
     if not files:
         raise PneumocamError(f"{data_dir}: no images with boxes in split {split!r} (see boxes.csv)")
     return files, [boxes[f] for f in files]
 
 
-def box_prior(data_dir: Path, size: int = 224) -> np.ndarray | None:
-    """The mean box mask of the training split's boxed images, scaled to [0, 1]: where boxes usually are.
-    As a map it is one fixed guess for every image, so a saliency map must beat it to show it looks at the
-    image at all (on RSNA its peak alone hits a box in over half the positives). None without training boxes."""
-    boxes = load_boxes(data_dir)
+def box_prior(boxes: dict[str, list], size: int = 224) -> np.ndarray | None:
+    """The mean box mask of the training split's boxed images (`boxes`: data.load_boxes), scaled to [0, 1]:
+    where boxes usually are. As a map it is one fixed guess for every image, so a saliency map must beat it to
+    show it looks at the image at all (on RSNA its peak alone hits a box in over half the positives). None
+    without training boxes."""
     training = [b for f, b in boxes.items() if f.startswith("Processed/train/")]
     if not training:
         return None
@@ -89,19 +88,22 @@ def box_prior(data_dir: Path, size: int = 224) -> np.ndarray | None:
     return (mean / mean.max()).astype(np.float32)
 
 
-def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_size: int,
-                 cells: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(method -> (N, 224, 224) maps in [0, 1], the (N,) logits), computed in batches. cells=True: the maps
-    at the network's own 7x7 resolution instead (the raw map, or, for a library method that has none, the
-    mean of each cell's 32x32 block)."""
+def compute_maps(predictor: Predictor, images: list[np.ndarray], methods,
+                 batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(method -> (N, 224, 224) maps in [0, 1], the (N,) logits, method -> (N, 7, 7) maps at the network's
+    own resolution: the raw map, or, for a library method that has none, the mean of each cell's 32x32
+    block), computed in batches."""
     maps: dict[str, list] = {m: [] for m in methods}
+    cells: dict[str, list] = {m: [] for m in methods}
     logits = []
     for chunk in tqdm(list(batches(images, batch_size)), desc="saliency", unit="batch"):
         results = [predictor.saliency(chunk, method) for method in methods]
         for method, (_, raw, chunk_maps) in zip(methods, results, strict=True):
-            maps[method].append(_cells(raw, chunk_maps) if cells else chunk_maps)
+            maps[method].append(chunk_maps)
+            cells[method].append(_cells(raw, chunk_maps))
         logits.append(results[0][0])  # the first method's forward pass (every method runs the same network)
-    return {m: np.concatenate(v) for m, v in maps.items()}, np.concatenate(logits)
+    return ({m: np.concatenate(v) for m, v in maps.items()}, np.concatenate(logits),
+            {m: np.concatenate(v) for m, v in cells.items()})
 
 
 def _cells(raw: np.ndarray | None, maps: np.ndarray, cells: int = 7) -> np.ndarray:
@@ -146,12 +148,15 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
                      predictor.alignment, predictor.contract)
 
 
-def randomization_check(predictor: Predictor, images, methods, config: LocalizeConfig) -> dict:
+def randomization_check(predictor: Predictor, images, methods, config: LocalizeConfig,
+                        original: dict[str, np.ndarray] | None = None) -> dict:
     """Spearman correlation, per image at the maps' own 7x7 resolution, between the trained model's maps and
-    those of the same model with layer4 and fc re-initialised; a faithful method's maps must change."""
-    original, _ = compute_maps(predictor, images, list(methods), config.batch_size, cells=True)
-    randomized, _ = compute_maps(randomized_predictor(predictor, config.seed), images, list(methods),
-                                 config.batch_size, cells=True)
+    those of the same model with layer4 and fc re-initialised; a faithful method's maps must change.
+    original: the trained model's 7x7 maps when the caller has them already (compute_maps' third result)."""
+    if original is None:
+        original = compute_maps(predictor, images, list(methods), config.batch_size)[2]
+    randomized = compute_maps(randomized_predictor(predictor, config.seed), images, list(methods),
+                              config.batch_size)[2]
     result = {}
     for method in methods:
         pairs = zip(original[method], randomized[method], strict=True)
@@ -170,14 +175,15 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     box_loss_weight = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0)
     _check_training_boxes(split, box_loss_weight, config.allow_training_boxes)
-    files, boxes = _boxed_files(data_dir, split)
+    all_boxes = load_boxes(data_dir)
+    files, boxes = _boxed_files(all_boxes, data_dir, split)
     images = [load_file(data_dir / f) for f in files]
-    maps, logits = compute_maps(predictor, images, config.methods, config.batch_size)
+    maps, logits, cells = compute_maps(predictor, images, config.methods, config.batch_size)
     per_image = {method: score_images(m, boxes) for method, m in maps.items()}
     scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
     baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=predictor.alignment), boxes),
                  "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
-    prior = box_prior(data_dir)
+    prior = box_prior(all_boxes)
     if prior is not None:
         baselines["box_prior"] = score_maps(np.repeat(prior[None], len(images), axis=0), boxes)
     patients = np.asarray(manifest_patients(data_dir, files))
@@ -200,7 +206,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
     }
     if config.randomize_check:
-        result["randomization_check"] = randomization_check(predictor, images, list(maps), config)
+        result["randomization_check"] = randomization_check(predictor, images, list(maps), config, cells)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
     write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(logits), per_image))

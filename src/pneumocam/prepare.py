@@ -148,8 +148,10 @@ def _process(job: _Job) -> dict:
     try:
         if job.finished:
             array = read_npy(out_path)
-            height, width = read_size(item.source) if item.boxes else (0, 0)
-            header = read_header(item.source) if dicom else {}
+            if dicom:  # one header parse gives both the patient fields and the size
+                header, (height, width) = read_header(item.source)
+            else:
+                height, width = read_size(item.source) if item.boxes else (0, 0)
         else:
             if item.array is None:  # decoded at reduced scale where possible; boxes need the full size
                 image, (height, width) = read_image_and_size(item.source, min_side=IMAGE_SIZE, header=header)
