@@ -56,7 +56,21 @@ def test_cam_on_unreadable_image_exits_partial(tiny_checkpoint, phantom_data, tm
 
 def test_parser_defaults_follow_the_spec():
     args = build_parser().parse_args(["evaluate", "c.ckpt", "data", "out"])
-    assert args.threshold == 0.5 and args.split == "auto"  # test when the data has one, else val
+    # the checkpoint's threshold (0.5, or calibrate's); test when the data has one, else val; every known subgroup
+    assert args.threshold is None and args.split == "auto" and args.by == "auto"
+
+
+def test_subgroup_and_rule_names_match_the_library():
+    from pneumocam.calibration import RULES
+    from pneumocam.cli import SUBGROUP_ATTRIBUTES, THRESHOLD_RULES, _subgroup_attributes
+    from pneumocam.errors import PneumocamError
+    from pneumocam.subgroups import ATTRIBUTES
+
+    assert SUBGROUP_ATTRIBUTES == ATTRIBUTES and THRESHOLD_RULES == RULES
+    assert _subgroup_attributes("auto") is None and _subgroup_attributes("none") == ()
+    assert _subgroup_attributes("sex, view") == ("sex", "view")
+    with pytest.raises(PneumocamError, match="unknown attribute"):
+        _subgroup_attributes("sex,race")
 
 
 def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):

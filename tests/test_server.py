@@ -47,6 +47,7 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         body = response.json()
         assert 0 <= body["probability"] <= 1 and body["predicted"] in (0, 1) and body["threshold"] == 0.5
         assert "label" not in body  # the model's call is "predicted"; "label" means the truth
+        assert body["ood"] is None and body["ood_reason"] == ""  # an uncalibrated checkpoint has no detector
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)
 
 
@@ -106,6 +107,7 @@ def test_page_health_model_and_openapi(client):
     assert client.get("/v1/health").json() == {"status": "ok"}
     model = client.get("/v1/model").json()
     assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64 and model["api_version"] == 2
+    assert model["detects_out_of_range"] is False and model["calibration"]["temperature"] == 1.0
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and client.get("/docs").status_code == 200
 
@@ -129,3 +131,15 @@ def test_logs_carry_no_file_names(client, caplog):
     with caplog.at_level(logging.INFO, logger="pneumocam.server"):
         _post(client, "DOE_JOHN_1970.png", image.getvalue())
     assert caplog.records and not any("DOE_JOHN" in r.getMessage() for r in caplog.records)
+
+
+def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ray():
+    client = TestClient(create_app(Predictor.from_checkpoint("pneumocam-cxr")))
+    example = sorted((Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples").glob("*.jpeg"))[0]
+    xray = _post(client, example.name, example.read_bytes()).json()
+    assert xray["ood"] is False and "Youden" in xray["threshold_rule"] and xray["threshold"] < 0.5
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)).save(noise, "PNG")
+    flagged = _post(client, "noise.png", noise.getvalue())
+    assert flagged.status_code == 200 and flagged.json()["ood"] is True  # flagged, not refused
+    assert "does not look like" in flagged.json()["ood_reason"]

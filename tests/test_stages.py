@@ -185,3 +185,59 @@ def test_evaluate_names_a_damaged_prepared_file_in_one_line(tiny_checkpoint, pha
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert damaged.name in result.stderr and "not a readable prepared image" in result.stderr
+
+
+def test_subgroups_recomputed_from_the_written_files_agree_with_metrics_json(tiny_checkpoint, phantom_data, tmp_path):
+    import shutil
+
+    import numpy as np
+    from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
+
+    from pneumocam.files import read_csv, write_csv
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data, data)
+    manifest = read_csv(data / "manifest.csv")
+    for i, row in enumerate(manifest):  # phantoms carry a view; give them a sex and an age as well
+        row.update(sex="MF"[i % 2], age=str(15 + 3 * i))
+    write_csv(data / "manifest.csv", list(manifest[0]), manifest)
+    metrics = evaluate(tiny_checkpoint, data, tmp_path / "eval", EvalConfig(split="train", bootstrap=30,
+                                                                           threshold=0.5, min_subgroup_size=5))
+    table = metrics["subgroups"]
+    assert table["by"] == ["sex", "age_band", "view"]
+    # independently, from predictions.csv and manifest.csv alone
+    predictions = read_csv(tmp_path / "eval" / "predictions.csv")
+    by_file = {r["file"]: r for r in read_csv(data / "manifest.csv")}
+    probs = np.array([float(r["probability"]) for r in predictions])
+    labels = np.array([int(r["label"]) for r in predictions])
+    bands = {(0, 17): "0-17", (18, 39): "18-39", (40, 59): "40-59", (60, 79): "60-79", (80, 200): "80+"}
+
+    def value(row, attribute):
+        if attribute != "age_band":
+            return by_file[row["file"]][attribute]
+        age = int(by_file[row["file"]]["age"])
+        return next(name for (low, high), name in bands.items() if low <= age <= high)
+
+    assert len(table["groups"]) > 10
+    for group in table["groups"]:
+        mask = np.array([all(value(r, a) == v for a, v in group["attributes"].items()) for r in predictions])
+        y, p = labels[mask], probs[mask]
+        assert group["n"] == mask.sum() and group["small"] == (mask.sum() < 5)
+        tn, fp, fn, tp = confusion_matrix(y, p >= 0.5, labels=[0, 1]).ravel()
+        expected = {"prevalence": y.mean(), "auroc": roc_auc_score(y, p) if 0 < y.sum() < y.size else None,
+                    "sensitivity": tp / (tp + fn) if tp + fn else None,
+                    "specificity": tn / (tn + fp) if tn + fp else None}
+        for name, reference in expected.items():
+            assert (group[name] is None) if reference is None else group[name] == pytest.approx(reference, abs=1e-9)
+        # ECE by its definition: 10 equal-width bins, |sum(p - y)| per bin over n
+        edges = np.searchsorted(np.linspace(0, 1, 11), p, side="right") - 1
+        ece = sum(abs((p - y)[edges == k].sum()) for k in range(11)) / y.size
+        assert group["ece"] == pytest.approx(ece, abs=1e-9)
+    assert metrics["brier"] == pytest.approx(brier_score_loss(labels, probs), abs=1e-9)
+    rows = read_csv(tmp_path / "eval" / "subgroups.csv")
+    assert [r["group"] for r in rows] == [g["name"] for g in table["groups"]]
+    shortcut = metrics["shortcut"]
+    assert shortcut["header_only"]["available"] and set(shortcut["within_view"]) <= {"AP", "PA"}
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert "Subgroups" in html and "Shortcut check" in html
+    assert (tmp_path / "eval" / "subgroups_sensitivity.png").stat().st_size > 1000

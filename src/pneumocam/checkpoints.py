@@ -24,12 +24,14 @@ class BundledModel:
     weights: str  # file in pneumocam/weights/
     card: str  # model card (markdown) in pneumocam/weights/
     summary: str
+    calibration: str | None = None  # `pneumocam calibrate`'s calibration.pt, shipped beside the weights
 
 
 BUNDLED_MODELS = {
     "pneumocam-cxr": BundledModel(
         "pneumocam-cxr", "pneumocam-cxr.pt", "pneumocam-cxr.md",
         "ResNet18 trained from scratch on real chest X-rays: Kermany (children) and RSNA (adults, box-guided)",
+        "pneumocam-cxr.calibration.pt",
     ),
 }
 
@@ -59,16 +61,30 @@ def checkpoint_label(name_or_path: str | Path) -> str:
 
 
 def load_checkpoint(name_or_path: str | Path) -> dict:
-    """torch.load with weights_only=True (no code from the file runs), with a clear error."""
+    """torch.load with weights_only=True (no code from the file runs), with a clear error. A bundled model's
+    calibration file (temperature, threshold and its rule, out-of-range detector) is merged into its metadata."""
     path = resolve_checkpoint(name_or_path)
+    checkpoint = _load(path)
+    model = BUNDLED_MODELS.get(str(name_or_path))
+    if model and model.calibration and not Path(name_or_path).exists():
+        entries = _torch_load(bundled_file(model.calibration))
+        checkpoint["pneumocam"] = {**checkpoint["pneumocam"], **entries}
+    return checkpoint
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PneumocamError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _load(path: Path) -> dict:
     if not path.is_file():
         names = ", ".join(BUNDLED_MODELS)
         raise PneumocamError(f"{path}: checkpoint not found (a .ckpt written by pneumocam train, or a bundled "
                              f"model: {names})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PneumocamError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    checkpoint = _torch_load(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pneumocam" not in checkpoint:
         raise PneumocamError(f"{path}: not a pneumocam checkpoint (no model state or pneumocam metadata)")
     return checkpoint

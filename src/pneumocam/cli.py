@@ -20,7 +20,10 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 log = logging.getLogger("pneumocam")
 
 
-DRAWING_COMMANDS = {"evaluate", "cam", "localize", "predict", "serve", "demo"}
+DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "predict", "serve", "demo"}
+# subgroups.ATTRIBUTES and calibration.RULES, without importing them (a test keeps them equal)
+SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
+THRESHOLD_RULES = ("sensitivity", "youden")
 # inference.METHODS + cam_extra.LIBRARY_METHODS, cam.ALIGNMENTS and data.EVALUATION_SPLITS, spelled out so that
 # building the parser imports no torch (a test keeps them equal)
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
@@ -108,12 +111,48 @@ def _train(args) -> int:
     return EXIT_OK
 
 
+def _subgroup_attributes(by: str) -> tuple[str, ...] | None:
+    """--by: "auto" (every attribute the manifest knows) -> None, "none" -> (), else a comma-separated list."""
+    if by == "auto":
+        return None
+    if by == "none":
+        return ()
+    names = tuple(n.strip() for n in by.split(",") if n.strip())
+    unknown = [n for n in names if n not in SUBGROUP_ATTRIBUTES]
+    if unknown:
+        raise PneumocamError(f"--by: unknown attribute(s) {unknown}; choose from {', '.join(SUBGROUP_ATTRIBUTES)}")
+    return names
+
+
+def _calibrate(args) -> int:
+    from pneumocam.calibrate import CalibrateConfig, calibrate
+
+    config = CalibrateConfig(split=args.split, prevalence=args.prevalence, intercept=args.intercept, rule=args.rule,
+                             target_sensitivity=args.target_sensitivity, ood_quantile=args.ood_quantile,
+                             ood_train_images=args.ood_train_images, ood_data=args.ood_data,
+                             batch_size=args.batch_size, device=args.device, seed=args.seed)
+    report = calibrate(args.checkpoint, args.data, args.out, config)
+    c, before, after = report["calibration"], report["before"], report["after_cross_fitted"]
+    print(f"temperature {c['temperature']:.3f}, intercept {c['intercept']:+.3f}, prevalence shift "
+          f"{c['prevalence_shift']:+.3f}")
+    crossed = f", {after['ece']:.4f} cross-fitted" if after["ece"] is not None else ""
+    print(f"ECE {before['ece']:.4f} -> {report['after_in_sample']['ece']:.4f} in sample{crossed}; Brier "
+          f"{before['brier']:.4f} -> {report['after_in_sample']['brier']:.4f} in sample")
+    print(f"threshold {report['threshold']:.4f}: {report['threshold_rule']}")
+    print(f"out-of-range: distance > {report['ood']['threshold']:.1f} is flagged (held-out false-flag rate "
+          f"{report['ood']['held_out_false_flag_rate']:.3f})")
+    print(f"wrote {Path(args.out) / 'calibrated.ckpt'} (use it with evaluate, predict, cam, serve), calibration.json, "
+          "reliability.png")
+    return EXIT_OK
+
+
 def _evaluate(args) -> int:
     from pneumocam.evaluate import EvalConfig, compare, evaluate
 
     config = EvalConfig(split=args.split, threshold=args.threshold, target_sensitivity=args.target_sensitivity,
                         threshold_from=args.threshold_from, bootstrap=args.bootstrap, seed=args.seed,
-                        batch_size=args.batch_size, device=args.device, report=args.report)
+                        batch_size=args.batch_size, device=args.device, report=args.report,
+                        by=_subgroup_attributes(args.by), min_subgroup_size=args.min_subgroup_size)
     if len(args.checkpoints) > 1:
         result = compare(args.checkpoints, args.data, args.out, config)
         keys = ("accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")
@@ -133,6 +172,15 @@ def _evaluate(args) -> int:
         value = metrics.get(key)
         interval = f"  [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci.get(key) else ""
         print(f"  {key:<12}{value:.4f}{interval}" if value is not None else f"  {key:<12}n/a")
+    shortcut = metrics.get("shortcut")
+    if shortcut and shortcut["header_only"].get("available"):
+        views = ", ".join(f"{v} {r['auroc']:.3f}" for v, r in shortcut["within_view"].items() if r["auroc"] is not None)
+        print(f"shortcut check: header-only AUROC {shortcut['header_only']['auroc']:.4f} (model "
+              f"{metrics['auroc']:.4f}); model AUROC within view: {views or 'n/a'}")
+    if metrics.get("subgroups"):
+        groups = metrics["subgroups"]["groups"]
+        print(f"subgroups by {', '.join(metrics['subgroups']['by'])}: {len(groups)} groups "
+              f"({sum(g['small'] for g in groups)} small), in metrics.json and subgroups.csv")
     for warning in metrics["warnings"]:
         print(f"note: {warning}", file=sys.stderr)
     written = "metrics.json, predictions.csv" + (", plots and report.html" if args.report else "")
@@ -388,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=EVALUATION_SPLITS, default="auto",
                    help="split under DATA/Processed (default auto: test when DATA has one, else val, which the "
                         "report then flags as the split that chose the checkpoint)")
-    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on the probability (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on the probability (default: the checkpoint's, 0.5 unless pneumocam "
+                        "calibrate chose one)")
     p.add_argument("--target-sensitivity", type=float, default=0.9,
                    help="operating point: the highest threshold reaching this sensitivity (default 0.9)")
     p.add_argument("--threshold-from", default=None,
@@ -397,6 +447,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the plots, the CAM gallery and report.html (default on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0 = none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--by", default="auto",
+                   help="subgroups: a comma-separated list of sex, age_band, view (each value and each pair of "
+                        "values); default auto: every one the manifest knows; none: no subgroup table")
+    p.add_argument("--min-subgroup-size", type=int, default=20,
+                   help="groups with fewer images are shown but flagged (default 20)")
+    _add_inference_options(p)
+
+    p = _add(sub, "calibrate", "Calibrate a checkpoint on a calibration split: temperature (+ intercept), a "
+                               "prevalence correction, a threshold by a stated rule and the out-of-range detector, "
+                               "written into a copy of the checkpoint.",
+             _examples("pneumocam calibrate run/checkpoints/best.ckpt data/ cal/",
+                       "pneumocam calibrate pneumocam-cxr rsna-data/ cal/ --rule youden --ood-data both-data/",
+                       "pneumocam calibrate run/checkpoints/best.ckpt data/ cal/ --prevalence 0.1 "
+                       "--target-sensitivity 0.95",
+                       "pneumocam evaluate cal/calibrated.ckpt data/ eval/ --split test"), _calibrate)
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("data", help="prepared data folder")
+    p.add_argument("out", help="output folder (calibrated.ckpt, calibration.pt, calibration.json, reliability.png)")
+    p.add_argument("--split", default="val", choices=("val", "train"),
+                   help="calibration split (default val; never test, which must stay unseen)")
+    p.add_argument("--prevalence", type=float, default=None,
+                   help="prevalence where the model will be used: shifts the intercept from the calibration "
+                        "split's prevalence to this one (default: keep the split's)")
+    p.add_argument("--intercept", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit an intercept with the temperature (default on; --no-intercept: temperature alone)")
+    p.add_argument("--rule", choices=THRESHOLD_RULES, default="sensitivity",
+                   help="threshold rule: sensitivity (the highest threshold reaching --target-sensitivity, default) "
+                        "or youden")
+    p.add_argument("--target-sensitivity", type=float, default=0.9, help="for --rule sensitivity (default 0.9)")
+    p.add_argument("--ood-quantile", type=float, default=0.99,
+                   help="out-of-range threshold: this quantile of the calibration split's feature distances "
+                        "(default 0.99)")
+    p.add_argument("--ood-train-images", type=int, default=2000,
+                   help="training images sampled for the out-of-range feature distribution (default 2000)")
+    p.add_argument("--ood-data", default=None,
+                   help="prepared data the model was trained on, when it is not DATA: the out-of-range detector is "
+                        "fitted on its train split and thresholded on its --split (default DATA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the cross-fitting folds")
     _add_inference_options(p)
 
     p = _add(sub, "cam", "Class Activation Maps: one side-by-side PNG per image plus the raw 7x7 and 224x224 maps.",

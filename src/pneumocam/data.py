@@ -157,11 +157,16 @@ def dataset_files(dataset: DatasetFolder, data_dir: str | Path) -> list[str]:
     return [str(Path(path).resolve().relative_to(base)) for path, _ in dataset.samples]
 
 
+def manifest_rows(data_dir: str | Path) -> dict[str, dict]:
+    """manifest.csv as {file: row} (empty when the folder has none)."""
+    manifest = Path(data_dir) / "manifest.csv"
+    return {row["file"]: row for row in read_csv(manifest)} if manifest.exists() else {}
+
+
 def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:
     """The patient of each prepared file (manifest.csv); a file not listed there is its own patient."""
-    manifest = Path(data_dir) / "manifest.csv"
-    by_file = {row["file"]: row["patient"] for row in read_csv(manifest)} if manifest.exists() else {}
-    return [by_file.get(f, Path(f).stem) for f in files]
+    by_file = manifest_rows(data_dir)
+    return [by_file[f]["patient"] if f in by_file else Path(f).stem for f in files]
 
 
 def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:

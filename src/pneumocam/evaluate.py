@@ -1,6 +1,8 @@
 """Evaluation stage: a checkpoint on a prepared split -> metrics.json, predictions.csv, plots, report.html.
 
-Probabilities are sigmoid(logit); the decision is probability >= threshold (0.5 by default).
+Probabilities are sigmoid(logit), through the checkpoint's calibration when `pneumocam calibrate` fitted
+one; the decision is probability >= threshold (by default the checkpoint's: 0.5, or the one calibrate chose).
+Where the manifest knows sex, age and view, metrics.json also holds the subgroup table and the shortcut checks.
 Data-driven thresholds (Youden, target sensitivity) are chosen on `threshold_from` (default: the
 evaluated split itself, which the report flags as optimistic). metrics.json also records the
 checkpoint's config, data fingerprints and versions, so a number can be traced to its model and data.
@@ -24,6 +26,7 @@ from pneumocam.data import (
     evaluation_split,
     load_file,
     manifest_patients,
+    manifest_rows,
     read_fingerprint,
     split_dataset,
 )
@@ -41,6 +44,8 @@ from pneumocam.metrics import (
     youden_threshold,
 )
 from pneumocam.provenance import package_versions
+from pneumocam.shortcut import header_baseline, within_view_auroc
+from pneumocam.subgroups import MIN_SIZE, attribute_values, known_attributes, subgroup_rows, subgroup_table
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EvalConfig:
     split: str = "auto"  # auto: test when DATA has one, else val (and the report says it chose the checkpoint)
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the checkpoint's (0.5, or the one `calibrate` chose and stored)
     target_sensitivity: float = 0.9
     threshold_from: str | None = None  # split on which data-driven thresholds are chosen; None = `split`
     bootstrap: int = 1000
@@ -57,6 +62,8 @@ class EvalConfig:
     device: str = "cpu"
     gallery_size: int = 4
     report: bool = True
+    by: tuple[str, ...] | None = None  # subgroup attributes; None: every one the manifest knows; (): none
+    min_subgroup_size: int = MIN_SIZE
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,9 @@ class SplitPredictions:
     files: list[str]
     patients: list[str]
     labels: np.ndarray  # (N,) 0/1
-    logits: np.ndarray  # (N,)
-    probabilities: np.ndarray  # (N,) in [0, 1]
+    logits: np.ndarray  # (N,) raw
+    probabilities: np.ndarray  # (N,) in [0, 1], calibrated when the checkpoint is
+    raw_probabilities: np.ndarray  # (N,) sigmoid of the raw logits
 
 
 def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_size: int = 32) -> SplitPredictions:
@@ -78,8 +86,8 @@ def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_
     logits = [predictor.forward([load_file(p) for p in chunk])[0]
               for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch")]
     logits_arr = np.concatenate(logits)
-    probabilities = sigmoid(logits_arr)
-    return SplitPredictions(files, manifest_patients(data_dir, files), labels, logits_arr, probabilities)
+    return SplitPredictions(files, manifest_patients(data_dir, files), labels, logits_arr,
+                            predictor.probabilities(logits_arr), sigmoid(logits_arr))
 
 
 def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: EvalConfig) -> dict:
@@ -107,12 +115,54 @@ def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: E
     return metrics
 
 
+def calibration_summary(preds: SplitPredictions, calibration: dict | None) -> dict:
+    """ECE and Brier of the raw and (when the checkpoint is calibrated) the calibrated probabilities."""
+    from sklearn.metrics import brier_score_loss
+
+    def scores(probs: np.ndarray) -> dict:
+        return {"ece": expected_calibration_error(probs, preds.labels),
+                "brier": float(brier_score_loss(preds.labels, probs, pos_label=1))}
+
+    summary = {"calibrated": bool(calibration), "raw": scores(preds.raw_probabilities)}
+    if calibration:
+        summary.update({"parameters": calibration, "calibrated_scores": scores(preds.probabilities)})
+    return summary
+
+
+def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
+    """The subgroup table and the shortcut checks, from the manifest's sex, age and view (empty when it has
+    none of them, or with --by none)."""
+    manifest = manifest_rows(data_dir)
+    rows = [manifest.get(f, {}) for f in preds.files]
+    values = attribute_values(rows)
+    by = known_attributes(values) if config.by is None else list(config.by)
+    out: dict = {}
+    boot = Bootstrap(config.bootstrap or 1000, config.seed)
+    groups = np.asarray(preds.patients)
+    if by:
+        out["subgroups"] = subgroup_table(preds.probabilities, preds.labels, preds.patients, values, by,
+                                          config.threshold, config.min_subgroup_size, boot)
+    train_rows = [r for r in manifest.values() if r.get("split") == "train"]
+    if any(r.get(f) for r in rows for f in ("view", "sex", "age")):
+        eval_rows = [{**r, "label": int(y)} for r, y in zip(rows, preds.labels, strict=True)]
+        baseline = header_baseline(train_rows, eval_rows, preds.probabilities, boot, groups)
+        baseline.pop("probabilities", None)
+        out["shortcut"] = {
+            "model_auroc": classification_metrics(preds.probabilities, preds.labels)["auroc"],
+            "header_only": baseline,
+            "within_view": within_view_auroc(preds.probabilities, preds.labels, values["view"], boot, groups),
+        }
+    return out
+
+
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig = EvalConfig()) -> dict:
     """Write OUT/metrics.json, OUT/predictions.csv and (with config.report) plots and report.html."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     config = replace(config, split=evaluation_split(data_dir, config.split))
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    if config.threshold is None:
+        config = replace(config, threshold=predictor.threshold)
     start = time.perf_counter()
     preds = predict_split(predictor, data_dir, config.split, config.batch_size)
     same = config.threshold_from in (None, config.split)
@@ -120,8 +170,17 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     timing = {"inference": time.perf_counter() - start}
     start = time.perf_counter()
     metrics = compute_metrics(preds, choose, config)
-    timing["metrics_and_bootstrap"] = time.perf_counter() - start
     meta = predictor.metadata
+    metrics["threshold_rule"] = meta.get("threshold_rule") if config.threshold == predictor.threshold else "--threshold"
+    metrics["calibration"] = calibration_summary(preds, meta.get("calibration"))
+    fitted_on = meta.get("calibrated_on") or {}
+    if fitted_on.get("split") == config.split and fitted_on.get("data_fingerprint") == read_fingerprint(data_dir):
+        metrics["warnings"].append(
+            f"The checkpoint's calibration and threshold were fitted on these very images ({config.split} split), so "
+            "the calibrated ECE and Brier and the metrics at its threshold are in-sample; pneumocam calibrate's "
+            "calibration.json gives a cross-fitted estimate.")
+    metrics.update(audit(preds, data_dir, config))
+    timing["metrics_and_bootstrap"] = time.perf_counter() - start
     metrics["split_chose_checkpoint"] = config.split == "val"
     if config.split == "val":
         metrics["warnings"].append(
@@ -142,11 +201,15 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "git_commit": meta.get("git_commit"), "versions": package_versions(),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{"file": f, "patient": pid, "label": int(y), "probability": f"{p:.6f}", "logit": f"{z:.6f}",
+    # full precision, so that anything recomputed from this file matches metrics.json
+    rows = [{"file": f, "patient": pid, "label": int(y), "probability": repr(float(p)), "logit": repr(float(z)),
              "predicted": int(p >= config.threshold)}
             for f, pid, y, p, z in zip(preds.files, preds.patients, preds.labels, preds.probabilities,
                                        preds.logits, strict=True)]
     write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "predicted"], rows)
+    if metrics.get("subgroups"):
+        table = subgroup_rows(metrics["subgroups"])
+        write_csv(out_dir / "subgroups.csv", list(table[0]), table)
     if config.report:
         start = time.perf_counter()
         write_report(out_dir, metrics, preds, predictor, data_dir, config)
@@ -181,11 +244,18 @@ def gallery_indices(preds: SplitPredictions, threshold: float, size: int) -> dic
     return {name: [int(i) for i in indices[:size]] for name, indices in pick.items()}
 
 
+def reliability_curves(preds: SplitPredictions, metrics: dict) -> dict[str, np.ndarray]:
+    """The calibrated probabilities beside the raw ones when the checkpoint is calibrated."""
+    if metrics["calibration"]["calibrated"]:
+        return {"calibrated": preds.probabilities, "raw (before calibrate)": preds.raw_probabilities}
+    return {"model": preds.probabilities}
+
+
 def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
                  config: EvalConfig) -> None:
     """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
     from pneumocam.overlay import side_by_side
-    from pneumocam.plots import calibration_figure, confusion_figure, pr_figure, roc_figure
+    from pneumocam.plots import calibration_figure, confusion_figure, forest_figure, pr_figure, roc_figure
     from pneumocam.report import build_report
 
     points = [p for p in metrics["operating_points"] if p.get("available")]
@@ -193,9 +263,10 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
         "ROC curve": ("roc.png", roc_figure(preds.probabilities, preds.labels, metrics["auroc"], points)),
         "Precision-recall curve": ("pr.png", pr_figure(preds.probabilities, preds.labels, metrics["auprc"])),
         "Confusion matrix": ("confusion.png", confusion_figure(metrics["confusion"], config.threshold)),
-        "Calibration": ("calibration.png", calibration_figure(preds.probabilities, preds.labels, metrics["brier"],
-                                                              metrics["ece"])),
+        "Calibration": ("calibration.png", calibration_figure(reliability_curves(preds, metrics), preds.labels)),
     }
+    if metrics.get("subgroups"):
+        figures["Sensitivity by subgroup"] = ("subgroups_sensitivity.png", forest_figure(metrics["subgroups"]))
     plots = {}
     for title, (name, figure) in figures.items():
         plots[title] = _figure_png(figure)  # rendered once: the same bytes go to the file and the page

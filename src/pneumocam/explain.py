@@ -25,8 +25,8 @@ from pneumocam.overlay import SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
 
-CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "method", "peak_x", "peak_y", "png", "cam7x7",
-              "cam224"]
+CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason", "method",
+              "peak_x", "peak_y", "png", "cam7x7", "cam224"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
         peak_y, peak_x = peak(prediction.cam)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
                      "logit": f"{prediction.logit:.6f}", "predicted": prediction.predicted,
-                     "threshold": prediction.threshold, "method": prediction.method,
+                     "threshold": prediction.threshold, **prediction.ood_fields(), "method": prediction.method,
                      "peak_x": peak_x, "peak_y": peak_y, "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
                      "cam224": f"{name}_cam224.npy"})

@@ -91,10 +91,12 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
     meta = predictor.metadata
     write_json(out.with_name(out.name + ".json"), {
         **report, "inputs": {"image": "(B, 1, 224, 224) float32, (x - mean) / std of a [0, 1] gray image"},
-        "outputs": {"logit": "(B, 1) pneumonia logit; probability = sigmoid(logit)",
+        "outputs": {"logit": "(B, 1) raw pneumonia logit; probability = sigmoid(logit / temperature + intercept + "
+                             "prevalence_shift), with the calibration below (identity when uncalibrated)",
                     "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map; cell (p, q) is centred on "
                                    "input pixel (32 p, 32 q), as pneumocam's receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
+        "threshold_rule": meta.get("threshold_rule"), "calibration": predictor.calibration.to_metadata(),
         # how a file becomes the input above: read as gray [0, 1], then this size and resize mode
         "preprocessing": asdict(predictor.contract),
         "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumocam.calibration import Calibration, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
 from pneumocam.cam import ALIGNMENTS, class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.checkpoints import load_checkpoint, network_state
@@ -21,6 +22,7 @@ from pneumocam.data import Normalization, collate_images
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
 from pneumocam.model import PneumoniaNet
+from pneumocam.ood import OutOfRange
 from pneumocam.preprocess import Contract, to_model_input
 
 log = logging.getLogger(__name__)
@@ -32,25 +34,29 @@ METHODS = ("cam", *GRADIENT_METHODS)  # built in; cam_extra.LIBRARY_METHODS need
 @dataclass(frozen=True)
 class Prediction:
     source: str
-    probability: float  # sigmoid(logit), in [0, 1]
-    logit: float
+    probability: float  # sigmoid of the calibrated logit (the raw one when the checkpoint is not calibrated)
+    logit: float  # the network's raw logit
     predicted: int  # the model's call: 1 when probability >= threshold (the truth is called "label")
     threshold: float
     image: np.ndarray  # (224, 224) model input in [0, 1]
     cam: np.ndarray | None = None  # (224, 224) normalised map in [0, 1]
     cam_raw: np.ndarray | None = None  # (7, 7) raw map; for CAM in logit units: mean(cam_raw) + bias = logit
     method: str = "cam"
+    ood: bool | None = None  # True: does not look like a frontal chest X-ray (None: the checkpoint cannot tell)
+    ood_distance: float | None = None
+    ood_reason: str = ""
+
+    def ood_fields(self) -> dict:
+        """The out-of-range flag as a table row carries it: ood 1/0, "" when the checkpoint has no detector."""
+        if self.ood is None:
+            return {"ood": "", "ood_distance": "", "ood_reason": ""}
+        return {"ood": int(self.ood), "ood_distance": round(self.ood_distance, 3), "ood_reason": self.ood_reason}
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Logits -> probabilities in [0, 1], computed in float64."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -63,7 +69,8 @@ class Predictor:
 
     def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
                  metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
-                 contract: Contract = Contract()):
+                 contract: Contract = Contract(), calibration: Calibration = Calibration(),
+                 out_of_range: OutOfRange | None = None):
         alignment = alignment or contract.cam_alignment
         if alignment not in ALIGNMENTS:
             raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
@@ -74,6 +81,8 @@ class Predictor:
         self.normalization = normalization
         self.threshold = threshold
         self.metadata = metadata or {}
+        self.calibration = calibration  # maps raw logits to calibrated probabilities (identity when uncalibrated)
+        self.out_of_range = out_of_range  # flags inputs unlike the training images (None when not fitted)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
@@ -95,7 +104,12 @@ class Predictor:
             contract = Contract()
             log.warning("%s predates the preprocessing contract: assuming %s", path, contract)
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
-                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract)
+                   meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract,
+                   Calibration.from_metadata(meta.get("calibration")), OutOfRange.from_metadata(meta.get("ood")))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Raw logits -> probabilities, through the checkpoint's calibration when it has one."""
+        return self.calibration.probabilities(logits)
 
     def load(self, path: str | Path) -> np.ndarray:
         """A file -> the (size, size) image in [0, 1] the network sees, by the checkpoint's contract (the same
@@ -106,30 +120,45 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, 224, 224) images in [0, 1] -> logits (B,), raw CAMs (B, 7, 7), CAMs (B, 224, 224) in [0, 1]."""
+        return self._forward(images)[:3]
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         x = collate_images(images, self.normalization).to(self.device)
         logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
         raw = class_activation_map(features.float(), self.net.fc.weight.float())  # (B, 7, 7)
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
-        return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
+        return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), _pooled(features)
+
+    @torch.inference_mode()
+    def features(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 224, 224) images -> raw logits (B,) and the pooled feature vectors (B, 512) the classifier reads."""
+        logits, features = self.net(collate_images(images, self.normalization).to(self.device))
+        return logits[:, 0].float().cpu().numpy(), _pooled(features)
 
     def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray | None,
                                                                                     np.ndarray]:
         """Like forward, with the map from `method`: cam (free, same pass), gradcam or gradcam++ (one backward),
         or a pytorch-grad-cam method (cam_extra.LIBRARY_METHODS; no raw map, returned as None)."""
+        return self._saliency(images, method)[:3]
+
+    def _saliency(self, images: Sequence[np.ndarray], method: str) -> tuple:
         if method == "cam":
-            return self.forward(images)
+            return self._forward(images)
         x = collate_images(images, self.normalization).to(self.device)
         if method in LIBRARY_METHODS:
             with torch.no_grad():
-                logits = self.net(x)[0][:, 0].float().cpu().numpy()
-            return logits, None, library_saliency(self.net, x, method).numpy()
+                logits, features = self.net(x)
+            return logits[:, 0].float().cpu().numpy(), None, library_saliency(self.net, x, method).numpy(), \
+                _pooled(features)
         if method not in GRADIENT_METHODS:
             raise PneumocamError(f"unknown CAM method {method!r}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
         with torch.enable_grad():
             logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
             raw = GRADIENT_METHODS[method](features, logits[:, 0]).detach().float()  # (B, 7, 7)
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)
-        return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy()
+        return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), \
+            _pooled(features.detach())
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
                        cam: bool = True, batch_size: int = 32, method: str = "cam") -> list[Prediction]:
@@ -139,14 +168,17 @@ class Predictor:
             size, mode = self.contract.image_size, self.contract.resize_mode
             chunk = [to_model_input(np.asarray(im, dtype=np.float32), size, mode)
                      for im in images[start : start + batch_size]]
-            logits, raw, maps = self.saliency(chunk, method) if cam else self.forward(chunk)
-            probabilities = sigmoid(logits)
+            logits, raw, maps, pooled = self._saliency(chunk, method) if cam else self._forward(chunk)
+            probabilities = self.probabilities(logits)
+            distances = self.out_of_range.distances(pooled) if self.out_of_range else [None] * len(chunk)
             for i, image in enumerate(chunk):
                 probability = float(probabilities[i])
+                distance = None if distances[i] is None else float(distances[i])
                 out.append(Prediction(
                     sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
                     self.threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,
-                    method,
+                    method, None if distance is None else distance > self.out_of_range.threshold, distance,
+                    self.out_of_range.reason(distance) if distance is not None else "",
                 ))
         return out
 
@@ -165,3 +197,8 @@ class Predictor:
             if images:
                 predictions += self.predict_arrays(images, sources, cam, batch_size, method)
         return predictions, failures
+
+
+def _pooled(features: torch.Tensor) -> np.ndarray:
+    """(B, 512, 7, 7) feature maps -> (B, 512) global-average-pooled vectors, as the classifier reads them."""
+    return features.float().mean(dim=(2, 3)).cpu().numpy()

@@ -24,7 +24,7 @@ from pneumocam.checkpoints import checkpoint_label
 from pneumocam.data import evaluation_split, load_boxes, load_file, manifest_patients, read_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import save_figure, write_csv, write_json
-from pneumocam.inference import METHODS, Predictor, batches, sigmoid
+from pneumocam.inference import METHODS, Predictor, batches
 from pneumocam.localization import (
     THRESHOLDS,
     box_mask,
@@ -209,7 +209,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         result["randomization_check"] = randomization_check(predictor, images, list(maps), config, cells)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
-    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, sigmoid(logits), per_image))
+    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, predictor.probabilities(logits), per_image))
     _write_grid(out_dir / "localization_grid.png", images, maps[result["method"]], files, boxes, config.grid_images)
     log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
              baselines["random"]["pointing_game"], result["mean_iou"], len(files))

@@ -147,6 +147,31 @@ def bootstrap_mean_ci(values: np.ndarray, groups: np.ndarray | None = None, conf
     return {"ci95": ci, "ci_method": method, "n_resamples": config.n_resamples}
 
 
+def fast_auroc(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC with midranks for ties: equal to scikit-learn's roc_auc_score (tested), without its
+    input checks, which dominate a bootstrap's time. None with one class."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if not n_pos or not n_neg:
+        return None
+    ranks = rankdata(probs)
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_auroc_ci(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+                       config: Bootstrap = Bootstrap()) -> list[float] | None:
+    """95% percentile CI of the AUROC alone (see resampler: by image, or by patient when `groups` repeat)."""
+    probs, labels = _check(probs, labels)
+    draw, _ = resampler(labels, groups)
+    rng = np.random.default_rng(config.seed)
+    values = [v for v in (fast_auroc(probs[i], labels[i]) for i in (draw(rng) for _ in range(config.n_resamples)))
+              if v is not None]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
     """ECE with equal-width bins (torchmetrics' binary calibration error, L1 norm)."""
     import torch
@@ -204,7 +229,7 @@ def paired_auroc_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np
     diffs = np.empty(config.n_resamples)
     for i in range(config.n_resamples):
         idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        diffs[i] = skm.roc_auc_score(labels[idx], probs_a[idx]) - skm.roc_auc_score(labels[idx], probs_b[idx])
+        diffs[i] = fast_auroc(probs_a[idx], labels[idx]) - fast_auroc(probs_b[idx], labels[idx])
     point = skm.roc_auc_score(labels, probs_a) - skm.roc_auc_score(labels, probs_b)
     p_value = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     return {"auroc_difference": float(point), "ci95": [float(np.percentile(diffs, 2.5)),

@@ -67,22 +67,52 @@ def confusion_figure(confusion: dict, threshold: float) -> Figure:
     return fig
 
 
-def calibration_figure(probs: np.ndarray, labels: np.ndarray, brier: float, ece: float | None,
-                       n_bins: int = 10) -> Figure:
-    """Reliability diagram (observed frequency vs mean predicted probability) over a histogram."""
+def calibration_figure(curves: dict[str, np.ndarray], labels: np.ndarray, n_bins: int = 10) -> Figure:
+    """Reliability diagram (observed frequency vs mean predicted probability), one curve per set of
+    probabilities (e.g. before and after calibration, each with its Brier score and ECE in the legend),
+    over a histogram of the first set."""
+    from sklearn.metrics import brier_score_loss
+
+    from pneumocam.metrics import expected_calibration_error
+
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), height_ratios=(3, 1.2), sharex=True,
                                       constrained_layout=True)
-    observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
     top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
-    ece_text = f", ECE = {ece:.3f}" if ece is not None else ""
-    top.plot(predicted, observed, "o-", lw=2, label=f"model (Brier = {brier:.3f}{ece_text})")
+    for (name, probs), marker in zip(curves.items(), MARKERS, strict=False):
+        observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
+        brier, ece = brier_score_loss(labels, probs, pos_label=1), expected_calibration_error(probs, labels, n_bins)
+        top.plot(predicted, observed, f"{marker}-", lw=2, label=f"{name} (Brier = {brier:.3f}, ECE = {ece:.3f})")
     top.set(ylabel="observed frequency of pneumonia", title="Calibration (reliability diagram)",
             xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
+    probs = next(iter(curves.values()))
     bins = np.linspace(0, 1, n_bins + 1)
     bottom.hist([probs[labels == 0], probs[labels == 1]], bins=bins, stacked=True,
                 label=["no pneumonia", "pneumonia"], color=["tab:blue", "tab:red"])
-    bottom.set(xlabel="predicted probability of pneumonia", ylabel="images")
+    bottom.set(xlabel=f"predicted probability of pneumonia ({next(iter(curves))})", ylabel="images")
     bottom.legend(fontsize=8)
+    return fig
+
+
+def forest_figure(subgroups: dict, metric: str = "sensitivity") -> Figure:
+    """One row per subgroup: the metric with its 95% CI, the whole split's value as a vertical line;
+    groups under the minimum size are drawn hollow and marked in their label."""
+    groups = [g for g in subgroups["groups"] if g[metric] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(groups) + 1.4), constrained_layout=True)
+    for row, g in enumerate(groups):
+        ci = g["ci95"][metric]
+        if ci:
+            ax.plot(ci, [row, row], color="black", lw=1.2)
+        ax.plot(g[metric], row, "o", ms=6, mfc="white" if g["small"] else "tab:blue", mec="tab:blue")
+    overall = subgroups["overall"][metric]
+    if overall is not None:
+        ax.axvline(overall, color="gray", ls="--", lw=1, label=f"whole split ({overall:.2f})")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_yticks(range(len(groups)), [f"{g['name']} (n={g['n']}{', small' if g['small'] else ''})" for g in groups],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{metric} at threshold {subgroups['threshold']:.3g} (95% CI)", xlim=(-0.02, 1.02),
+           title=f"{metric.capitalize()} by subgroup")
+    ax.grid(alpha=0.3, axis="x")
     return fig

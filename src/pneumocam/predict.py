@@ -24,7 +24,8 @@ from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
-FIELDS = ["source", "probability", "logit", "predicted", "threshold", "cam_peak_x", "cam_peak_y", "overlay"]
+FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason",
+          "cam_peak_x", "cam_peak_y", "overlay"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
                 peak_y, peak_x = peak(prediction.cam)
                 rows.append({"source": prediction.source, "probability": round(prediction.probability, 6),
                              "logit": round(prediction.logit, 6), "predicted": prediction.predicted,
-                             "threshold": prediction.threshold, "cam_peak_x": peak_x, "cam_peak_y": peak_y,
+                             "threshold": prediction.threshold, **prediction.ood_fields(),
+                             "cam_peak_x": peak_x, "cam_peak_y": peak_y,
                              "overlay": overlay})
             bar.update(len(chunk))
     for failure in failures:
         log.warning("skipped %s: %s", failure["source"], failure["reason"])
+    flagged = sum(1 for row in rows if row["ood"] == 1)
+    if flagged:
+        log.warning("%d of %d inputs do not look like frontal chest X-rays (column ood): their predictions are "
+                    "unreliable", flagged, len(rows))
     if out_dir is None:
         return rows, failures, format_rows(rows, config.output_format)
     out_dir = Path(out_dir)

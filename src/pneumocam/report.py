@@ -72,6 +72,72 @@ def _gallery(gallery: dict[str, Sequence[tuple[str, bytes]]]) -> str:
     return "".join(parts)
 
 
+def _ci(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def _subgroup_section(table: dict | None) -> str:
+    if not table:
+        return ""
+    columns = ("prevalence", "auroc", "sensitivity", "specificity", "fnr", "ece")
+    header = "<tr><th>subgroup</th><th>n</th><th>pneumonia</th>" + "".join(
+        f"<th>{c}</th>" for c in columns) + "<th>sensitivity - whole split</th></tr>"
+    rows = []
+    overall = table["overall"]
+    rows.append("<tr><td><b>whole split</b></td>" + f"<td>{overall['n']}</td><td>{overall['n_positive']}</td>" +
+                "".join(f"<td>{_fmt(overall[c])}</td>" for c in columns) + "<td></td></tr>")
+    for g in table["groups"]:
+        flag = " &#9888; small" if g["small"] else ""
+        diff, diff_ci = g["difference"]["sensitivity"], g["difference_ci95"]["sensitivity"]
+        rows.append(f"<tr><td>{html.escape(g['name'])}{flag}</td><td>{g['n']}</td><td>{g['n_positive']}</td>" +
+                    "".join(f"<td>{_fmt(g[c])} <small>{_ci(g['ci95'][c])}</small></td>" for c in columns) +
+                    f"<td>{'n/a' if diff is None else f'{diff:+.3f}'} <small>{_ci(diff_ci)}</small></td></tr>")
+    unknown = ", ".join(f"{a}: {n}" for a, n in table["n_unknown"].items() if n)
+    return (f"<h2>Subgroups</h2><p>Threshold {table['threshold']:.3g}; 95% CIs by {html.escape(table['ci_method'])} "
+            f"({table['bootstrap_resamples']} resamples). Groups under {table['min_size']} images are marked "
+            f"small: their numbers are shown but say little. fnr = 1 - sensitivity (underdiagnosis)."
+            f"{' Unknown values, left out of the groups: ' + html.escape(unknown) + '.' if unknown else ''}</p>"
+            f"<table>{header}{''.join(rows)}</table>")
+
+
+def _shortcut_section(shortcut: dict | None) -> str:
+    if not shortcut:
+        return ""
+    header_only = shortcut["header_only"]
+    if header_only.get("available"):
+        baseline = (f"<p>A logistic regression on the header alone ({', '.join(header_only['fields_known_in_train'])}),"
+                    f" fitted on the {header_only['n_train']} training images, reaches AUROC "
+                    f"<b>{header_only['auroc']:.3f}</b> {_ci(header_only['auroc_ci95'])} on these images; the model "
+                    f"reaches {_fmt(shortcut['model_auroc'])}, {header_only['model_minus_header_auroc']:+.3f} "
+                    f"{_ci(header_only['model_minus_header_ci95'])} above it (paired bootstrap). The closer the two, "
+                    "the more of the model's ranking the header alone explains.</p>")
+    else:
+        baseline = f"<p>Header-only baseline not available: {html.escape(header_only['reason'])}.</p>"
+    views = "".join(f"<tr><td>{html.escape(v)}</td><td>{r['n']}</td><td>{r['n_positive']}</td>"
+                    f"<td>{_fmt(r['auroc'])} <small>{_ci(r['auroc_ci95'])}</small></td></tr>"
+                    for v, r in shortcut["within_view"].items())
+    table = (f"<table><tr><th>view</th><th>n</th><th>pneumonia</th><th>model AUROC within the view</th></tr>{views}"
+             "</table><p>A model that had learned only the view would score about 0.5 inside each view.</p>"
+             if views else "")
+    return f"<h2>Shortcut check</h2>{baseline}{table}"
+
+
+def _calibration_section(calibration: dict | None, metrics: dict) -> str:
+    if not calibration:
+        return ""
+    raw = calibration["raw"]
+    if not calibration["calibrated"]:
+        return (f"<h2>Calibration</h2><p>This checkpoint is not calibrated: ECE {raw['ece']:.3f}, Brier "
+                f"{raw['brier']:.3f}. <code>pneumocam calibrate</code> fits a temperature and a threshold on a "
+                "calibration split.</p>")
+    after, params = calibration["calibrated_scores"], calibration["parameters"]
+    rule = html.escape(str(metrics.get("threshold_rule") or ""))
+    return (f"<h2>Calibration</h2><p>Calibrated checkpoint: temperature {params['temperature']:.3f}, intercept "
+            f"{params['intercept']:+.3f}, prevalence shift {params['prevalence_shift']:+.3f}. On these images: ECE "
+            f"{raw['ece']:.3f} &rarr; <b>{after['ece']:.3f}</b>, Brier {raw['brier']:.3f} &rarr; "
+            f"<b>{after['brier']:.3f}</b> (raw &rarr; calibrated). Threshold {metrics['threshold']:.4f}: {rule}.</p>")
+
+
 def build_report(metrics: dict, plots: dict[str, bytes], gallery: dict[str, Sequence[tuple[str, bytes]]],
                  provenance: dict) -> str:
     """metrics: metrics.json content; plots: title -> PNG bytes; gallery: category -> [(caption, PNG)]."""
@@ -94,6 +160,9 @@ def build_report(metrics: dict, plots: dict[str, bytes], gallery: dict[str, Sequ
 <details><summary>model config, normalisation and package versions</summary><pre>{details}</pre></details>
 <h2>Metrics</h2>{_metrics_table(metrics)}
 <h2>Operating points</h2>{_operating_points_table(metrics.get("operating_points", []))}
+{_calibration_section(metrics.get("calibration"), metrics)}
+{_subgroup_section(metrics.get("subgroups"))}
+{_shortcut_section(metrics.get("shortcut"))}
 <h2>Plots</h2><div class="plots">{images}</div>
 <h2>CAM gallery</h2>
 <p>The most confident cases of each kind, with the Class Activation Map of the pneumonia logit.</p>

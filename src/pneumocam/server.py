@@ -87,6 +87,10 @@ def predict_upload(predictor: Predictor, data: bytes) -> dict:
         "probability": prediction.probability,
         "predicted": prediction.predicted,
         "threshold": prediction.threshold,
+        "threshold_rule": predictor.metadata.get("threshold_rule"),
+        "ood": prediction.ood,  # true: does not look like a frontal chest X-ray; null: the model has no detector
+        "ood_reason": prediction.ood_reason,
+        "ood_distance": prediction.ood_distance,
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
         "cam_png_base64": png_base64(overlay_cam(prediction.image, prediction.cam, 0.5, "jet")),
@@ -137,7 +141,10 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
             return error(401, "missing or wrong bearer token")
         meta = predictor.metadata
         return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
-                "threshold": predictor.threshold, "data_fingerprint": meta.get("data_fingerprint"),
+                "threshold": predictor.threshold, "threshold_rule": meta.get("threshold_rule"),
+                "calibration": predictor.calibration.to_metadata(),
+                "detects_out_of_range": predictor.out_of_range is not None,
+                "data_fingerprint": meta.get("data_fingerprint"),
                 "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
 
     @app.post("/v1/predict", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {

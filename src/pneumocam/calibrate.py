@@ -1,0 +1,192 @@
+"""Calibration stage: a checkpoint + a calibration split -> a calibrated copy of the checkpoint.
+
+Fits on the calibration split of DATA (never the test split): the temperature and intercept, the prevalence
+correction (with a target prevalence) and the operating threshold by a stated rule. The out-of-range detector
+describes what the model was trained on, so it is fitted on the training split of the data the model was
+trained on (`ood_data`, default DATA) and its threshold set on that data's calibration split. Writes
+
+  OUT/calibrated.ckpt   the checkpoint with all of it stored in its metadata: evaluate, predict, cam and serve
+                        use it by default
+  OUT/calibration.pt    the same entries alone (what a bundled model ships beside its weights)
+  OUT/calibration.json  parameters, ECE and Brier before and after (in-sample and cross-fitted), the threshold
+                        and its rule, the out-of-range threshold and its held-out false-flag rate
+  OUT/reliability.png + reliability.csv   reliability diagram before and after
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import brier_score_loss
+from tqdm import tqdm
+
+from pneumocam.calibration import Calibration, choose_threshold, cross_fitted_probabilities, fit_calibration, sigmoid
+from pneumocam.checkpoints import checkpoint_label, load_checkpoint
+from pneumocam.data import dataset_files, dataset_labels, load_file, manifest_patients, read_fingerprint, split_dataset
+from pneumocam.errors import PneumocamError
+from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
+from pneumocam.inference import Predictor, batches
+from pneumocam.metrics import expected_calibration_error
+from pneumocam.ood import QUANTILE, OutOfRange, fit_out_of_range
+
+log = logging.getLogger(__name__)
+# the metadata entries calibrate writes (and load_checkpoint merges from a bundled model's calibration file)
+CALIBRATION_KEYS = ("calibration", "threshold", "threshold_rule", "ood", "calibrated_on")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    split: str = "val"  # the calibration split; never the test split
+    prevalence: float | None = None  # target prevalence for the intercept correction; None: the split's own
+    intercept: bool = True  # fit an intercept with the temperature (False: temperature alone)
+    rule: str = "sensitivity"  # threshold rule: sensitivity (reach target_sensitivity) or youden
+    target_sensitivity: float = 0.9
+    ood_quantile: float = QUANTILE
+    ood_train_images: int = 2000  # training images sampled (seeded) for the out-of-range feature distribution
+    ood_data: str | None = None  # prepared data the model was trained on (its train + calibration split); None: DATA
+    folds: int = 5  # cross-fitting folds for the held-out ECE estimate
+    batch_size: int = 32
+    device: str = "cpu"
+    seed: int = 0
+
+
+def split_features(predictor: Predictor, data_dir: Path, split: str, batch_size: int, limit: int | None = None,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Raw logits, pooled features, labels and patients of a split (a seeded sample of `limit` images)."""
+    dataset = split_dataset(data_dir, split)
+    paths = [p for p, _ in dataset.samples]
+    labels = dataset_labels(dataset)
+    files = dataset_files(dataset, data_dir)
+    keep = np.arange(len(paths))
+    if limit is not None and len(paths) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
+    logits, features = [], []
+    for chunk in tqdm(list(batches([paths[i] for i in keep], batch_size)), desc=f"features {split}", unit="batch"):
+        z, f = predictor.features([load_file(p) for p in chunk])
+        logits.append(z)
+        features.append(f)
+    return (np.concatenate(logits), np.concatenate(features), labels[keep],
+            manifest_patients(data_dir, [files[i] for i in keep]))
+
+
+def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
+    return {"ece": expected_calibration_error(probs, labels), "brier": float(brier_score_loss(labels, probs,
+                                                                                            pos_label=1))}
+
+
+def held_out_false_flag_rate(train_features: np.ndarray, features: np.ndarray, patients: list[str], quantile: float,
+                             seed: int) -> float:
+    """The out-of-range threshold chosen on one half of the calibration split's patients, its false-flag rate
+    measured on the other half (and the other way round, averaged): the rate on new in-distribution images."""
+    unique = sorted(set(patients))
+    half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
+    in_a = np.array([p in half for p in patients])
+    rates = []
+    for fit_mask in (in_a, ~in_a):
+        detector = fit_out_of_range(train_features, features[fit_mask], quantile)
+        rates.append(float(np.mean(detector.distances(features[~fit_mask]) > detector.threshold)))
+    return float(np.mean(rates))
+
+
+def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+              config: CalibrateConfig = CalibrateConfig()) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if config.split == "test":
+        raise PneumocamError("calibrate fits on a calibration split; the test split must stay unseen (use --split "
+                             "val)")
+    if not (data_dir / "Processed" / config.split).is_dir():
+        raise PneumocamError(f"{data_dir}: no prepared '{config.split}' split to calibrate on")
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    if predictor.metadata.get("calibration"):
+        log.warning("%s is already calibrated: fitting again from its raw logits", checkpoint)
+    logits, features, labels, patients = split_features(predictor, data_dir, config.split, config.batch_size)
+    if not 0 < labels.sum() < labels.size:
+        raise PneumocamError(f"{data_dir}: the '{config.split}' split needs both classes to calibrate on")
+    try:
+        fitted = fit_calibration(logits, labels, config.intercept, config.prevalence)
+    except ValueError as exc:
+        raise PneumocamError(str(exc)) from exc
+    at_split = Calibration(fitted.temperature, fitted.intercept)  # the calibration split's own prevalence
+    before, after = sigmoid(logits), at_split.probabilities(logits)
+    folds = min(config.folds, int(labels.sum()), int(labels.size - labels.sum()), len(set(patients)))
+    crossed = cross_fitted_probabilities(logits, labels, np.asarray(patients), config.intercept, folds,
+                                         config.seed) if folds >= 2 else None
+    threshold, rule_text = choose_threshold(fitted.probabilities(logits), labels, config.rule,
+                                            config.target_sensitivity)
+    rule = f"{rule_text}, chosen on the '{config.split}' split of {data_dir.name} ({labels.size} images)"
+    ood_dir = Path(config.ood_data) if config.ood_data else data_dir
+    _, train_features, _, _ = split_features(predictor, ood_dir, "train", config.batch_size,
+                                             config.ood_train_images, config.seed)
+    ood_features, ood_patients = features, patients
+    if ood_dir != data_dir:
+        _, ood_features, _, ood_patients = split_features(predictor, ood_dir, config.split, config.batch_size)
+    detector = fit_out_of_range(train_features, ood_features, config.ood_quantile)
+    calibrated_on = {"data_dir": str(data_dir.resolve()), "split": config.split, "n": int(labels.size),
+                     "n_positive": int(labels.sum()), "data_fingerprint": read_fingerprint(data_dir),
+                     "ood_data_dir": str(ood_dir.resolve()), "ood_data_fingerprint": read_fingerprint(ood_dir),
+                     "config": asdict(config)}
+    entries = {"calibration": fitted.to_metadata(), "threshold": threshold, "threshold_rule": rule,
+               "ood": detector.to_metadata(), "calibrated_on": calibrated_on}
+    report = {
+        "checkpoint": checkpoint_label(checkpoint), **{k: v for k, v in entries.items() if k != "ood"},
+        "before": scores(before, labels), "after_in_sample": scores(after, labels),
+        "after_cross_fitted": {**scores(crossed, labels), "folds": folds,
+                               "what": "each image calibrated by a fit without its patient's fold"}
+        if crossed is not None else {"ece": None, "brier": None, "folds": folds,
+                                     "what": "not computed: too few images of one class for two folds"},
+        "ood": summarize_detector(detector, held_out_false_flag_rate(
+            train_features, ood_features, ood_patients, config.ood_quantile, config.seed)),
+    }
+    if config.prevalence is not None:
+        report["note"] = ("ECE and Brier are measured at the calibration split's own prevalence, before the "
+                          f"correction to {config.prevalence:g}, which only applies where that prevalence holds.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_calibrated(checkpoint, out_dir, entries)
+    write_reliability(out_dir, before, after, labels)
+    write_json(out_dir / "calibration.json", report)
+    log.info("calibrated: temperature %.3f, intercept %+.3f, threshold %.4f; ECE %.4f -> %.4f", fitted.temperature,
+             fitted.intercept, threshold, report["before"]["ece"], report["after_in_sample"]["ece"])
+    return report
+
+
+def summarize_detector(detector: OutOfRange, held_out_rate: float) -> dict:
+    return {"method": "Mahalanobis distance of pooled features (Ledoit-Wolf covariance of training features)",
+            "threshold": detector.threshold, "quantile": detector.quantile, "n_train": detector.n_train,
+            "n_calibration": detector.n_calibration, "held_out_false_flag_rate": held_out_rate}
+
+
+def write_calibrated(checkpoint: str | Path, out_dir: Path, entries: dict) -> None:
+    """OUT/calibrated.ckpt (a full copy with the entries in its metadata) and OUT/calibration.pt (them alone)."""
+    full = load_checkpoint(checkpoint)
+    full["pneumocam"] = {**full["pneumocam"], **entries}
+    with atomic_path(out_dir / "calibrated.ckpt") as tmp:
+        torch.save(full, tmp)
+    with atomic_path(out_dir / "calibration.pt") as tmp:
+        torch.save(entries, tmp)
+
+
+def write_reliability(out_dir: Path, before: np.ndarray, after: np.ndarray, labels: np.ndarray,
+                      n_bins: int = 10) -> None:
+    import matplotlib.pyplot as plt
+
+    from pneumocam.plots import calibration_figure
+
+    figure = calibration_figure({"calibrated": after, "before calibrate": before}, labels, n_bins)
+    with atomic_open(out_dir / "reliability.png", "wb") as f:
+        figure.savefig(f, format="png", dpi=90)
+    plt.close(figure)
+    edges = np.linspace(0, 1, n_bins + 1)
+    rows = []
+    for name, probs in (("before", before), ("after", after)):
+        bins = np.clip(np.searchsorted(edges, probs, side="right") - 1, 0, n_bins - 1)
+        for k in range(n_bins):
+            inside = bins == k
+            rows.append({"probabilities": name, "bin_low": edges[k], "bin_high": edges[k + 1],
+                         "n": int(inside.sum()),
+                         "mean_predicted": float(probs[inside].mean()) if inside.any() else "",
+                         "observed_frequency": float(labels[inside].mean()) if inside.any() else ""})
+    write_csv(out_dir / "reliability.csv", list(rows[0]), rows)

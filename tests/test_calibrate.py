@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pneumocam.calibrate import CalibrateConfig, calibrate
+from pneumocam.calibration import sigmoid
+from pneumocam.cli import main
+from pneumocam.errors import PneumocamError
+from pneumocam.evaluate import EvalConfig, evaluate
+from pneumocam.files import read_csv
+from pneumocam.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_checkpoint, phantom_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrated")
+    report = calibrate(tiny_checkpoint, phantom_data, out, CalibrateConfig(rule="youden", folds=2))
+    return out, report
+
+
+def test_calibrate_writes_a_calibrated_copy_that_every_stage_uses(calibrated, phantom_data, tmp_path):
+    out, report = calibrated
+    for name in ("calibrated.ckpt", "calibration.pt", "calibration.json", "reliability.png", "reliability.csv"):
+        assert (out / name).stat().st_size > 0
+    checkpoint = torch.load(out / "calibrated.ckpt", weights_only=True)
+    meta = checkpoint["pneumocam"]
+    assert meta["threshold"] == report["threshold"] and "Youden" in meta["threshold_rule"]
+    assert meta["calibrated_on"]["split"] == "val" and meta["ood"]["threshold"] > 0
+    predictor = Predictor.from_checkpoint(out / "calibrated.ckpt")
+    assert predictor.threshold == report["threshold"] and predictor.out_of_range is not None
+    c = report["calibration"]
+    metrics = evaluate(out / "calibrated.ckpt", phantom_data, tmp_path / "eval", EvalConfig(bootstrap=20))
+    assert metrics["threshold"] == report["threshold"] and metrics["threshold_rule"] == meta["threshold_rule"]
+    assert metrics["calibration"]["calibrated"]
+    rows = read_csv(tmp_path / "eval" / "predictions.csv")
+    logits = np.array([float(r["logit"]) for r in rows])
+    expected = sigmoid(logits / c["temperature"] + c["intercept"] + c["prevalence_shift"])
+    assert np.allclose([float(r["probability"]) for r in rows], expected, atol=1e-12)
+    assert "Calibrated checkpoint" in (tmp_path / "eval" / "report.html").read_text()
+    saved = json.loads((out / "calibration.json").read_text())
+    assert saved["before"]["ece"] >= 0 and saved["ood"]["quantile"] == 0.99
+
+
+def test_predict_flags_out_of_range_inputs_with_a_calibrated_checkpoint(calibrated, phantom_data, tmp_path):
+    out, _ = calibrated
+    npy = sorted((phantom_data / "Processed" / "val").rglob("*.npy"))[0]
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.random.default_rng(0).random((224, 224), dtype=np.float32))
+    assert main(["predict", str(out / "calibrated.ckpt"), str(npy), str(noise), "--out", str(tmp_path / "p")]) == 0
+    rows = {r["source"]: r for r in read_csv(tmp_path / "p" / "predictions.csv")}
+    assert rows[str(noise)]["ood"] == "1" and "feature distance" in rows[str(noise)]["ood_reason"]
+    assert rows[str(npy)]["ood"] in ("0", "1") and float(rows[str(npy)]["ood_distance"]) > 0
+
+
+def test_calibrate_refuses_the_test_split_and_the_cli_prints_its_summary(tiny_checkpoint, phantom_data, tmp_path,
+                                                                         capsys):
+    with pytest.raises(PneumocamError, match="test split must stay unseen"):
+        calibrate(tiny_checkpoint, phantom_data, tmp_path, CalibrateConfig(split="test"))
+    assert main(["calibrate", str(tiny_checkpoint), str(phantom_data), str(tmp_path / "cal"),
+                 "--prevalence", "0.2", "--target-sensitivity", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "temperature" in out and "sensitivity >= 0.8" in out and "out-of-range" in out
+    meta = torch.load(tmp_path / "cal" / "calibrated.ckpt", weights_only=True)["pneumocam"]
+    assert meta["calibration"]["target_prevalence"] == 0.2
+
+
+def test_the_bundled_model_ships_calibrated_with_its_rule():
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    assert predictor.calibration.temperature != 1.0 and predictor.out_of_range is not None
+    assert "Youden" in predictor.metadata["threshold_rule"] and predictor.threshold < 0.5
