@@ -75,3 +75,17 @@ def test_centre_prior_peaks_in_the_middle_and_rank_correlation():
     # ties get their average rank: [0, 0, 1] against [0, 1, 1] is 0.5 (Spearman), whatever the order of ties
     assert rank_correlation(np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.5)
     assert rank_correlation(np.array([1.0, 0.0, 0.0]), np.array([1.0, 1.0, 0.0])) == pytest.approx(0.5)
+
+
+def test_otsu_splits_a_bimodal_map_and_pixel_auprc_ranks_box_pixels():
+    from pneumocam.localization import chexlocalize_iou, otsu_threshold, pixel_auprc
+
+    rng = np.random.default_rng(0)
+    saliency = np.where(np.arange(100)[None, :] < 40, 0.2, 0.8) + rng.normal(0, 0.02, (100, 100))
+    assert 0.3 < otsu_threshold(saliency) < 0.7
+    mask = np.zeros((100, 100), bool)
+    mask[:, 40:] = True
+    assert pixel_auprc(saliency, mask) == pytest.approx(1.0)
+    assert pixel_auprc(rng.random((100, 100)), mask) == pytest.approx(0.6, abs=0.03)  # chance: the box share
+    assert chexlocalize_iou(saliency, mask, probability=0.9, cutoff=0.5) == pytest.approx(1.0)
+    assert chexlocalize_iou(saliency, mask, probability=0.1, cutoff=0.5) == 0.0  # the model says no: empty

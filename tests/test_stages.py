@@ -129,6 +129,39 @@ def test_compare_two_checkpoints(tiny_checkpoint, phantom_data, tmp_path):
     assert (tmp_path / "comparison.csv").exists() and (tmp_path / "model_1" / "metrics.json").exists()
 
 
+def test_localize_faithfulness_cis_margins_and_chexlocalize_export(tiny_checkpoint, phantom_data, tmp_path):
+    import pickle
+
+    from pneumocam.localize import LocalizeConfig, localize
+
+    result = localize(tiny_checkpoint, phantom_data, tmp_path, LocalizeConfig(
+        split="all", methods=("cam", "gradcam"), batch_size=8, faithfulness=True, export="chexlocalize"))
+    cam = result["methods"]["cam"]
+    for key in ("pointing_game", "pixel_auprc", "chexlocalize_iou", "iou@0.5", "iobb@0.25", "hit_rate_iobb@0.25",
+                "energy_in_boxes"):
+        low, high = cam["ci95"][key]
+        assert low <= high and 0 <= low and high <= 1
+    margin = cam["margin_over_box_prior"]["pointing_game"]
+    assert margin["mean"] == pytest.approx(cam["pointing_game"] - result["baseline_box_prior"]["pointing_game"])
+    faithful = result["faithfulness"]
+    assert set(faithful["maps"]) == {"cam", "gradcam", "random", "centre", "box_prior"}
+    deletion = faithful["maps"]["cam"]["deletion"]
+    assert len(deletion["curve"]["fractions"]) == 11 and 0 <= deletion["probability"] <= 1
+    assert {"insertion", "road_morf", "road_lerf"} <= set(faithful["maps"]["random"])
+    assert faithful["replacement"] == "blur" and faithful["wall_time_s"] > 0
+    export = tmp_path / "chexlocalize"
+    annotations = json.loads((export / "gt_annotations.json").read_text())
+    assert len(annotations) == result["n_images"]
+    first = next(iter(annotations.values()))
+    assert first["img_size"] == [224, 224] and len(first["Airspace Opacity"][0]) == 4
+    maps = sorted((export / "cam" / "maps").glob("*_Airspace Opacity_map.pkl"))
+    assert len(maps) == result["n_images"]
+    with open(maps[0], "rb") as f:
+        record = pickle.load(f)
+    assert tuple(record["map"].shape) == (1, 1, 224, 224) and record["task"] == "Airspace Opacity"
+    assert record["gt"] == 1 and tuple(record["cxr_img"].shape) == (3, 224, 224) and 0 <= record["prob"] <= 1
+
+
 def test_localize_by_default_never_reads_a_training_image(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):
     import pneumocam.localize as loc
 
@@ -240,4 +273,9 @@ def test_subgroups_recomputed_from_the_written_files_agree_with_metrics_json(tin
     assert shortcut["header_only"]["available"] and set(shortcut["within_view"]) <= {"AP", "PA"}
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "Subgroups" in html and "Shortcut check" in html
+    # the phantoms' positives have boxes: the maps section, with faithfulness and the randomisation check
+    assert "Can you trust these maps?" in html and "Randomisation check" in html
+    maps = metrics["maps"]
+    assert set(maps["faithfulness"]["maps"]) >= {"cam", "random", "centre"} and maps["randomization_check"]
+    assert (tmp_path / "eval" / "faithfulness.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "subgroups_sensitivity.png").stat().st_size > 1000

@@ -152,7 +152,7 @@ def _evaluate(args) -> int:
     config = EvalConfig(split=args.split, threshold=args.threshold, target_sensitivity=args.target_sensitivity,
                         threshold_from=args.threshold_from, bootstrap=args.bootstrap, seed=args.seed,
                         batch_size=args.batch_size, device=args.device, report=args.report,
-                        by=_subgroup_attributes(args.by), min_subgroup_size=args.min_subgroup_size)
+                        by=_subgroup_attributes(args.by), min_subgroup_size=args.min_subgroup_size, maps=args.maps)
     if len(args.checkpoints) > 1:
         result = compare(args.checkpoints, args.data, args.out, config)
         keys = ("accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")
@@ -207,7 +207,8 @@ def _localize(args) -> int:
     config = LocalizeConfig(split=args.split, allow_training_boxes=args.allow_training_boxes,
                             methods=tuple(args.methods), batch_size=args.batch_size,
                             seed=args.seed, randomize_check=args.randomize_check, device=args.device,
-                            alignment=args.alignment)
+                            alignment=args.alignment, faithfulness=args.faithfulness, road=args.road,
+                            replacement=args.replacement, export=args.export)
     result = localize(args.checkpoint, args.data, args.out, config)
     named = [*result["methods"].items(), ("random map", result["baseline_random"]),
              ("centre prior", result["baseline_centre"])]
@@ -219,9 +220,24 @@ def _localize(args) -> int:
     print(f"{result['n_images']} images with boxes ({result['split']} split); {trained}")
     if result["includes_training_boxes"]:
         print("note: these images include the training split, so the scores are not those of unseen images")
-    print(f"{'method':<14}{'pointing':>10}{'IoU@0.5':>10}{'hit@IoBB.25':>13}")
-    for name, pointing, iou, hit in rows:
-        print(f"{name:<14}{pointing:>10.3f}{iou:>10.3f}{hit:>13.3f}")
+    print(f"{'method':<14}{'pointing':>10}{'95% CI':>15}{'IoU@0.5':>10}{'hit@IoBB.25':>13}")
+    for (name, pointing, iou, hit), (_, summary) in zip(rows, named, strict=True):
+        ci = summary["ci95"]["pointing_game"]
+        print(f"{name:<14}{pointing:>10.3f}{f'[{ci[0]:.2f}, {ci[1]:.2f}]':>15}{iou:>10.3f}{hit:>13.3f}")
+    for method, summary in result["methods"].items():
+        margin = summary.get("margin_over_box_prior", {}).get("pointing_game")
+        if margin:
+            print(f"{method}: pointing game - box prior = {margin['mean']:+.3f} "
+                  f"[{margin['ci95'][0]:+.3f}, {margin['ci95'][1]:+.3f}]")
+    faithful = result.get("faithfulness")
+    if faithful:
+        kinds = [k for k in ("deletion", "insertion", "road_morf", "road_lerf") if k in faithful["maps"]["cam"]
+                 ] if "cam" in faithful["maps"] else ["deletion", "insertion"]
+        print(f"faithfulness (area under the probability curve; deletion and ROAD MoRF: lower is better; "
+              f"insertion and ROAD LeRF: higher), {faithful['wall_time_s']:.0f} s:")
+        print(f"{'map':<14}" + "".join(f"{k:>12}" for k in kinds))
+        for name, kinds_ in faithful["maps"].items():
+            print(f"{name:<14}" + "".join(f"{kinds_[k]['probability']:>12.3f}" for k in kinds))
     check = result.get("randomization_check")
     if check:
         for name, c in check.items():
@@ -452,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "values); default auto: every one the manifest knows; none: no subgroup table")
     p.add_argument("--min-subgroup-size", type=int, default=20,
                    help="groups with fewer images are shown but flagged (default 20)")
+    p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True,
+                   help="where the split has boxes: the 'Can you trust these maps?' section (localisation with CIs, "
+                        "deletion/insertion curves, randomisation check, worst misses; default on)")
     _add_inference_options(p)
 
     p = _add(sub, "calibrate", "Calibrate a checkpoint on a calibration split: temperature (+ intercept), a "
@@ -502,9 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alignment_option(p)
     _add_inference_options(p)
 
-    p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB).",
+    p = _add(sub, "localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB, "
+                              "pixel AUPRC, with CIs and baselines) and, with --faithfulness, whether they drive "
+                              "the logit.",
              _examples("pneumocam localize run/checkpoints/best.ckpt data/ loc/",
-                       "pneumocam localize run/checkpoints/best.ckpt data/ loc/ --split val --randomize-check"),
+                       "pneumocam localize run/checkpoints/best.ckpt data/ loc/ --split val --randomize-check",
+                       "pneumocam localize pneumocam-cxr rsna-data/ loc/ --faithfulness --export chexlocalize"),
              _localize)
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", help="prepared data folder with boxes.csv")
@@ -521,6 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--randomize-check", action=argparse.BooleanOptionalAction, default=False,
                    help="model-randomisation sanity check: re-initialise layer4+fc, maps must change "
                         "(exit code 3 if a method fails)")
+    p.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=False,
+                   help="deletion and insertion curves (10 steps) and ROAD (MoRF and LeRF at 10-90%%) of the "
+                        "pneumonia logit and probability, for every method and baseline")
+    p.add_argument("--road", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --faithfulness, include ROAD (default on; its imputation is the slow part)")
+    p.add_argument("--replacement", choices=("blur", "mean"), default="blur",
+                   help="what deleted pixels become in deletion/insertion: a blurred copy (default) or the mean")
+    p.add_argument("--export", choices=("chexlocalize",), default=None,
+                   help="also write the maps and boxes in CheXlocalize's input format to OUT/chexlocalize/")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the randomisation")
     _add_alignment_option(p)
     _add_inference_options(p, batch_size=16)

@@ -63,6 +63,7 @@ class EvalConfig:
     gallery_size: int = 4
     report: bool = True
     by: tuple[str, ...] | None = None  # subgroup attributes; None: every one the manifest knows; (): none
+    maps: bool = True  # "Can you trust these maps?": localisation, deletion/insertion, randomisation (needs boxes)
     min_subgroup_size: int = MIN_SIZE
 
 
@@ -210,9 +211,12 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     if metrics.get("subgroups"):
         table = subgroup_rows(metrics["subgroups"])
         write_csv(out_dir / "subgroups.csv", list(table[0]), table)
+    assessment = assess_trust(predictor, data_dir, config) if config.maps else None
+    if assessment is not None:
+        metrics["maps"] = assessment.result
     if config.report:
         start = time.perf_counter()
-        write_report(out_dir, metrics, preds, predictor, data_dir, config)
+        write_report(out_dir, metrics, preds, predictor, data_dir, config, assessment)
         timing["plots_and_report"] = time.perf_counter() - start
     metrics["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
     write_json(out_dir / "metrics.json", metrics)
@@ -251,11 +255,40 @@ def reliability_curves(preds: SplitPredictions, metrics: dict) -> dict[str, np.n
     return {"model": preds.probabilities}
 
 
+def assess_trust(predictor: Predictor, data_dir: Path, config: EvalConfig):
+    """The maps' localisation, faithfulness (deletion and insertion) and randomisation check on the evaluated
+    split's boxed images; None without boxes there, or on the training boxes a box-guided model learned from."""
+    from pneumocam.data import load_boxes
+    from pneumocam.localize import LocalizeConfig, assess_maps
+
+    boxed = [f for f in load_boxes(data_dir) if config.split == "all" or f.startswith(f"Processed/{config.split}/")]
+    trained_on_boxes = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0) > 0
+    if not boxed or (trained_on_boxes and config.split in ("train", "all")):
+        return None
+    return assess_maps(predictor, data_dir, config.split, LocalizeConfig(
+        split=config.split, faithfulness=True, road=False, randomize_check=True, batch_size=config.batch_size,
+        seed=config.seed, device=config.device))
+
+
+def worst_misses(assessment, method: str = "cam", size: int = 10) -> list[int]:
+    """The images whose map peaks farthest from every box (ties: the least energy inside the boxes)."""
+    scores = assessment.per_image[method]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i]["peak_distance"], scores[i]["energy"]))
+    return [i for i in order if not scores[i]["pointing"]][:size]
+
+
 def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
-                 config: EvalConfig) -> None:
+                 config: EvalConfig, assessment=None) -> None:
     """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
     from pneumocam.overlay import side_by_side
-    from pneumocam.plots import calibration_figure, confusion_figure, forest_figure, pr_figure, roc_figure
+    from pneumocam.plots import (
+        calibration_figure,
+        confusion_figure,
+        faithfulness_figure,
+        forest_figure,
+        pr_figure,
+        roc_figure,
+    )
     from pneumocam.report import build_report
 
     points = [p for p in metrics["operating_points"] if p.get("available")]
@@ -267,6 +300,9 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
     }
     if metrics.get("subgroups"):
         figures["Sensitivity by subgroup"] = ("subgroups_sensitivity.png", forest_figure(metrics["subgroups"]))
+    if assessment is not None:
+        figures["Deletion and insertion"] = ("faithfulness.png",
+                                             faithfulness_figure(assessment.result["faithfulness"]))
     plots = {}
     for title, (name, figure) in figures.items():
         plots[title] = _figure_png(figure)  # rendered once: the same bytes go to the file and the page
@@ -293,8 +329,25 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
                   "training data fingerprint": metrics["train_data_fingerprint"], "git commit": metrics["git_commit"],
                   "bootstrap resamples": config.bootstrap, "model config": metrics["model_config"],
                   "normalization": metrics["normalization"], "versions": metrics["versions"]}
+    misses = []
+    if assessment is not None:
+        misses_rows = []
+        for rank, i in enumerate(worst_misses(assessment)):
+            distance = assessment.per_image["cam"][i]["peak_distance"]
+            caption = f"{Path(assessment.files[i]).stem[:16]}  p = {assessment.probabilities[i]:.3f}  " \
+                      f"peak {distance:.0f} px from a box"
+            png = _figure_png(side_by_side(assessment.images[i], assessment.maps["cam"][i], caption,
+                                           boxes=tuple(assessment.boxes[i])))
+            name = f"worst_misses/{rank}.png"
+            with atomic_open(out_dir / name, "wb") as f:
+                f.write(png)
+            misses.append((caption, png))
+            misses_rows.append({"rank": rank, "file": assessment.files[i], "probability": float(
+                assessment.probabilities[i]), "peak_distance_px": round(distance, 2), "png": name})
+        if misses_rows:
+            write_csv(out_dir / "worst_misses.csv", list(misses_rows[0]), misses_rows)
     with atomic_open(out_dir / "report.html", "w", encoding="utf-8") as f:
-        f.write(build_report(metrics, plots, gallery, provenance))
+        f.write(build_report(metrics, plots, gallery, provenance, misses))
 
 
 def compare(checkpoints: list[str | Path], data_dir: str | Path, out_dir: str | Path,

@@ -11,6 +11,10 @@ ground truth is the union of its boxes.
 - energy: the share of the map's total mass inside the boxes (energy-based pointing game).
 - peak distance: how far (pixels) the map's maximum lies from the nearest box; 0 for a hit. It says
   whether misses are near misses (a 7x7 map's peak sits on a 32-pixel grid) or elsewhere.
+- pixel AUPRC (Arun et al. 2021): the average precision of the map's values as a ranking of the pixels
+  against the box mask; chance is the share of the image the boxes cover.
+- CheXlocalize IoU (Saporta et al. 2022): region = map above its Otsu threshold, and empty when the model's
+  probability is below a cutoff (the model's own threshold), so a map cannot score where the model says no.
 """
 
 from __future__ import annotations
@@ -77,13 +81,50 @@ def energy_in_boxes(saliency: np.ndarray, mask: np.ndarray) -> float:
     return float(saliency[mask].sum() / total) if total > 0 else 0.0
 
 
-def score_image(saliency: np.ndarray, boxes: Sequence[Box]) -> dict:
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the cut of a 256-bin histogram that maximises the between-class variance (the middle
+    of the cuts that do, when several tie)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return high
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    mass_low = np.cumsum(counts * centres)
+    mean_low = mass_low / np.maximum(weight_low, 1)
+    mean_high = (mass_low[-1] - mass_low) / np.maximum(weight_high, 1)
+    between = (weight_low * weight_high * (mean_low - mean_high) ** 2)[:-1]
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))  # a plateau when the classes separate cleanly
+    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)  # its middle
+
+
+def pixel_auprc(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """Average precision of the map's values ranking the pixels inside the boxes first."""
+    from sklearn.metrics import average_precision_score
+
+    if not mask.any() or mask.all():
+        return float(mask.any())
+    return float(average_precision_score(mask.ravel(), saliency.ravel()))
+
+
+def chexlocalize_iou(saliency: np.ndarray, mask: np.ndarray, probability: float | None, cutoff: float) -> float:
+    """IoU of the Otsu-thresholded map with the boxes; the region is empty below the probability cutoff."""
+    if probability is not None and probability < cutoff:
+        return iou(np.zeros_like(mask), mask)
+    return iou(saliency > otsu_threshold(saliency), mask)
+
+
+def score_image(saliency: np.ndarray, boxes: Sequence[Box], probability: float | None = None,
+                cutoff: float = 0.5) -> dict:
     mask = box_mask(boxes, saliency.shape)
     row, col = peak(saliency)
     hit = bool(mask[row, col])  # pointing_hit, with the peak kept for the distance
     scores = {"pointing": hit, "peak_row": row, "peak_col": col,
               "peak_distance": 0.0 if hit else distance_to_boxes(row, col, boxes),
-              "energy": energy_in_boxes(saliency, mask)}
+              "energy": energy_in_boxes(saliency, mask), "auprc": pixel_auprc(saliency, mask),
+              "chexlocalize_iou": chexlocalize_iou(saliency, mask, probability, cutoff)}
     for t in THRESHOLDS:
         region = saliency >= t
         scores[f"iou@{t}"] = iou(region, mask)
@@ -91,18 +132,22 @@ def score_image(saliency: np.ndarray, boxes: Sequence[Box]) -> dict:
     return scores
 
 
-def score_images(maps: np.ndarray, boxes: Sequence[Sequence[Box]]) -> list[dict]:
-    """score_image for each (map, boxes) pair."""
+def score_images(maps: np.ndarray, boxes: Sequence[Sequence[Box]], probabilities: Sequence[float] | None = None,
+                 cutoff: float = 0.5) -> list[dict]:
+    """score_image for each (map, boxes) pair (with the model's probability of each image, for the CheXlocalize
+    IoU's cutoff; without them, no cutoff applies)."""
     if len(maps) != len(boxes):
         raise ValueError(f"{len(maps)} maps but {len(boxes)} box lists")
     if len(maps) == 0:
         raise ValueError("no images with boxes to score")
-    return [score_image(m, b) for m, b in zip(maps, boxes, strict=True)]
+    probabilities = [None] * len(maps) if probabilities is None else probabilities
+    return [score_image(m, b, p, cutoff) for m, b, p in zip(maps, boxes, probabilities, strict=True)]
 
 
-def score_maps(maps: np.ndarray, boxes: Sequence[Sequence[Box]]) -> dict:
+def score_maps(maps: np.ndarray, boxes: Sequence[Sequence[Box]], probabilities: Sequence[float] | None = None,
+               cutoff: float = 0.5) -> dict:
     """Mean scores over images (see summarize)."""
-    return summarize(score_images(maps, boxes))
+    return summarize(score_images(maps, boxes, probabilities, cutoff))
 
 
 def summarize(per_image: list[dict]) -> dict:
@@ -114,7 +159,8 @@ def summarize(per_image: list[dict]) -> dict:
         return float(np.mean([s[key] for s in per_image]))
 
     result = {"n_images": len(per_image), "pointing_game": mean("pointing"), "mean_iou": mean("iou@0.5"),
-              "energy_in_boxes": mean("energy")}
+              "energy_in_boxes": mean("energy"), "pixel_auprc": mean("auprc"),
+              "chexlocalize_iou": mean("chexlocalize_iou")}
     result["iou"] = {str(t): mean(f"iou@{t}") for t in THRESHOLDS}
     result["iobb"] = {str(t): mean(f"iobb@{t}") for t in THRESHOLDS}
     result["hit_rate_iobb"] = {str(level): float(np.mean([s["iobb@0.5"] >= level for s in per_image]))
@@ -146,3 +192,17 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(spearmanr(a, b).statistic)
+
+
+def per_image_values(per_image: list[dict]) -> dict[str, np.ndarray]:
+    """Each summarised score as an (N,) array of per-image values (a hit is 1.0), keyed as summarize names them:
+    the inputs of the bootstrap CIs and of the paired margins over a baseline."""
+    values = {"pointing_game": [s["pointing"] for s in per_image], "energy_in_boxes": [s["energy"] for s in per_image],
+              "pixel_auprc": [s["auprc"] for s in per_image],
+              "chexlocalize_iou": [s["chexlocalize_iou"] for s in per_image]}
+    for t in THRESHOLDS:
+        values[f"iou@{t}"] = [s[f"iou@{t}"] for s in per_image]
+        values[f"iobb@{t}"] = [s[f"iobb@{t}"] for s in per_image]
+    for level in IOBB_LEVELS:
+        values[f"hit_rate_iobb@{level}"] = [s["iobb@0.5"] >= level for s in per_image]
+    return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}

@@ -1,9 +1,10 @@
 """Localisation stage: saliency maps of positive images vs their ground-truth boxes.
 
-Writes OUT/localization.json (scores per method; a random-map, a centre-prior and a box-prior baseline, and
-optionally the model-randomisation check), OUT/localization.csv (one row per image and method: the
-probability, the map's peak, hit or miss and by how far, IoU/IoBB, energy) and
-OUT/localization_grid.png (overlays with boxes).
+Writes OUT/localization.json (scores per method with patient-level bootstrap CIs; a random-map, a
+centre-prior and a box-prior baseline, and each method's margin over the box prior with its CI; optionally
+the model-randomisation check and the faithfulness curves), OUT/localization.csv (one row per image and
+method: the probability, the map's peak, hit or miss and by how far, IoU/IoBB, energy), OUT/localization_grid.png
+(overlays with boxes) and, with export="chexlocalize", OUT/chexlocalize/ (see chexlocalize.py).
 Only images with at least one box in boxes.csv are scored (the boxes mark pneumonia).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,15 +25,24 @@ from pneumocam.cam_extra import LIBRARY_METHODS
 from pneumocam.checkpoints import checkpoint_label
 from pneumocam.data import evaluation_split, load_boxes, load_file, manifest_patients, read_fingerprint
 from pneumocam.errors import PneumocamError
+from pneumocam.faithfulness import (
+    BLUR_SIGMA,
+    ROAD_NOISE,
+    ROAD_PERCENTAGES,
+    STEPS,
+    TARGETS,
+    perturbation_curves,
+    road_curves,
+)
 from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor, batches
 from pneumocam.localization import (
     THRESHOLDS,
     box_mask,
     centre_prior,
+    per_image_values,
     rank_correlation,
     score_images,
-    score_maps,
     summarize,
 )
 from pneumocam.metrics import Bootstrap, bootstrap_mean_ci
@@ -57,6 +68,10 @@ class LocalizeConfig:
     seed: int = 0
     randomize_check: bool = False
     grid_images: int = 16
+    faithfulness: bool = False  # deletion / insertion curves (and ROAD with `road`) for every map
+    road: bool = True
+    replacement: str = "blur"  # what deleted pixels become: blur | mean
+    export: str | None = None  # chexlocalize: also write the maps and boxes in CheXlocalize's input format
     device: str = "cpu"
     alignment: str | None = None  # where the 7x7 cells sit (cam.upsample_and_normalize); None = the checkpoint's
 
@@ -165,54 +180,148 @@ def randomization_check(predictor: Predictor, images, methods, config: LocalizeC
     return result
 
 
+@dataclass
+class MapAssessment:
+    """What assess_maps computed: localization.json's content and what the files and figures are drawn from."""
+    result: dict
+    files: list[str]
+    boxes: list[list]
+    images: list[np.ndarray]
+    maps: dict[str, np.ndarray]  # method -> (N, 224, 224)
+    per_image: dict[str, list[dict]]  # method -> score_image results
+    probabilities: np.ndarray
+
+
+def _with_cis(summary: dict, values: dict[str, np.ndarray], groups: np.ndarray, boot: Bootstrap) -> dict:
+    summary["ci95"] = {k: bootstrap_mean_ci(v, groups, boot)["ci95"] for k, v in values.items()}
+    return summary
+
+
+def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: LocalizeConfig) -> MapAssessment:
+    """Every map of every method and baseline on the split's boxed images: localisation scores with patient-level
+    CIs, each method's margin over the box prior, and (config.faithfulness) deletion, insertion and ROAD."""
+    all_boxes = load_boxes(data_dir)
+    files, boxes = _boxed_files(all_boxes, data_dir, split)
+    images = [load_file(data_dir / f) for f in files]
+    maps, logits, cells = compute_maps(predictor, images, config.methods, config.batch_size)
+    probabilities = predictor.probabilities(logits)
+    cutoff = predictor.threshold
+    baselines = {"random": random_maps(len(images), config.seed, alignment=predictor.alignment),
+                 "centre": np.repeat(centre_prior((224, 224))[None], len(images), axis=0)}
+    prior = box_prior(all_boxes)
+    if prior is not None:
+        baselines["box_prior"] = np.repeat(prior[None], len(images), axis=0)
+    groups = np.asarray(manifest_patients(data_dir, files))
+    boot = Bootstrap(1000, config.seed)
+    per_image, values, summaries = {}, {}, {}
+    for name, stack in {**maps, **baselines}.items():
+        per_image[name] = score_images(stack, boxes, probabilities, cutoff)
+        values[name] = per_image_values(per_image[name])
+        summaries[name] = _with_cis(summarize(per_image[name]), values[name], groups, boot)
+    scores = {m: summaries[m] for m in maps}
+    for method, summary in scores.items():
+        summary["pointing_game_ci"] = bootstrap_mean_ci(values[method]["pointing_game"], groups, boot)
+        if "box_prior" in values:  # paired per image: the same images, the method's score minus the prior's
+            summary["margin_over_box_prior"] = {
+                k: {"mean": float(np.mean(v - values["box_prior"][k])),
+                    "ci95": bootstrap_mean_ci(v - values["box_prior"][k], groups, boot)["ci95"]}
+                for k, v in values[method].items()}
+    main = scores.get("cam") or next(iter(scores.values()))
+    box_loss_weight = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0)
+    result = {
+        "n_images": len(files), "split": split,
+        # what the scores may mean: boxes of images the model (or its box guidance) was trained on, or not
+        "includes_training_boxes": split in ("train", "all"), "method": "cam" if "cam" in scores else config.methods[0],
+        "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
+        "baseline_random": summaries["random"], "baseline_centre": summaries["centre"],
+        # None when the training split has no boxes (the prior is the mean training-box mask)
+        "baseline_box_prior": summaries.get("box_prior"),
+        "chexlocalize_probability_cutoff": cutoff,
+        "methods": scores, "config": asdict(config),
+        # > 0: the model was trained with box guidance (on its training split's boxes, never these);
+        # 0: from labels alone, so these scores measure weakly supervised localisation
+        "box_loss_weight": box_loss_weight,
+        "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
+    }
+    if config.faithfulness:
+        result["faithfulness"] = faithfulness_summary(predictor, images, {**maps, **baselines}, config, groups)
+    if config.randomize_check:
+        result["randomization_check"] = randomization_check(predictor, images, list(maps), config, cells)
+    return MapAssessment(result, files, boxes, images, maps, per_image, probabilities)
+
+
+def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_maps: dict[str, np.ndarray],
+                         config: LocalizeConfig, groups: np.ndarray) -> dict:
+    """Deletion and insertion areas (logit and probability) and ROAD MoRF / LeRF for every map, each with a
+    patient-level CI, plus the mean curves; timed."""
+    start = time.perf_counter()
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([predictor.features(list(chunk))[0] for chunk in batches(batch, config.batch_size)])[
+            :, None]
+
+    stack = np.stack(images)
+    boot = Bootstrap(1000, config.seed)
+    out, areas = {}, {}
+    for name, maps in tqdm(named_maps.items(), desc="faithfulness", unit="map"):
+        curves = {
+            "deletion": perturbation_curves(score, stack, maps, "deletion", config.replacement,
+                                            predictor.normalization.mean),
+            "insertion": perturbation_curves(score, stack, maps, "insertion", config.replacement,
+                                             predictor.normalization.mean)}
+        if config.road:
+            curves["road_morf"] = road_curves(score, stack, maps, "morf", seed=config.seed)
+            curves["road_lerf"] = road_curves(score, stack, maps, "lerf", seed=config.seed)
+        areas[name] = {kind: c.area("probability") for kind, c in curves.items()}
+        out[name] = {
+            kind: {**{target: float(c.area(target).mean()) for target in TARGETS},
+                   **{f"{target}_ci95": bootstrap_mean_ci(c.area(target), groups, boot)["ci95"] for target in TARGETS},
+                   "curve": {"fractions": c.fractions.tolist(), "logit": c.logit.mean(axis=0).tolist(),
+                             "probability": c.probability.mean(axis=0).tolist()}}
+            for kind, c in curves.items()}
+    if "random" in areas:  # paired per image: each map's area minus the random map's, on the same images
+        for name, kinds in areas.items():
+            if name != "random":
+                out[name]["minus_random"] = {
+                    kind: {"probability": float(np.mean(a - areas["random"][kind])),
+                           "ci95": bootstrap_mean_ci(a - areas["random"][kind], groups, boot)["ci95"]}
+                    for kind, a in kinds.items()}
+    return {"replacement": config.replacement, "replacement_value": (
+        f"Gaussian blur, sigma {BLUR_SIGMA:g} px" if config.replacement == "blur"
+        else f"the normalisation mean {predictor.normalization.mean:.4f}"),
+            "steps": STEPS, "road_percentages": list(ROAD_PERCENTAGES) if config.road else None,
+            "road_imputation": f"noisy linear (8 neighbours, noise sd {ROAD_NOISE})" if config.road else None,
+            "areas": "mean over images of the area under each image's curve, normalised by the x-range",
+            "n_images": len(images), "maps": out, "wall_time_s": round(time.perf_counter() - start, 1)}
+
+
 def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: LocalizeConfig = LocalizeConfig()) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     unknown = set(config.methods) - set(METHODS) - set(LIBRARY_METHODS)
     if unknown:
         raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
+    if config.export not in (None, "chexlocalize"):
+        raise PneumocamError(f"unknown export format {config.export!r}; the one offered is chexlocalize")
     split = evaluation_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
-    box_loss_weight = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0)
-    _check_training_boxes(split, box_loss_weight, config.allow_training_boxes)
-    all_boxes = load_boxes(data_dir)
-    files, boxes = _boxed_files(all_boxes, data_dir, split)
-    images = [load_file(data_dir / f) for f in files]
-    maps, logits, cells = compute_maps(predictor, images, config.methods, config.batch_size)
-    per_image = {method: score_images(m, boxes) for method, m in maps.items()}
-    scores = {method: summarize(image_scores) for method, image_scores in per_image.items()}
-    baselines = {"random": score_maps(random_maps(len(images), config.seed, alignment=predictor.alignment), boxes),
-                 "centre": score_maps(np.repeat(centre_prior((224, 224))[None], len(images), axis=0), boxes)}
-    prior = box_prior(all_boxes)
-    if prior is not None:
-        baselines["box_prior"] = score_maps(np.repeat(prior[None], len(images), axis=0), boxes)
-    patients = np.asarray(manifest_patients(data_dir, files))
-    for method, image_scores in per_image.items():  # by patient where patients have several images
-        scores[method]["pointing_game_ci"] = bootstrap_mean_ci([s["pointing"] for s in image_scores], patients,
-                                                               Bootstrap(1000, config.seed))
-    main = scores.get("cam") or next(iter(scores.values()))
-    result = {
-        "n_images": len(files), "split": split,
-        # what the scores may mean: boxes of images the model (or its box guidance) was trained on, or not
-        "includes_training_boxes": split in ("train", "all"), "method": "cam" if "cam" in scores else config.methods[0],
-        "pointing_game": main["pointing_game"], "mean_iou": main["mean_iou"],
-        "baseline_random": baselines["random"], "baseline_centre": baselines["centre"],
-        # None when the training split has no boxes (the prior is the mean training-box mask)
-        "baseline_box_prior": baselines.get("box_prior"),
-        "methods": scores, "config": asdict(config), "checkpoint": checkpoint_label(checkpoint),
-        # > 0: the model was trained with box guidance (on its training split's boxes, never these);
-        # 0: from labels alone, so these scores measure weakly supervised localisation
-        "box_loss_weight": box_loss_weight,
-        "data_fingerprint": read_fingerprint(data_dir), "versions": package_versions(),
-    }
-    if config.randomize_check:
-        result["randomization_check"] = randomization_check(predictor, images, list(maps), config, cells)
+    _check_training_boxes(split, predictor.metadata.get("config", {}).get("box_loss_weight", 0.0),
+                          config.allow_training_boxes)
+    assessment = assess_maps(predictor, data_dir, split, config)
+    result = {**assessment.result, "checkpoint": checkpoint_label(checkpoint)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "localization.json", result)
-    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, predictor.probabilities(logits), per_image))
-    _write_grid(out_dir / "localization_grid.png", images, maps[result["method"]], files, boxes, config.grid_images)
+    files, per_image = assessment.files, {m: assessment.per_image[m] for m in assessment.maps}
+    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, assessment.probabilities, per_image))
+    _write_grid(out_dir / "localization_grid.png", assessment.images, assessment.maps[result["method"]], files,
+                assessment.boxes, config.grid_images)
+    if config.export == "chexlocalize":
+        from pneumocam.chexlocalize import export_chexlocalize
+
+        export_chexlocalize(out_dir / "chexlocalize", files, assessment.images, assessment.maps,
+                            assessment.boxes, assessment.probabilities)
     log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
-             baselines["random"]["pointing_game"], result["mean_iou"], len(files))
+             result["baseline_random"]["pointing_game"], result["mean_iou"], len(files))
     return result
 
 

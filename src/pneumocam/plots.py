@@ -116,3 +116,17 @@ def forest_figure(subgroups: dict, metric: str = "sensitivity") -> Figure:
            title=f"{metric.capitalize()} by subgroup")
     ax.grid(alpha=0.3, axis="x")
     return fig
+
+
+def faithfulness_figure(faithfulness: dict, target: str = "probability") -> Figure:
+    """Mean deletion and insertion curves of every map, side by side, with the areas in the legends."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    for ax, kind, better in zip(axes, ("deletion", "insertion"), ("lower", "higher"), strict=True):
+        for name, kinds in faithfulness["maps"].items():
+            curve = kinds[kind]["curve"]
+            ax.plot(curve["fractions"], curve[target], marker=".", label=f"{name} (area {kinds[kind][target]:.3f})")
+        ax.set(xlabel=f"share of pixels {'removed' if kind == 'deletion' else 'revealed'}, most salient first",
+               ylabel=f"mean pneumonia {target}", title=f"{kind.capitalize()} ({better} area is more faithful)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig

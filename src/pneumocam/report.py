@@ -138,8 +138,52 @@ def _calibration_section(calibration: dict | None, metrics: dict) -> str:
             f"<b>{after['brier']:.3f}</b> (raw &rarr; calibrated). Threshold {metrics['threshold']:.4f}: {rule}.</p>")
 
 
+def _trust_section(maps: dict | None, misses: Sequence[tuple[str, bytes]]) -> str:
+    if not maps:
+        return ""
+    named = [*maps["methods"].items(), ("random map", maps["baseline_random"]),
+             ("centre prior", maps["baseline_centre"])]
+    if maps.get("baseline_box_prior"):
+        named.append(("box prior", maps["baseline_box_prior"]))
+    faithful = (maps.get("faithfulness") or {}).get("maps", {})
+    keys = {"random map": "random", "centre prior": "centre", "box prior": "box_prior"}
+    rows = []
+    for name, s in named:
+        ci = s["ci95"]
+        margin = (s.get("margin_over_box_prior") or {}).get("pointing_game")
+        f = faithful.get(keys.get(name, name), {})
+        margin_text = f"{margin['mean']:+.2f} <small>{_ci(margin['ci95'])}</small>" if margin else ""
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{s['pointing_game']:.2f} <small>{_ci(ci['pointing_game'])}</small>"
+            f"</td><td>{margin_text}</td>"
+            f"<td>{s['iou']['0.5']:.2f} <small>{_ci(ci['iou@0.5'])}</small></td>"
+            f"<td>{s['pixel_auprc']:.2f} <small>{_ci(ci['pixel_auprc'])}</small></td>"
+            f"<td>{s['chexlocalize_iou']:.2f}</td><td>{s['energy_in_boxes']:.2f}</td>"
+            f"<td>{_fmt(f.get('deletion', {}).get('probability'))}</td>"
+            f"<td>{_fmt(f.get('insertion', {}).get('probability'))}</td></tr>")
+    table = ("<table><tr><th>map</th><th>pointing game</th><th>minus box prior</th><th>IoU@0.5</th>"
+             "<th>pixel AUPRC</th><th>CheXlocalize IoU</th><th>energy in boxes</th><th>deletion area</th>"
+             "<th>insertion area</th></tr>" + "".join(rows) + "</table>")
+    check = maps.get("randomization_check") or {}
+    randomised = "".join(f"<tr><td>{html.escape(m)}</td><td>{r['mean_rank_correlation']:.3f}</td>"
+                         f"<td>{'passed' if r['passed'] else 'FAILED'}</td></tr>" for m, r in check.items())
+    figures = "".join(f'<figure><img alt="{html.escape(c)}" src="{png_data_uri(p)}"><figcaption>{html.escape(c)}'
+                      "</figcaption></figure>" for c, p in misses)
+    return (f"<h2>Can you trust these maps?</h2><p>{maps['n_images']} images with boxes ({html.escape(maps['split'])}"
+            " split). Localisation with patient-level 95% CIs; the box prior is the mean training-box mask (one "
+            "fixed guess of where boxes are), so a map must beat it to show it looks at the image. Deletion and "
+            f"insertion: areas under the pneumonia probability as pixels are removed or revealed, most salient "
+            f"first ({html.escape(maps['faithfulness']['replacement_value']) if maps.get('faithfulness') else ''}); "
+            "deletion lower and insertion higher is more faithful.</p>" + table +
+            (f"<h3>Randomisation check</h3><p>Spearman correlation of each map with the map of the same network "
+             f"with layer4 and fc re-initialised; a faithful method's maps change (below 0.5).</p><table><tr><th>"
+             f"method</th><th>rank correlation</th><th>check</th></tr>{randomised}</table>" if randomised else "") +
+            (f"<h3>The worst misses</h3><p>CAM peaks farthest from every box.</p><div class=\"gallery\">{figures}"
+             "</div>" if figures else ""))
+
+
 def build_report(metrics: dict, plots: dict[str, bytes], gallery: dict[str, Sequence[tuple[str, bytes]]],
-                 provenance: dict) -> str:
+                 provenance: dict, misses: Sequence[tuple[str, bytes]] = ()) -> str:
     """metrics: metrics.json content; plots: title -> PNG bytes; gallery: category -> [(caption, PNG)]."""
     warnings = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in metrics.get("warnings", []))
     c = metrics["confusion"]
@@ -163,6 +207,7 @@ def build_report(metrics: dict, plots: dict[str, bytes], gallery: dict[str, Sequ
 {_calibration_section(metrics.get("calibration"), metrics)}
 {_subgroup_section(metrics.get("subgroups"))}
 {_shortcut_section(metrics.get("shortcut"))}
+{_trust_section(metrics.get("maps"), misses)}
 <h2>Plots</h2><div class="plots">{images}</div>
 <h2>CAM gallery</h2>
 <p>The most confident cases of each kind, with the Class Activation Map of the pneumonia logit.</p>
