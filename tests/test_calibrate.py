@@ -31,7 +31,7 @@ def test_calibrate_writes_a_calibrated_copy_that_every_stage_uses(calibrated, ph
     predictor = Predictor.from_checkpoint(out / "calibrated.ckpt")
     assert predictor.threshold == report["threshold"] and predictor.out_of_range is not None
     c = report["calibration"]
-    metrics = evaluate(out / "calibrated.ckpt", phantom_data, tmp_path / "eval", EvalConfig(bootstrap=20))
+    metrics = evaluate(out / "calibrated.ckpt", phantom_data, tmp_path / "eval", EvalConfig(bootstrap=20, maps=False))
     assert metrics["threshold"] == report["threshold"] and metrics["threshold_rule"] == meta["threshold_rule"]
     assert metrics["calibration"]["calibrated"]
     rows = read_csv(tmp_path / "eval" / "predictions.csv")

@@ -9,12 +9,14 @@ import pytest
 from pneumocam.evaluate import EvalConfig, evaluate
 from pneumocam.explain import CamConfig, explain_files
 
+QUICK = EvalConfig(bootstrap=0, report=False, maps=False)  # point metrics only
+
 REQUIRED = {"n", "n_positive", "threshold", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc",
             "brier", "confusion", "ci95"}
 
 
 def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, phantom_data, tmp_path):
-    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path, EvalConfig(bootstrap=50))
+    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path, EvalConfig(bootstrap=50, maps=False))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert REQUIRED <= set(on_disk) and on_disk["n"] == metrics["n"] == 6
     with open(tmp_path / "predictions.csv") as f:
@@ -94,7 +96,7 @@ def test_randomization_check_resetting_layer4_changes_the_cam_and_fails_a_model_
 
 
 def test_evaluate_writes_plots_gallery_and_a_self_contained_report(tiny_checkpoint, phantom_data, tmp_path):
-    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path, EvalConfig(bootstrap=20, gallery_size=2))
+    metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path, EvalConfig(bootstrap=20, gallery_size=2, maps=False))
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "gallery.csv"):
         assert (tmp_path / name).stat().st_size > 100, name
     html = (tmp_path / "report.html").read_text()
@@ -114,7 +116,7 @@ def test_evaluate_writes_plots_gallery_and_a_self_contained_report(tiny_checkpoi
 
 def test_thresholds_from_another_split_have_no_same_data_warning(tiny_checkpoint, phantom_data, tmp_path):
     metrics = evaluate(tiny_checkpoint, phantom_data, tmp_path,
-                       EvalConfig(threshold_from="train", bootstrap=0, report=False))
+                       EvalConfig(threshold_from="train", bootstrap=0, report=False, maps=False))
     assert metrics["thresholds_chosen_on"] == "train"
     assert not any("thresholds were chosen" in w for w in metrics["warnings"])
     assert not (tmp_path / "report.html").exists()
@@ -123,7 +125,8 @@ def test_thresholds_from_another_split_have_no_same_data_warning(tiny_checkpoint
 def test_compare_two_checkpoints(tiny_checkpoint, phantom_data, tmp_path):
     from pneumocam.evaluate import compare
 
-    result = compare([tiny_checkpoint, tiny_checkpoint], phantom_data, tmp_path, EvalConfig(bootstrap=30, report=False))
+    result = compare([tiny_checkpoint, tiny_checkpoint], phantom_data, tmp_path,
+                     EvalConfig(bootstrap=30, report=False, maps=False))
     assert [m["model"] for m in result["models"]] == [0, 1]
     assert result["paired_auroc_differences"][0]["auroc_difference"] == 0
     assert (tmp_path / "comparison.csv").exists() and (tmp_path / "model_1" / "metrics.json").exists()
@@ -135,9 +138,9 @@ def test_localize_faithfulness_cis_margins_and_chexlocalize_export(tiny_checkpoi
     from pneumocam.localize import LocalizeConfig, localize
 
     result = localize(tiny_checkpoint, phantom_data, tmp_path, LocalizeConfig(
-        split="all", methods=("cam", "gradcam"), batch_size=8, faithfulness=True, export="chexlocalize"))
+        split="all", methods=("cam", "gradcam"), batch_size=8, faithfulness=True, export="chexlocalize", max_images=3))
     cam = result["methods"]["cam"]
-    for key in ("pointing_game", "pixel_auprc", "chexlocalize_iou", "iou@0.5", "iobb@0.25", "hit_rate_iobb@0.25",
+    for key in ("pointing_game", "pixel_auprc", "chexlocalize_iou", "iou@0.5", "iobb@0.5", "hit_rate_iobb@0.25",
                 "energy_in_boxes"):
         low, high = cam["ci95"][key]
         assert low <= high and 0 <= low and high <= 1
@@ -192,13 +195,13 @@ def test_evaluate_defaults_to_test_when_there_is_one_else_val_with_a_warning(tin
                                                                              phantom_data, tmp_path):
     from pneumocam.prepare import PrepareConfig, prepare
 
-    on_val = evaluate(tiny_checkpoint, phantom_data, tmp_path / "val", EvalConfig(bootstrap=0, report=False))
+    on_val = evaluate(tiny_checkpoint, phantom_data, tmp_path / "val", QUICK)
     assert on_val["split"] == "val" and on_val["split_chose_checkpoint"]
     assert any("chose the checkpoint" in w for w in on_val["warnings"])
     with_test = prepare(phantom_source, tmp_path / "data", PrepareConfig(val_fraction=0.25, test_fraction=0.25,
                                                                          workers=1))
     assert sum(with_test.counts["test"].values()) > 0
-    on_test = evaluate(tiny_checkpoint, tmp_path / "data", tmp_path / "test", EvalConfig(bootstrap=0, report=False))
+    on_test = evaluate(tiny_checkpoint, tmp_path / "data", tmp_path / "test", QUICK)
     assert on_test["split"] == "test" and not on_test["split_chose_checkpoint"]
     assert not any("chose the checkpoint" in w for w in on_test["warnings"])
     assert on_test["n"] == sum(with_test.counts["test"].values())
@@ -234,7 +237,7 @@ def test_subgroups_recomputed_from_the_written_files_agree_with_metrics_json(tin
     for i, row in enumerate(manifest):  # phantoms carry a view; give them a sex and an age as well
         row.update(sex="MF"[i % 2], age=str(15 + 3 * i))
     write_csv(data / "manifest.csv", list(manifest[0]), manifest)
-    metrics = evaluate(tiny_checkpoint, data, tmp_path / "eval", EvalConfig(split="train", bootstrap=30,
+    metrics = evaluate(tiny_checkpoint, data, tmp_path / "eval", EvalConfig(split="train", bootstrap=30, maps_images=3,
                                                                            threshold=0.5, min_subgroup_size=5))
     table = metrics["subgroups"]
     assert table["by"] == ["sex", "age_band", "view"]

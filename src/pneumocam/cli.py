@@ -152,7 +152,8 @@ def _evaluate(args) -> int:
     config = EvalConfig(split=args.split, threshold=args.threshold, target_sensitivity=args.target_sensitivity,
                         threshold_from=args.threshold_from, bootstrap=args.bootstrap, seed=args.seed,
                         batch_size=args.batch_size, device=args.device, report=args.report,
-                        by=_subgroup_attributes(args.by), min_subgroup_size=args.min_subgroup_size, maps=args.maps)
+                        by=_subgroup_attributes(args.by), min_subgroup_size=args.min_subgroup_size, maps=args.maps,
+                        maps_images=args.maps_images)
     if len(args.checkpoints) > 1:
         result = compare(args.checkpoints, args.data, args.out, config)
         keys = ("accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=True,
                    help="where the split has boxes: the 'Can you trust these maps?' section (localisation with CIs, "
                         "deletion/insertion curves, randomisation check, worst misses; default on)")
+    p.add_argument("--maps-images", type=int, default=100,
+                   help="boxed images the maps section scores at most, a seeded sample (default 100; "
+                        "pneumocam localize scores them all)")
     _add_inference_options(p)
 
     p = _add(sub, "calibrate", "Calibrate a checkpoint on a calibration split: temperature (+ intercept), a "

@@ -64,6 +64,7 @@ class EvalConfig:
     report: bool = True
     by: tuple[str, ...] | None = None  # subgroup attributes; None: every one the manifest knows; (): none
     maps: bool = True  # "Can you trust these maps?": localisation, deletion/insertion, randomisation (needs boxes)
+    maps_images: int = 100  # boxed images the maps section scores at most (a seeded sample; localize scores all)
     min_subgroup_size: int = MIN_SIZE
 
 
@@ -138,7 +139,7 @@ def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
     values = attribute_values(rows)
     by = known_attributes(values) if config.by is None else list(config.by)
     out: dict = {}
-    boot = Bootstrap(config.bootstrap or 1000, config.seed)
+    boot = Bootstrap(config.bootstrap, config.seed)  # 0: point values only, no CIs
     groups = np.asarray(preds.patients)
     if by:
         out["subgroups"] = subgroup_table(preds.probabilities, preds.labels, preds.patients, values, by,
@@ -267,7 +268,7 @@ def assess_trust(predictor: Predictor, data_dir: Path, config: EvalConfig):
         return None
     return assess_maps(predictor, data_dir, config.split, LocalizeConfig(
         split=config.split, faithfulness=True, road=False, randomize_check=True, batch_size=config.batch_size,
-        seed=config.seed, device=config.device))
+        seed=config.seed, device=config.device, max_images=config.maps_images))
 
 
 def worst_misses(assessment, method: str = "cam", size: int = 10) -> list[int]:

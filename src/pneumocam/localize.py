@@ -72,6 +72,7 @@ class LocalizeConfig:
     road: bool = True
     replacement: str = "blur"  # what deleted pixels become: blur | mean
     export: str | None = None  # chexlocalize: also write the maps and boxes in CheXlocalize's input format
+    max_images: int | None = None  # score a seeded sample of this many boxed images (None: all)
     device: str = "cpu"
     alignment: str | None = None  # where the 7x7 cells sit (cam.upsample_and_normalize); None = the checkpoint's
 
@@ -202,6 +203,9 @@ def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: Locali
     CIs, each method's margin over the box prior, and (config.faithfulness) deletion, insertion and ROAD."""
     all_boxes = load_boxes(data_dir)
     files, boxes = _boxed_files(all_boxes, data_dir, split)
+    if config.max_images is not None and len(files) > config.max_images:  # a seeded sample, in file order
+        keep = sorted(np.random.default_rng(config.seed).choice(len(files), config.max_images, replace=False))
+        files, boxes = [files[i] for i in keep], [boxes[i] for i in keep]
     images = [load_file(data_dir / f) for f in files]
     maps, logits, cells = compute_maps(predictor, images, config.methods, config.batch_size)
     probabilities = predictor.probabilities(logits)
