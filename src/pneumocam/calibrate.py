@@ -100,6 +100,9 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                              "val)")
     if not (data_dir / "Processed" / config.split).is_dir():
         raise PneumocamError(f"{data_dir}: no prepared '{config.split}' split to calibrate on")
+    if config.split == "train":
+        log.warning("calibrating on the training split: the model has fitted these images, so its logits there are "
+                    "more confident than on new images and the calibration will be too mild; prefer --split val")
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
     if predictor.metadata.get("calibration"):
         log.warning("%s is already calibrated: fitting again from its raw logits", checkpoint)
