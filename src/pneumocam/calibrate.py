@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import brier_score_loss
 from tqdm import tqdm
 
 from pneumocam.calibration import Calibration, choose_threshold, cross_fitted_probabilities, fit_calibration, sigmoid
@@ -30,12 +29,10 @@ from pneumocam.data import dataset_files, dataset_labels, load_file, manifest_pa
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
 from pneumocam.inference import Predictor, batches
-from pneumocam.metrics import expected_calibration_error
+from pneumocam.metrics import calibration_scores as scores
 from pneumocam.ood import QUANTILE, OutOfRange, fit_out_of_range
 
 log = logging.getLogger(__name__)
-# the metadata entries calibrate writes (and load_checkpoint merges from a bundled model's calibration file)
-CALIBRATION_KEYS = ("calibration", "threshold", "threshold_rule", "ood", "calibrated_on")
 
 
 @dataclass(frozen=True)
@@ -73,22 +70,14 @@ def split_features(predictor: Predictor, data_dir: Path, split: str, batch_size:
             manifest_patients(data_dir, [files[i] for i in keep]))
 
 
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    return {"ece": expected_calibration_error(probs, labels), "brier": float(brier_score_loss(labels, probs,
-                                                                                            pos_label=1))}
-
-
-def held_out_false_flag_rate(train_features: np.ndarray, features: np.ndarray, patients: list[str], quantile: float,
-                             seed: int) -> float:
-    """The out-of-range threshold chosen on one half of the calibration split's patients, its false-flag rate
-    measured on the other half (and the other way round, averaged): the rate on new in-distribution images."""
+def held_out_false_flag_rate(distances: np.ndarray, patients: list[str], quantile: float, seed: int) -> float:
+    """The out-of-range threshold chosen on one half of the calibration split's patients (the `quantile` of their
+    distances), its false-flag rate measured on the other half (and the other way round, averaged): the rate on
+    new in-distribution images. The training Gaussian is the same for both halves, so only distances are needed."""
     unique = sorted(set(patients))
     half = set(np.random.default_rng(seed).permutation(unique)[: len(unique) // 2].tolist())
     in_a = np.array([p in half for p in patients])
-    rates = []
-    for fit_mask in (in_a, ~in_a):
-        detector = fit_out_of_range(train_features, features[fit_mask], quantile)
-        rates.append(float(np.mean(detector.distances(features[~fit_mask]) > detector.threshold)))
+    rates = [float(np.mean(distances[~fit] > np.quantile(distances[fit], quantile))) for fit in (in_a, ~in_a)]
     return float(np.mean(rates))
 
 
@@ -142,7 +131,7 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         if crossed is not None else {"ece": None, "brier": None, "folds": folds,
                                      "what": "not computed: too few images of one class for two folds"},
         "ood": summarize_detector(detector, held_out_false_flag_rate(
-            train_features, ood_features, ood_patients, config.ood_quantile, config.seed)),
+            detector.distances(ood_features), ood_patients, config.ood_quantile, config.seed)),
     }
     if config.prevalence is not None:
         report["note"] = ("ECE and Brier are measured at the calibration split's own prevalence, before the "

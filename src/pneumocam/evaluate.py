@@ -36,8 +36,10 @@ from pneumocam.inference import Predictor, batches, sigmoid
 from pneumocam.metrics import (
     Bootstrap,
     bootstrap_ci,
+    calibration_scores,
     classification_metrics,
     expected_calibration_error,
+    fast_auroc,
     operating_points,
     paired_auroc_difference,
     threshold_for_sensitivity,
@@ -119,15 +121,10 @@ def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: E
 
 def calibration_summary(preds: SplitPredictions, calibration: dict | None) -> dict:
     """ECE and Brier of the raw and (when the checkpoint is calibrated) the calibrated probabilities."""
-    from sklearn.metrics import brier_score_loss
-
-    def scores(probs: np.ndarray) -> dict:
-        return {"ece": expected_calibration_error(probs, preds.labels),
-                "brier": float(brier_score_loss(preds.labels, probs, pos_label=1))}
-
-    summary = {"calibrated": bool(calibration), "raw": scores(preds.raw_probabilities)}
+    summary = {"calibrated": bool(calibration), "raw": calibration_scores(preds.raw_probabilities, preds.labels)}
     if calibration:
-        summary.update({"parameters": calibration, "calibrated_scores": scores(preds.probabilities)})
+        summary.update({"parameters": calibration,
+                        "calibrated_scores": calibration_scores(preds.probabilities, preds.labels)})
     return summary
 
 
@@ -150,7 +147,7 @@ def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
         baseline = header_baseline(train_rows, eval_rows, preds.probabilities, boot, groups)
         baseline.pop("probabilities", None)
         out["shortcut"] = {
-            "model_auroc": classification_metrics(preds.probabilities, preds.labels)["auroc"],
+            "model_auroc": fast_auroc(preds.probabilities, preds.labels),
             "header_only": baseline,
             "within_view": within_view_auroc(preds.probabilities, preds.labels, values["view"], boot, groups),
         }

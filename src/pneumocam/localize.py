@@ -194,7 +194,9 @@ class MapAssessment:
 
 
 def _with_cis(summary: dict, values: dict[str, np.ndarray], groups: np.ndarray, boot: Bootstrap) -> dict:
-    summary["ci95"] = {k: bootstrap_mean_ci(v, groups, boot)["ci95"] for k, v in values.items()}
+    intervals = {k: bootstrap_mean_ci(v, groups, boot) for k, v in values.items()}
+    summary["ci95"] = {k: interval["ci95"] for k, interval in intervals.items()}
+    summary["pointing_game_ci"] = intervals["pointing_game"]  # with its method and resamples
     return summary
 
 
@@ -224,7 +226,6 @@ def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: Locali
         summaries[name] = _with_cis(summarize(per_image[name]), values[name], groups, boot)
     scores = {m: summaries[m] for m in maps}
     for method, summary in scores.items():
-        summary["pointing_game_ci"] = bootstrap_mean_ci(values[method]["pointing_game"], groups, boot)
         if "box_prior" in values:  # paired per image: the same images, the method's score minus the prior's
             summary["margin_over_box_prior"] = {
                 k: {"mean": float(np.mean(v - values["box_prior"][k])),

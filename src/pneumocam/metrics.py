@@ -181,6 +181,13 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=n_bins))
 
 
+def calibration_scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict[str, float]:
+    """ECE (expected_calibration_error) and Brier score: how far probabilities are from frequencies."""
+    probs, labels = _check(probs, labels)
+    return {"ece": expected_calibration_error(probs, labels, n_bins),
+            "brier": float(skm.brier_score_loss(labels, probs, pos_label=1))}
+
+
 def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float | None:
     """The threshold maximising sensitivity + specificity - 1 (None with one class)."""
     probs, labels = _check(probs, labels)

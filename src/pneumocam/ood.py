@@ -10,7 +10,7 @@ views, photographs, inverted images and other non-radiographs land far from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -61,5 +61,4 @@ def fit_out_of_range(train_features: np.ndarray, calibration_features: np.ndarra
     estimate = LedoitWolf().fit(train)
     detector = OutOfRange(torch.from_numpy(estimate.location_), torch.from_numpy(estimate.precision_), 0.0, quantile,
                           len(train), len(calibration_features))
-    threshold = float(np.quantile(detector.distances(calibration_features), quantile))
-    return OutOfRange(detector.mean, detector.precision, threshold, quantile, len(train), len(calibration_features))
+    return replace(detector, threshold=float(np.quantile(detector.distances(calibration_features), quantile)))

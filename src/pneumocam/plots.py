@@ -71,17 +71,16 @@ def calibration_figure(curves: dict[str, np.ndarray], labels: np.ndarray, n_bins
     """Reliability diagram (observed frequency vs mean predicted probability), one curve per set of
     probabilities (e.g. before and after calibration, each with its Brier score and ECE in the legend),
     over a histogram of the first set."""
-    from sklearn.metrics import brier_score_loss
-
-    from pneumocam.metrics import expected_calibration_error
+    from pneumocam.metrics import calibration_scores
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), height_ratios=(3, 1.2), sharex=True,
                                       constrained_layout=True)
     top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
     for (name, probs), marker in zip(curves.items(), MARKERS, strict=False):
         observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
-        brier, ece = brier_score_loss(labels, probs, pos_label=1), expected_calibration_error(probs, labels, n_bins)
-        top.plot(predicted, observed, f"{marker}-", lw=2, label=f"{name} (Brier = {brier:.3f}, ECE = {ece:.3f})")
+        score = calibration_scores(probs, labels, n_bins)
+        top.plot(predicted, observed, f"{marker}-", lw=2,
+                 label=f"{name} (Brier = {score['brier']:.3f}, ECE = {score['ece']:.3f})")
     top.set(ylabel="observed frequency of pneumonia", title="Calibration (reliability diagram)",
             xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
     top.legend(loc="upper left", fontsize=8)
