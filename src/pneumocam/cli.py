@@ -20,7 +20,7 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 log = logging.getLogger("pneumocam")
 
 
-DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "predict", "serve", "demo"}
+DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "predict", "serve", "demo", "pacs"}
 # subgroups.ATTRIBUTES and calibration.RULES, without importing them (a test keeps them equal)
 SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
 THRESHOLD_RULES = ("sensitivity", "youden")
@@ -252,7 +252,7 @@ def _localize(args) -> int:
 def _predict(args) -> int:
     from pneumocam.predict import PredictConfig, run_predict
 
-    config = PredictConfig(args.threshold, args.batch_size, args.device, args.overlays, args.format)
+    config = PredictConfig(args.threshold, args.batch_size, args.device, args.overlays, args.format, args.dicom_out)
     rows, failures, text = run_predict(args.checkpoint, args.inputs, args.out, config)
     if text:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -266,20 +266,36 @@ def _predict(args) -> int:
 
 
 def _serve(args) -> int:
-    import os
-
     from pneumocam.server import ServeConfig, serve
 
-    token = None
-    if args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            raise PneumocamError(f"--token-env {args.token_env}: that environment variable is empty or unset")
+    token = _token(args.token_env)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without a token: anyone who can reach this address can upload images", args.host)
     serve(args.checkpoint, args.host, args.port, ServeConfig(token, args.max_upload_mb, args.max_concurrency),
           args.device)
     return EXIT_OK
+
+
+def _token(env_name: str | None) -> str | None:
+    import os
+
+    if not env_name:
+        return None
+    token = os.environ.get(env_name)
+    if not token:
+        raise PneumocamError(f"--token-env {env_name}: that environment variable is empty or unset")
+    return token
+
+
+def _pacs(args) -> int:
+    from pneumocam.pacs import PacsConfig, watch
+
+    modalities = tuple(m.strip().upper() for m in args.modalities.split(",") if m.strip())
+    config = PacsConfig(modalities, args.max_attempts, args.interval)
+    counts = watch(args.checkpoint, args.url, args.state, config, args.once, _token(args.token_env), args.device)
+    print(f"{counts['new_studies']} new studies: {counts['done']} done ({counts['images']} images), "
+          f"{counts['failed']} failed; state in {args.state}")
+    return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
 
 def _export(args) -> int:
@@ -563,13 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "predict", "Pneumonia probabilities for files, folders (recursive) or glob patterns.",
              _examples("pneumocam predict run/checkpoints/best.ckpt xray.dcm",
                        "pneumocam predict run/checkpoints/best.ckpt 'scans/**/*.dcm' --out preds/ --overlays",
-                       "pneumocam predict run/checkpoints/best.ckpt folder/ --format json --threshold 0.3"), _predict)
+                       "pneumocam predict run/checkpoints/best.ckpt folder/ --format json --threshold 0.3",
+                       "pneumocam predict pneumocam-cxr 'scans/*.dcm' --out preds/ --dicom-out results/"), _predict)
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG/npy files, folders or quoted globs")
     p.add_argument("--out", default=None, help="output folder (default: print the table to stdout)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="table format (default csv)")
     p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=False,
                    help="also write CAM overlay PNGs to OUT/overlays/ (needs --out)")
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="for DICOM inputs, also write a Secondary Capture (image + CAM overlay) and a structured "
+                        "report per image to DIR, in the source's Study (needs pneumocam[dicom])")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
     _add_inference_options(p)
 
@@ -584,6 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload (default 32 MB)")
     p.add_argument("--max-concurrency", type=int, default=2, help="predictions running at once (default 2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+    p = _add(sub, "pacs", "Watch a PACS over DICOMweb: predict each new CR/DX study and store a Secondary Capture "
+                          "and a structured report back into it (needs pneumocam[pacs]).",
+             _examples("pneumocam pacs pneumocam-cxr http://localhost:8042/dicom-web --once",
+                       "pneumocam pacs pneumocam-cxr https://pacs.example.org/dicom-web --state /var/lib/pneumocam/"
+                       "pacs.json --interval 30 --token-env PACS_TOKEN"), _pacs)
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("url", help="the DICOMweb base URL (QIDO-RS, WADO-RS and STOW-RS below it)")
+    p.add_argument("--state", default="pneumocam-pacs-state.json",
+                   help="file recording the studies done, so none is processed twice (default "
+                        "pneumocam-pacs-state.json)")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (default: watch until interrupted)")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between passes when watching (default 60)")
+    p.add_argument("--modalities", default="CR,DX", help="modalities of the series to read (default CR,DX)")
+    p.add_argument("--max-attempts", type=int, default=3, help="passes a failing study is tried (default 3)")
+    p.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     p = _add(sub, "export", "Export a checkpoint to ONNX or TorchScript (outputs logit and feature map), "
                             "with a parity check against PyTorch.",
@@ -618,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")  # the CLI only writes figures to files; never open a window
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("highdicom", "dicomweb_client"):  # an INFO line per copied module, per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if not args.verbose:
         # pydicom logs a traceback for each decoder plugin that fails before another one succeeds, or before
         # the reader reports the file; the reason that matters reaches the user as one line naming the file

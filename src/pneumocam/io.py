@@ -1,6 +1,6 @@
 """Read any supported chest X-ray file as a float32 (H, W) array in [0, 1].
 
-This is the only module that imports pydicom. Every reader returns the same thing so the rest of
+This is the only module that reads files with pydicom (dicom_results writes results as DICOM). Every reader returns the same thing so the rest of
 pneumocam never branches on file formats: a 2-D float32 array where 0 is black (air) and 1 is white
 (bone), i.e. MONOCHROME2 orientation, scaled by the bit depth the file declares, not by the image's
 own min/max (so a dark image stays dark).
@@ -111,6 +111,24 @@ def read_header(path: str | Path) -> tuple[dict[str, str], tuple[int, int]]:
         return _header_fields(ds), (int(ds.Rows), int(ds.Columns))
     except Exception as exc:
         raise ImageReadError(path, f"cannot read the DICOM header ({type(exc).__name__}: {exc})") from exc
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a file that starts like a DICOM file (the DICM preamble), whatever its name."""
+    try:
+        return _looks_like_dicom(Path(path))
+    except OSError:
+        return False
+
+
+def read_dicom_dataset(path: str | Path):
+    """The DICOM header of a file (a pydicom Dataset without the pixel data), for results that refer to it."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
 
 
 def import_dicom_support() -> None:

@@ -2,7 +2,8 @@
 
 Unreadable or missing inputs are reported per file and never stop the rest. With an output folder,
 writes OUT/predictions.{csv,json}, OUT/failed.csv when something failed, and OUT/overlays/*.png with
---overlays; without one, the table goes to stdout.
+--overlays; without one, the table goes to stdout. With a DICOM folder, each DICOM input also gets a
+Secondary Capture and a structured report there (dicom_results), in its own Study.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pneumocam.checkpoints import checkpoint_label
+from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, unique_stems, write_csv, write_json
 from pneumocam.inference import Predictor, batches
-from pneumocam.io import ImageReadError, expand_inputs
+from pneumocam.io import ImageReadError, expand_inputs, is_dicom
 from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason",
-          "cam_peak_x", "cam_peak_y", "overlay"]
+          "cam_peak_x", "cam_peak_y", "overlay", "dicom_sc", "dicom_sr"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class PredictConfig:
     device: str = "cpu"
     overlays: bool = False
     output_format: str = "csv"  # csv | json
+    dicom_out: str | None = None  # folder for the DICOM results of DICOM inputs (needs pneumocam[dicom])
 
 
 def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
@@ -61,6 +65,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold)
     paths, failures = resolve_inputs(inputs)
     stem_of = dict(zip(map(str, paths), unique_stems(paths), strict=True))  # overlay names, unique over all inputs
+    dicom = _DicomWriter(predictor, checkpoint, config.dicom_out) if config.dicom_out else None
     rows = []
     with tqdm(total=len(paths), desc="predict", unit="img", disable=len(paths) < 2 * config.batch_size) as bar:
         for chunk in batches(paths, config.batch_size):
@@ -74,7 +79,10 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
                              "logit": round(prediction.logit, 6), "predicted": prediction.predicted,
                              "threshold": prediction.threshold, **prediction.ood_fields(),
                              "cam_peak_x": peak_x, "cam_peak_y": peak_y,
-                             "overlay": overlay})
+                             "overlay": overlay, "dicom_sc": "", "dicom_sr": ""})
+                if dicom:
+                    failure = dicom.write(prediction, stem_of[prediction.source], rows[-1])
+                    failures += [failure] if failure else []
             bar.update(len(chunk))
     for failure in failures:
         log.warning("skipped %s: %s", failure["source"], failure["reason"])
@@ -93,6 +101,30 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
     if failures:
         write_csv(out_dir / "failed.csv", ["source", "reason"], failures)
     return rows, failures, ""
+
+
+class _DicomWriter:
+    """Writes the Secondary Capture and SR of each DICOM input; a non-DICOM input or a failed write is a
+    failure row (its prediction stays in the table)."""
+
+    def __init__(self, predictor: Predictor, checkpoint: str | Path, out_dir: str | Path):
+        from pneumocam.dicom_results import ModelIdentity
+
+        self.model = ModelIdentity.from_predictor(predictor, checkpoint_label(checkpoint))
+        self.out_dir = Path(out_dir)
+        self.resize_mode = predictor.contract.resize_mode
+
+    def write(self, prediction, stem: str, row: dict) -> dict | None:
+        from pneumocam.dicom_results import write_results
+
+        if not is_dicom(prediction.source):
+            return {"source": prediction.source, "reason": "not a DICOM file: no DICOM results written for it"}
+        try:
+            sc, sr = write_results(prediction.source, prediction, self.model, self.out_dir, stem, self.resize_mode)
+        except (PneumocamError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            return {"source": prediction.source, "reason": f"DICOM results not written ({type(exc).__name__}: {exc})"}
+        row["dicom_sc"], row["dicom_sr"] = str(sc), str(sr)
+        return None
 
 
 def _write_overlay(prediction, stem: str, out_dir: Path) -> str:
