@@ -13,6 +13,7 @@ usage: python benchmarks/serve_load.py CKPT [--clients 4] [--seconds 20] [--imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import subprocess
@@ -80,6 +81,28 @@ def load(url: str, image: Path, clients: int, seconds: float, max_requests: int)
             "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"), "p95_ms": 1000 * q[18]}
 
 
+@contextlib.contextmanager
+def running_server(checkpoint: str, *options: str):
+    """`pneumocam serve CHECKPOINT OPTIONS` as a real process on a free loopback port -> (url, process)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pneumocam.cli", "serve", checkpoint, "--port", str(port),
+                               *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/v1/health", timeout=1).read()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"pneumocam serve exited with {server.returncode}") from None
+                time.sleep(0.5)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def predict_vs_forward(checkpoint: str, image: Path, repeats: int) -> tuple[float, float]:
     from pneumocam.data import collate_images
     from pneumocam.inference import Predictor
@@ -118,22 +141,9 @@ def main() -> None:
 
         folder = synthesize(tempfile.mkdtemp(prefix="pneumocam-load-"), SynthConfig(n_images=1, seed=3))
         image = next((folder / "stage_2_train_images").glob("*.dcm"))
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pneumocam.cli", "serve", args.checkpoint, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/v1/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with running_server(args.checkpoint) as (url, server):
         result = load(url, image, args.clients, args.seconds, args.max_requests)
         peak = _peak_rss_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     forward_ms, predict_ms = predict_vs_forward(args.checkpoint, image, args.repeats)
     print(f"image {image.name} ({image.stat().st_size // 1024} KB), {args.clients} clients, {args.seconds:g} s, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads\n")

@@ -95,6 +95,13 @@ def test_cli_cam_methods_are_the_libraries_methods():
     assert CAM_ALIGNMENTS == ALIGNMENTS  # same order: the first is the default everywhere
 
 
+def test_cli_backends_are_the_backends():
+    from pneumocam.backends import BACKENDS as LIBRARY_BACKENDS
+    from pneumocam.cli import BACKENDS
+
+    assert BACKENDS == LIBRARY_BACKENDS
+
+
 def test_cli_bundled_names_are_the_bundled_models():
     from pneumocam.checkpoints import BUNDLED_MODELS
     from pneumocam.cli import BUNDLED_NAMES

@@ -7,12 +7,20 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import RSNA_SAMPLE, require
 from pneumocam.cli import main
-from pneumocam.dicom_results import (ABSENT, PNEUMONIA, PRESENT, ModelIdentity, patient_study_source,
-                                     reported_probability, result_panel, structured_report)
+from pneumocam.dicom_results import (
+    ABSENT,
+    PNEUMONIA,
+    PRESENT,
+    ModelIdentity,
+    patient_study_source,
+    reported_probability,
+    result_panel,
+    structured_report,
+)
 from pneumocam.io import write_dicom_jpeg
 from pneumocam.predict import PredictConfig, run_predict
-from conftest import RSNA_SAMPLE, require
 
 pytest.importorskip("highdicom", reason="DICOM results need pneumocam[dicom]")
 
@@ -82,8 +90,8 @@ def test_sr_codes_the_finding_and_the_algorithm(tmp_path):
         sr = structured_report(source, 0.7 if predicted else 0.1, predicted, model)
         texts = [str(item.get("TextValue", "")) for item in _items(sr)]
         assert "pneumocam-cxr" in texts and any("Youden's J on val" in text for text in texts)
-        codes[predicted] = [item.ConceptCodeSequence[0].CodeValue for item in _items(sr)
-                            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == PNEUMONIA.value]
+        codes[predicted] = [item.ConceptCodeSequence[0].CodeValue for item in _items(sr) if item.ValueType == "CODE"
+                            and item.ConceptNameCodeSequence[0].CodeValue == PNEUMONIA.value]
         assert reported_probability(sr) == pytest.approx(0.7 if predicted else 0.1)
     assert codes == {0: [ABSENT.value], 1: [PRESENT.value]}
 

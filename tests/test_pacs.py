@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import RSNA_SAMPLE, require
 
+from conftest import RSNA_SAMPLE, require
 from pneumocam.cli import main
 from pneumocam.dicom_results import reported_probability
 from pneumocam.inference import Predictor
@@ -64,7 +65,7 @@ def _statistics(base: str) -> dict:
     return json.loads(urllib.request.urlopen(f"{base}/statistics", timeout=10).read())
 
 
-def test_round_trip_through_a_real_orthanc(orthanc, tmp_path):
+def test_round_trip_through_a_real_orthanc(orthanc, tmp_path, caplog):
     from pneumocam.pacs import connect
 
     files = sorted(require(RSNA_SAMPLE / "stage_2_train_images").glob("*.dcm"))
@@ -73,7 +74,10 @@ def test_round_trip_through_a_real_orthanc(orthanc, tmp_path):
     assert _statistics(orthanc)["CountInstances"] == len(files) == 17
 
     state = tmp_path / "state.json"
-    assert main(["pacs", "pneumocam-cxr", f"{orthanc}/dicom-web", "--state", str(state), "--once"]) == 0
+    with caplog.at_level(logging.INFO, logger="pneumocam"):
+        assert main(["pacs", "pneumocam-cxr", f"{orthanc}/dicom-web", "--state", str(state), "--once"]) == 0
+    patients = {str(pydicom.dcmread(f, stop_before_pixels=True).PatientID) for f in files}
+    assert "17 done" in caplog.text and not any(patient in caplog.text for patient in patients)
     assert _statistics(orthanc)["CountInstances"] == 3 * 17  # an SC and an SR stored back per image
     done = json.loads(state.read_text())["done"]
     assert len(done) == 17

@@ -143,3 +143,28 @@ def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ra
     flagged = _post(client, "noise.png", noise.getvalue())
     assert flagged.status_code == 200 and flagged.json()["ood"] is True  # flagged, not refused
     assert "does not look like" in flagged.json()["ood_reason"]
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(predictor):
+    import asyncio
+
+    import httpx
+
+    app = create_app(predictor, ServeConfig(max_batch=8, max_wait_ms=200))
+    images = [np.clip(np.random.default_rng(i).normal(0.5, 0.2, (224, 224)), 0, 1).astype(np.float32)
+              for i in range(6)]
+    expected = [p.probability for p in predictor.predict_arrays(images, cam=False)]
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async def post(image):
+                buffer = io.BytesIO()
+                np.save(buffer, image)
+                return await client.post("/v1/predict", files={"file": ("x.npy", buffer.getvalue())})
+            return await asyncio.gather(*(post(image) for image in images))
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 6
+    assert [r.json()["probability"] for r in responses] == pytest.approx(expected, abs=1e-5)
+    assert max(app.state.batcher.batch_sizes) > 1 and sum(app.state.batcher.batch_sizes) == 6

@@ -29,6 +29,7 @@ THRESHOLD_RULES = ("sensitivity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 CAM_ALIGNMENTS = ("receptive-field", "block-centre")
 EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # backends.BACKENDS (a test keeps them equal)
 BUNDLED_NAMES = ("pneumocam-cxr",)  # checkpoints.BUNDLED_MODELS, without importing torch (a test keeps them equal)
 CHECKPOINT_HELP = "a .ckpt written by pneumocam train, or a bundled model's name (pneumocam-cxr; see pneumocam models)"
 
@@ -41,6 +42,12 @@ def _add_inference_options(parser: argparse.ArgumentParser, batch_size: int = 32
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"images per forward pass (default {batch_size})")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="who runs the network: torch (default), onnxruntime or openvino (CPU; an ONNX export "
+                             "made at start-up, same logit and CAM within 1e-4; needs pneumocam[fast])")
 
 
 def _add_alignment_option(parser: argparse.ArgumentParser) -> None:
@@ -252,7 +259,8 @@ def _localize(args) -> int:
 def _predict(args) -> int:
     from pneumocam.predict import PredictConfig, run_predict
 
-    config = PredictConfig(args.threshold, args.batch_size, args.device, args.overlays, args.format, args.dicom_out)
+    config = PredictConfig(args.threshold, args.batch_size, args.device, args.overlays, args.format, args.backend,
+                           args.dicom_out)
     rows, failures, text = run_predict(args.checkpoint, args.inputs, args.out, config)
     if text:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -271,8 +279,9 @@ def _serve(args) -> int:
     token = _token(args.token_env)
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without a token: anyone who can reach this address can upload images", args.host)
-    serve(args.checkpoint, args.host, args.port, ServeConfig(token, args.max_upload_mb, args.max_concurrency),
-          args.device)
+    config = ServeConfig(token, args.max_upload_mb, args.max_concurrency, args.max_queue, args.max_batch,
+                         args.max_wait_ms)
+    serve(args.checkpoint, args.host, args.port, config, args.device, args.backend)
     return EXIT_OK
 
 
@@ -580,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
              _examples("pneumocam predict run/checkpoints/best.ckpt xray.dcm",
                        "pneumocam predict run/checkpoints/best.ckpt 'scans/**/*.dcm' --out preds/ --overlays",
                        "pneumocam predict run/checkpoints/best.ckpt folder/ --format json --threshold 0.3",
-                       "pneumocam predict pneumocam-cxr 'scans/*.dcm' --out preds/ --dicom-out results/"), _predict)
+                       "pneumocam predict pneumocam-cxr 'scans/*.dcm' --out preds/ --dicom-out results/",
+                       "pneumocam predict pneumocam-cxr folder/ --backend onnxruntime --batch-size 16"), _predict)
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM/PNG/JPEG/npy files, folders or quoted globs")
     p.add_argument("--out", default=None, help="output folder (default: print the table to stdout)")
@@ -592,18 +602,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "report per image to DIR, in the source's Study (needs pneumocam[dicom])")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
     _add_inference_options(p)
+    _add_backend_option(p)
 
     p = _add(sub, "serve", "Web service and page: upload an X-ray, see the probability and the CAM.",
              _examples("pneumocam serve run/checkpoints/best.ckpt",
                        "PNEUMOCAM_TOKEN=secret pneumocam serve run/checkpoints/best.ckpt --port 8080 "
-                       "--token-env PNEUMOCAM_TOKEN"), _serve)
+                       "--token-env PNEUMOCAM_TOKEN",
+                       "pneumocam serve pneumocam-cxr --backend onnxruntime --max-batch 16 --max-wait-ms 50"), _serve)
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload (default 32 MB)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="predictions running at once (default 2)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="uploads decoded at once (default 2)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond those; more get 503 "
+                                                              "(default 32)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="concurrent requests share one forward pass of up to this many images (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=50.0,
+                   help="how long a batch may wait for requests still being decoded (default 50 ms; a lone "
+                        "request never waits)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_backend_option(p)
 
     p = _add(sub, "pacs", "Watch a PACS over DICOMweb: predict each new CR/DX study and store a Secondary Capture "
                           "and a structured report back into it (needs pneumocam[pacs]).",

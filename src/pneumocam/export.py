@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumocam.backends import export_onnx, onnxruntime_session
 from pneumocam.checkpoints import checkpoint_label
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, write_json
@@ -31,23 +32,8 @@ class ExportConfig:
     seed: int = 0
 
 
-def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-    except ImportError as exc:
-        raise PneumocamError("ONNX export needs onnx: pip install 'pneumocam[export]'") from exc
-    axes = {"image": {0: "batch"}, "logit": {0: "batch"}, "feature_map": {0: "batch"}}
-    torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logit", "feature_map"],
-                      dynamic_axes=axes, dynamo=False)
-
-
 def _run_onnx(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise PneumocamError("the ONNX parity check needs onnxruntime: pip install 'pneumocam[export]'") from exc
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logit, features = session.run(["logit", "feature_map"], {"image": x})
+    logit, features = onnxruntime_session(path).run(["logit", "feature_map"], {"image": x})
     return logit, features
 
 
@@ -70,7 +56,7 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
     check = torch.randn(3, 1, 224, 224, generator=generator)  # another batch size: the batch axis is dynamic
     with atomic_path(out) as tmp:
         if config.format == "onnx":
-            _export_onnx(net, example, tmp)
+            export_onnx(net, tmp, example)
             logit, features = _run_onnx(tmp, check.numpy())
         else:
             with torch.no_grad():

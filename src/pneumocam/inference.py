@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumocam.backends import make_runner
 from pneumocam.calibration import Calibration, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
 from pneumocam.cam import ALIGNMENTS, class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
@@ -70,7 +71,7 @@ class Predictor:
     def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
                  metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
                  contract: Contract = Contract(), calibration: Calibration = Calibration(),
-                 out_of_range: OutOfRange | None = None):
+                 out_of_range: OutOfRange | None = None, backend: str = "torch"):
         alignment = alignment or contract.cam_alignment
         if alignment not in ALIGNMENTS:
             raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
@@ -78,6 +79,8 @@ class Predictor:
         self.contract = contract  # size and resize mode of the model's input, as trained
         self.device = resolve_device(device)
         self.net = net.eval().to(self.device)
+        self.backend = backend  # who runs the plain forward pass (backends.BACKENDS); gradients always use torch
+        self.run = make_runner(self.net, backend, self.device)
         self.normalization = normalization
         self.threshold = threshold
         self.metadata = metadata or {}
@@ -86,10 +89,10 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
-                        alignment: str | None = None) -> Predictor:
+                        alignment: str | None = None, backend: str = "torch") -> Predictor:
         """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr".
         The preprocessing contract (size, resize mode, normalisation, CAM alignment) comes from the checkpoint;
-        `alignment` overrides where the CAM's cells are drawn."""
+        `alignment` overrides where the CAM's cells are drawn; `backend` runs the forward pass (backends.py)."""
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
         state = network_state(checkpoint)
@@ -105,7 +108,8 @@ class Predictor:
             log.warning("%s predates the preprocessing contract: assuming %s", path, contract)
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
                    meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract,
-                   Calibration.from_metadata(meta.get("calibration")), OutOfRange.from_metadata(meta.get("ood")))
+                   Calibration.from_metadata(meta.get("calibration")), OutOfRange.from_metadata(meta.get("ood")),
+                   backend)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Raw logits -> probabilities, through the checkpoint's calibration when it has one."""
@@ -125,7 +129,7 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         x = collate_images(images, self.normalization).to(self.device)
-        logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
+        logits, features = self.run(x)  # (B, 1), (B, 512, 7, 7)
         raw = class_activation_map(features.float(), self.net.fc.weight.float())  # (B, 7, 7)
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
         return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), _pooled(features)
@@ -133,7 +137,7 @@ class Predictor:
     @torch.inference_mode()
     def features(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(B, 224, 224) images -> raw logits (B,) and the pooled feature vectors (B, 512) the classifier reads."""
-        logits, features = self.net(collate_images(images, self.normalization).to(self.device))
+        logits, features = self.run(collate_images(images, self.normalization).to(self.device))
         return logits[:, 0].float().cpu().numpy(), _pooled(features)
 
     def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray | None,

@@ -1,9 +1,9 @@
 """Read any supported chest X-ray file as a float32 (H, W) array in [0, 1].
 
-This is the only module that reads files with pydicom (dicom_results writes results as DICOM). Every reader returns the same thing so the rest of
-pneumocam never branches on file formats: a 2-D float32 array where 0 is black (air) and 1 is white
-(bone), i.e. MONOCHROME2 orientation, scaled by the bit depth the file declares, not by the image's
-own min/max (so a dark image stays dark).
+This is the only module that reads files with pydicom (dicom_results writes results as DICOM). Every
+reader returns the same thing so the rest of pneumocam never branches on file formats: a 2-D float32
+array where 0 is black (air) and 1 is white (bone), i.e. MONOCHROME2 orientation, scaled by the bit
+depth the file declares, not by the image's own min/max (so a dark image stays dark).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class PredictConfig:
     device: str = "cpu"
     overlays: bool = False
     output_format: str = "csv"  # csv | json
+    backend: str = "torch"  # backends.BACKENDS: who runs the forward pass
     dicom_out: str | None = None  # folder for the DICOM results of DICOM inputs (needs pneumocam[dicom])
 
 
@@ -62,7 +63,8 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
 def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path | None,
                 config: PredictConfig = PredictConfig()) -> tuple[list[dict], list[dict], str]:
     """Returns (rows, failures, text): text is the formatted table when there is no output folder."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold)
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold,
+                                          backend=config.backend)
     paths, failures = resolve_inputs(inputs)
     stem_of = dict(zip(map(str, paths), unique_stems(paths), strict=True))  # overlay names, unique over all inputs
     dicom = _DicomWriter(predictor, checkpoint, config.dicom_out) if config.dicom_out else None

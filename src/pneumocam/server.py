@@ -6,7 +6,9 @@ Safety, because uploads can carry patient data and can be hostile:
   the pixel limit (decompression bombs) and unreadable or unsupported files get 4xx JSON messages;
 - an upload lives only in memory and in a temporary file that is deleted in a `finally`;
 - logs carry sizes, timings and status codes only: no file names, pixel data or DICOM fields;
-- at most `max_concurrency` predictions run at once, and at most `max_queue` more wait; the rest get 503.
+- at most `max_concurrency` uploads are decoded at once, and at most `max_queue` more wait; the rest get 503.
+Decoded images go through one DynamicBatcher: concurrent requests share a forward pass (up to
+`max_batch` images, or `max_wait_ms` after the first), which is what keeps throughput up under load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pneumocam.inference import Predictor
+from pneumocam.batching import DynamicBatcher
+from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import ImageReadError
 from pneumocam.overlay import overlay_cam, to_png
 
@@ -42,8 +45,10 @@ MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY
 class ServeConfig:
     token: str | None = None
     max_upload_mb: float = 32.0
-    max_concurrency: int = 2
-    max_queue: int = 8
+    max_concurrency: int = 2  # uploads decoded at once
+    max_queue: int = 32  # requests waiting beyond those; more get 503
+    max_batch: int = 16  # images per forward pass
+    max_wait_ms: float = 50.0  # how long a batch may wait for uploads still being decoded
 
 
 def sniff_suffix(data: bytes) -> str | None:
@@ -67,22 +72,25 @@ class UploadError(Exception):
         self.status, self.message = status, message
 
 
-def predict_upload(predictor: Predictor, data: bytes) -> dict:
-    """Bytes of one uploaded file -> the JSON answer. Raises UploadError with a 4xx status."""
+def decode_upload(predictor: Predictor, data: bytes) -> np.ndarray:
+    """Bytes of one uploaded file -> the model input, by the checkpoint's contract. Raises UploadError (4xx)."""
     if not data:
         raise UploadError(400, "the uploaded file is empty")
     suffix = sniff_suffix(data)
     if suffix is None:
         raise UploadError(415, "unsupported file type: send a DICOM, PNG, JPEG, BMP, TIFF or .npy file")
-    with tempfile.TemporaryDirectory(prefix="pneumocam-upload-") as folder:  # deleted on every path out
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(data)
+    with tempfile.NamedTemporaryFile(prefix="pneumocam-upload-", suffix=suffix) as file:  # deleted on every path
+        file.write(data)
+        file.flush()
         try:
-            image = predictor.load(path)  # the checkpoint's preprocessing, as `pneumocam predict` applies it
+            return predictor.load(file.name)  # the checkpoint's preprocessing, as `pneumocam predict` applies it
         except ImageReadError as exc:
             status = 413 if "too large" in exc.reason else 422
             raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {exc.reason}") from exc
-    prediction = predictor.predict_arrays([image], ["upload"], cam=True)[0]
+
+
+def answer(predictor: Predictor, prediction: Prediction) -> dict:
+    """One prediction as the JSON answer of /v1/predict."""
     return {
         "probability": prediction.probability,
         "predicted": prediction.predicted,
@@ -103,6 +111,11 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
                   description="Pneumonia probability and Class Activation Map for one chest X-ray.")
     limit = int(config.max_upload_mb * 1024 * 1024)
     slots = asyncio.Semaphore(config.max_concurrency)
+    preparing = {"n": 0}  # requests read or decoded right now: the next batch waits for them
+    batcher = DynamicBatcher(lambda images: predictor.predict_arrays(images, ["upload"] * len(images), cam=True,
+                                                                     batch_size=len(images)),
+                             config.max_batch, config.max_wait_ms, lambda: preparing["n"])
+    app.state.batcher = batcher
     waiting = {"n": 0}
 
     def error(status: int, message: str) -> JSONResponse:
@@ -126,6 +139,16 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
         if len(data) > limit:
             raise UploadError(413, f"upload larger than {config.max_upload_mb:g} MB")
         return data
+
+    async def prepared_image(request: Request) -> tuple[np.ndarray, int]:
+        """Read and decode one upload -> (model input, bytes); counted in `preparing` meanwhile."""
+        preparing["n"] += 1
+        try:
+            data = await read_limited(request)
+            async with slots:
+                return await run_in_threadpool(decode_upload, predictor, data), len(data)
+        finally:
+            preparing["n"] -= 1
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -158,9 +181,9 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
         start = time.perf_counter()
         waiting["n"] += 1
         try:
-            data = await read_limited(request)
-            async with slots:
-                answer = await run_in_threadpool(predict_upload, predictor, data)
+            image, size = await prepared_image(request)
+            prediction = await batcher.submit(image)
+            body = await run_in_threadpool(answer, predictor, prediction)
         except UploadError as exc:
             log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))
             return error(exc.status, exc.message)
@@ -169,15 +192,15 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
             return error(400, f"malformed multipart request ({type(exc).__name__})")
         finally:
             waiting["n"] -= 1
-        log.info("predict: 200, %d bytes, %d ms", len(data), 1000 * (time.perf_counter() - start))
-        return answer
+        log.info("predict: 200, %d bytes, %d ms", size, 1000 * (time.perf_counter() - start))
+        return body
 
     return app
 
 
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig = ServeConfig(),
-          device: str = "cpu") -> None:
+          device: str = "cpu", backend: str = "torch") -> None:
     import uvicorn
 
-    app = create_app(Predictor.from_checkpoint(checkpoint, device=device), config)
+    app = create_app(Predictor.from_checkpoint(checkpoint, device=device, backend=backend), config)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)  # access logs carry query strings

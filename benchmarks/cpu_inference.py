@@ -1,0 +1,169 @@
+"""The CPU inference path in one run: backends at batch 1 and 16, offline throughput, `serve` under load.
+
+1. Images/s of Predictor.forward (network + CAM, what predict and serve run) at batch 1 and 16 for eager
+   torch, torch.compile (inductor), onnxruntime and openvino, on real chest X-rays, the backends taking turns
+   in each round; each backend's largest |difference| to eager torch in logit and CAM.
+   Target: the best backend at batch 16 >= 1.4x eager.
+2. Offline batched throughput: Predictor.predict_files (read + decode + resize + forward + CAM) over the same
+   files at batch 16, with the serving backend.
+3. `pneumocam serve` as a real process on loopback under 1, 4 and 16 concurrent clients posting a real
+   DICOM: requests/s, p50/p95. Target at 16 clients: >= 0.8x the offline throughput, p95 < 1 s.
+Writes the tables as JSON with --out.
+
+usage: python benchmarks/cpu_inference.py [CKPT] [--images DIR] [--serve-backend onnxruntime] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_load import load, running_server  # noqa: E402
+
+from pneumocam.backends import BACKENDS  # noqa: E402
+from pneumocam.inference import Predictor  # noqa: E402
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsna_sample" / "stage_2_train_images"
+
+
+def predictor_for(checkpoint: str, backend: str) -> tuple[Predictor, float]:
+    """A Predictor on `backend` ("compile": eager torch under torch.compile), warmed up, and its start-up seconds
+    (torch.compile compiles on the first batches)."""
+    start = time.perf_counter()
+    if backend == "compile":
+        predictor = Predictor.from_checkpoint(checkpoint)
+        predictor.run = torch.compile(predictor.net)
+    else:
+        predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
+    return predictor, time.perf_counter() - start
+
+
+def timed_rate(predictor: Predictor, chunk: list[np.ndarray], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        predictor.forward(chunk)
+    return calls * len(chunk) / (time.perf_counter() - start)
+
+
+def backend_table(checkpoint: str, images: list[np.ndarray], rounds: int) -> list[dict]:
+    """Backends take turns within each round, so that a slower minute of this shared machine hits them all alike;
+    each rate is the median over rounds and each speed-up the median of the per-round ratios to eager torch."""
+    predictors, rows = {}, []
+    reference = None
+    for backend in (*BACKENDS, "compile"):
+        try:
+            predictor, startup = predictor_for(checkpoint, backend)
+            first = time.perf_counter()
+            got = predictor.forward(images[:16])
+            predictor.forward(images[:1])
+            startup += time.perf_counter() - first
+        except Exception as exc:  # a backend that is not installed: say so in the table
+            rows.append({"backend": backend, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        reference = got if reference is None else reference
+        predictors[backend] = predictor
+        rows.append({"backend": backend, "startup_s": round(startup, 2),
+                     "max_abs_diff_logit": float(np.abs(got[0] - reference[0]).max()),
+                     "max_abs_diff_cam": float(np.abs(got[2] - reference[2]).max())})
+    for batch, calls in ((1, 8), (16, 1)):
+        chunk = (images * (batch // len(images) + 1))[:batch]
+        rates = {backend: [] for backend in predictors}
+        for _ in range(rounds):
+            for backend, predictor in predictors.items():
+                rates[backend].append(timed_rate(predictor, chunk, calls))
+        for row in rows:
+            if row["backend"] in rates:
+                mine = rates[row["backend"]]
+                row[f"batch{batch}_img_s"] = statistics.median(mine)
+                row[f"batch{batch}_vs_eager"] = statistics.median(
+                    [m / e for m, e in zip(mine, rates["torch"], strict=True)])
+        print(f"  batch {batch}: " + ", ".join(f"{b} {statistics.median(r):.1f}" for b, r in rates.items()), flush=True)
+    return rows
+
+
+def offline_throughput(predictor: Predictor, files: list[Path], seconds: float) -> float:
+    """Files -> predictions with Predictor.predict_files at batch 16 (what `pneumocam predict` runs), img/s."""
+    paths = [str(p) for p in (files * (64 // len(files) + 1))[:64]]
+    predictor.predict_files(paths[:16], batch_size=16)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < 64:
+        predictor.predict_files(paths, batch_size=16)
+        done += len(paths)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", default="pneumocam-cxr")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="a folder of DICOMs (default: the "
+                                                                           "17 real RSNA DICOMs in shared/data)")
+    parser.add_argument("--serve-backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per load level (default 20)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per batch size (default 15)")
+    parser.add_argument("--rate-seconds", type=float, default=8.0, help="offline throughput run (default 8)")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    files = sorted(args.images.glob("*.dcm"))
+    if not files:
+        sys.exit(f"no DICOM files in {args.images}")
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    images = [predictor.load(f) for f in files]
+    print(f"{len(files)} images from {args.images}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}", flush=True)
+
+    backends = backend_table(args.checkpoint, images, args.rounds)
+    offline_predictor = Predictor.from_checkpoint(args.checkpoint, backend=args.serve_backend)
+    serve, offline_runs = [], []
+    with running_server(args.checkpoint, "--backend", args.serve_backend, "--max-queue", "64") as (url, _):
+        load(url, files[0], 4, 3.0, 50)  # warm-up
+        for clients in (int(c) for c in args.clients.split(",")):
+            before = offline_throughput(offline_predictor, files, args.rate_seconds)  # the idle server beside it
+            result = load(url, files[0], clients, args.seconds, 100_000)
+            after = offline_throughput(offline_predictor, files, args.rate_seconds)
+            offline_runs += [before, after]
+            reference = (before + after) / 2  # offline measured just before and after: the same minute's machine
+            serve.append({"clients": clients, **result, "offline_img_s": reference,
+                          "vs_offline": result["rps"] / reference})
+            print(f"  serve, {clients} clients: {result['rps']:.1f} req/s ({result['rps'] / reference:.2f}x offline "
+                  f"{reference:.1f} img/s), p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
+                  f"{result['errors']} errors", flush=True)
+    offline = statistics.median(offline_runs)
+
+    print(f"\n{'backend':<12}{'batch 1 img/s':>14}{'batch 16 img/s':>15}{'x eager (16)':>13}{'|d logit|':>11}"
+          f"{'|d CAM|':>10}{'start s':>9}")
+    for row in backends:
+        if "error" in row:
+            print(f"{row['backend']:<12}  not run: {row['error']}")
+            continue
+        print(f"{row['backend']:<12}{row['batch1_img_s']:>14.1f}{row['batch16_img_s']:>15.1f}"
+              f"{row['batch16_vs_eager']:>13.2f}{row['max_abs_diff_logit']:>11.1e}{row['max_abs_diff_cam']:>10.1e}"
+              f"{row['startup_s']:>9.1f}")
+    best = max((r for r in backends if "batch16_vs_eager" in r), key=lambda r: r["batch16_vs_eager"])
+    print(f"best at batch 16: {best['backend']}, {best['batch16_vs_eager']:.2f}x eager (target >= 1.4x)")
+    print(f"\noffline batched (files -> predictions, batch 16, {args.serve_backend}): median {offline:.1f} img/s, "
+          f"each load level compared with the runs just before and after it")
+    print(f"{'clients':>8}{'req/s':>8}{'offline img/s':>14}{'x offline':>10}{'p50 ms':>8}{'p95 ms':>8}{'errors':>8}")
+    for row in serve:
+        print(f"{row['clients']:>8}{row['rps']:>8.1f}{row['offline_img_s']:>14.1f}{row['vs_offline']:>10.2f}"
+              f"{row['p50_ms']:>8.0f}{row['p95_ms']:>8.0f}{row['errors']:>8}")
+    print("target at 16 clients: >= 0.8x offline, p95 < 1000 ms")
+    if args.out:
+        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+                                        "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                        "images": str(args.images), "backends": backends,
+                                        "offline_img_s": offline, "offline_runs": offline_runs,
+                                        "serve_backend": args.serve_backend, "serve": serve}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

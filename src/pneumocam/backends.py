@@ -1,0 +1,92 @@
+"""Inference backends: who runs PneumoniaNet's forward pass (eager PyTorch, ONNX Runtime or OpenVINO).
+
+Each backend is a callable: normalised images (B, 1, H, W) -> (logits (B, 1), feature maps (B, 512, h, w)),
+as torch tensors. The exported graph returns the feature map too, so the CAM stays exact: the Predictor
+computes it from these features with the classifier's weights, whoever ran the network. The CPU backends
+compile an ONNX export of the network made at start-up (about a second); export.py's parity check holds
+for them (tests/test_backends.py: logit and CAM within 1e-4 of eager PyTorch).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumocam.errors import PneumocamError
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
+    """Write `net` as ONNX with input `image` and outputs `logit` and `feature_map`, batch axis dynamic."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError as exc:
+        raise PneumocamError("ONNX export needs onnx: pip install 'pneumocam[export]'") from exc
+    example = torch.zeros(2, 1, 224, 224) if example is None else example
+    axes = {"image": {0: "batch"}, "logit": {0: "batch"}, "feature_map": {0: "batch"}}
+    torch.onnx.export(net.eval(), (example,), str(path), input_names=["image"],
+                      output_names=["logit", "feature_map"], dynamic_axes=axes, dynamo=False)
+    return Path(path)
+
+
+def onnxruntime_session(path: str | Path):
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise PneumocamError("the onnxruntime backend needs onnxruntime: pip install 'pneumocam[fast]'") from exc
+    options = onnxruntime.SessionOptions()
+    # no busy-waiting between operators: in `serve`, decoding and PNG encoding need those cores meanwhile
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def openvino_model(path: str | Path):
+    try:
+        import openvino
+    except ImportError as exc:
+        raise PneumocamError("the openvino backend needs openvino: pip install 'pneumocam[fast]'") from exc
+    # latency hint: one request uses every core, which is what a batch of any size wants here
+    return openvino.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+
+def _numpy_runner(run: Callable[[np.ndarray], tuple]) -> Runner:
+    def runner(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, features = run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
+        return torch.from_numpy(np.asarray(logit)), torch.from_numpy(np.asarray(features))
+
+    return runner
+
+
+def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.device | None = None) -> Runner:
+    """The forward pass of `net` on `backend`. The ONNX backends run on the CPU only."""
+    if backend not in BACKENDS:
+        raise PneumocamError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if backend == "torch":
+        return net
+    if device is not None and device.type != "cpu":
+        raise PneumocamError(f"the {backend} backend runs on the CPU; use --device cpu (or --backend torch)")
+    with tempfile.TemporaryDirectory(prefix="pneumocam-backend-") as folder:  # loaded into memory, then deleted
+        path = export_onnx(net.cpu(), Path(folder) / "model.onnx")
+        if backend == "onnxruntime":
+            session = onnxruntime_session(path)
+            return _numpy_runner(lambda x: session.run(["logit", "feature_map"], {"image": x}))
+        return _numpy_runner(_openvino_run(openvino_model(path)))
+
+
+def _openvino_run(model) -> Callable[[np.ndarray], tuple]:
+    logit, features = model.output("logit"), model.output("feature_map")
+    lock = threading.Lock()  # a compiled model's own infer request serves one call at a time
+
+    def run(x: np.ndarray) -> tuple:
+        with lock:
+            result = model(x)
+            return np.array(result[logit]), np.array(result[features])  # copies: the request reuses its buffers
+
+    return run
