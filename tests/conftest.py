@@ -51,6 +51,34 @@ def tiny_checkpoint(phantom_data, tmp_path_factory) -> Path:
     return result.last_checkpoint
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process, seconds: float = 120.0) -> None:
+    """Until `url` answers 200; fails the test when `process` (a server we started) exits or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"server exited with {process.returncode}: {output}")
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"{url} did not answer within {seconds:g} s")
+
+
 def dead_pid() -> int:
     """The PID of a process that has just exited (what a writer killed with -9 leaves in its temp names)."""
     import subprocess

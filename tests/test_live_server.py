@@ -2,46 +2,25 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import RSNA_SAMPLE, require
+from conftest import RSNA_SAMPLE, free_port, require, wait_for_http
 
 CHROMIUM = os.environ.get("PNEUMOCAM_CHROMIUM", "/usr/bin/chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def live_server(tiny_checkpoint):
     pytest.importorskip("uvicorn", reason="the web service needs pneumocam[serve]")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "pneumocam.cli", "serve", str(tiny_checkpoint), "--port",
                                 str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {process.stdout.read()}")
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("server did not start within 120 s")
+    wait_for_http(f"{url}/v1/health", process)
     yield url
     process.terminate()
     try:

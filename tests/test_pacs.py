@@ -1,16 +1,14 @@
 import json
 import logging
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from conftest import RSNA_SAMPLE, require
+from conftest import RSNA_SAMPLE, free_port, require, wait_for_http
 from pneumocam.cli import main
 from pneumocam.dicom_results import reported_probability
 from pneumocam.inference import Predictor
@@ -22,19 +20,13 @@ ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/us
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
     """A real Orthanc with its DICOMweb plugin on loopback, empty, for this module."""
     if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (Debian: orthanc, orthanc-dicomweb)")
     folder = tmp_path_factory.mktemp("orthanc")
-    port = _free_port()
+    port = free_port()
     config = {"Name": "pneumocam-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
               "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
               "AuthenticationEnabled": False, "Plugins": [str(DICOMWEB_PLUGIN)],
@@ -44,16 +36,7 @@ def orthanc(tmp_path_factory):
     process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"{base}/system", timeout=1).read()
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"Orthanc exited: {(folder / 'orthanc.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-        else:
-            pytest.fail("Orthanc did not answer within 20 s")
+        wait_for_http(f"{base}/system", process, 20)
         yield base
     finally:
         process.terminate()
@@ -134,3 +117,46 @@ def test_a_corrupt_state_file_is_refused_with_its_name(tmp_path):
     path.write_text("{not json")
     with pytest.raises(Exception, match="state.json"):
         PacsState.load(path)
+
+
+class _FlakyServer:
+    """One study of two images; storing fails once, after the first image's results went in."""
+
+    def __init__(self, images):
+        self.images, self.stored, self.fail_next_store_after = images, [], 1
+
+    def search_for_studies(self, **kwargs):
+        return [{"0020000D": {"vr": "UI", "Value": ["1.2.9"]}}]
+
+    def search_for_series(self, study, **kwargs):
+        return [{"0020000E": {"vr": "UI", "Value": ["1.2.9.1"]}, "00080060": {"vr": "CS", "Value": ["CR"]}}]
+
+    def retrieve_series(self, study, series, **kwargs):
+        return [pydicom.dcmread(path) for path in self.images]
+
+    def store_instances(self, datasets):
+        if len(self.stored) == self.fail_next_store_after:
+            self.fail_next_store_after = None
+            raise ConnectionError("connection reset")
+        self.stored.append([str(ds.SOPInstanceUID) for ds in datasets])
+
+
+def test_a_retried_study_does_not_store_an_images_results_twice(tmp_path):
+    import numpy as np
+
+    from pneumocam.dicom_results import ModelIdentity
+    from pneumocam.io import write_dicom_jpeg
+
+    images = []
+    for i in range(2):
+        write_dicom_jpeg(tmp_path / f"{i}.dcm", np.random.default_rng(i).integers(30, 220, (256, 256), np.uint8),
+                         f"P{i}")
+        images.append(tmp_path / f"{i}.dcm")
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    model = ModelIdentity.from_predictor(predictor, "pneumocam-cxr")
+    server, state = _FlakyServer(images), PacsState.load(tmp_path / "state.json")
+    assert run_pass(server, predictor, model, state)["failed"] == 1
+    assert len(state.failed["1.2.9"]["results"]) == 1 and len(server.stored) == 1
+    assert run_pass(server, predictor, model, state)["done"] == 1
+    assert len(server.stored) == 2 and len(state.done["1.2.9"]["results"]) == 2  # the first image not sent again
+    assert "1.2.9" not in state.failed

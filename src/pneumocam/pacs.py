@@ -108,11 +108,15 @@ def _source_images(client, study: str, modalities: tuple[str, ...]) -> list[Data
 
 
 def process_study(client, predictor: Predictor, model: ModelIdentity, study: str,
-                  modalities: tuple[str, ...]) -> dict:
-    """Predict every CR/DX image of one study and store its results; returns the state record."""
-    results, skipped = [], 0
+                  modalities: tuple[str, ...], results: list[dict]) -> dict:
+    """Predict every CR/DX image of one study and store its results; returns the state record. `results` holds
+    the images already done by an earlier, interrupted attempt (skipped now) and receives each new one as it is
+    stored, so that a retry never stores an image's results twice."""
+    skipped, stored = 0, {result["sop_instance_uid"] for result in results}
     with tempfile.TemporaryDirectory(prefix="pneumocam-pacs-") as folder:  # patient data: deleted on every path
         for number, source in enumerate(_source_images(client, study, modalities)):
+            if str(source.SOPInstanceUID) in stored:
+                continue
             path = Path(folder) / f"{number}.dcm"
             source.save_as(path, enforce_file_format=True)
             try:
@@ -138,11 +142,13 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
                if state.wants(uid, config.max_attempts)]
     counts = {"new_studies": len(studies), "done": 0, "failed": 0, "images": 0}
     for study in studies:
+        results = list(state.failed.get(study, {}).get("results", []))
         try:
-            record = process_study(client, predictor, model, study, config.modalities)
+            record = process_study(client, predictor, model, study, config.modalities, results)
         except Exception as exc:  # network, server or decoding trouble: record it, go on with the next study
             attempts = state.failed.get(study, {}).get("attempts", 0) + 1
-            state.failed[study] = {"attempts": attempts, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+            state.failed[study] = {"attempts": attempts, "reason": f"{type(exc).__name__}: {exc}"[:500],
+                                   "results": results}
             counts["failed"] += 1
             log.warning("study %s failed (attempt %d of %d): %s", study_key(study), attempts, config.max_attempts,
                         type(exc).__name__)
