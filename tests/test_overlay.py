@@ -17,6 +17,14 @@ def test_overlay_pixels_are_the_alpha_blend():
     assert out[0, 0, 2] > out[0, 0, 0] and out[0, 1, 0] > out[0, 1, 2]
 
 
+@pytest.mark.parametrize("colormap", ["jet", "inferno", "gray"])
+def test_overlay_colours_are_the_colormaps_everywhere(colormap):
+    rng = np.random.default_rng(1)
+    image, cam = rng.random((64, 64)), np.concatenate([rng.random(4094), [0.0, 1.0]]).reshape(64, 64)
+    expected = 0.5 * image[..., None] + 0.5 * matplotlib.colormaps[colormap](cam)[..., :3]
+    assert np.abs(overlay_cam(image, cam, 0.5, colormap) - expected).max() < 1e-6
+
+
 def test_overlay_rejects_mismatched_shapes_and_alpha():
     with pytest.raises(ValueError, match="same shape"):
         overlay_cam(np.zeros((2, 2)), np.zeros((3, 3)))
