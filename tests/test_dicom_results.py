@@ -133,3 +133,12 @@ def test_non_dicom_inputs_are_reported_and_patient_names_stay_out_of_logs(tmp_pa
     assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["in_sc.dcm", "in_sr.dcm"]
     captured = capsys.readouterr()
     assert "Secret" not in caplog.text + captured.out + captured.err
+
+
+def test_sc_keeps_the_sources_orientation_or_assumes_the_conventional_one(tmp_path):
+    from pneumocam.dicom_results import display_orientation
+
+    source = pydicom.dcmread(_phantom_dicom(tmp_path / "a.dcm"), stop_before_pixels=True)
+    assert display_orientation(source) == ("L", "F")
+    source.PatientOrientation = ["R", "F"]
+    assert display_orientation(source) == ("R", "F")

@@ -137,6 +137,13 @@ def patient_study_source(source: Dataset) -> Dataset:
     return copy
 
 
+def display_orientation(source: Dataset) -> tuple[str, str]:
+    """The source's Patient Orientation (both halves of the panel keep it), or, where the source does not say,
+    a frontal chest film's conventional display: rows towards the patient's left, columns towards the feet."""
+    orientation = [str(value) for value in (source.get("PatientOrientation") or [])]
+    return (orientation[0], orientation[1]) if len(orientation) == 2 and all(orientation) else ("L", "F")
+
+
 def secondary_capture(source: Dataset, panel: np.ndarray, model: ModelIdentity, series_uid: str | None = None):
     """The Secondary Capture of `panel` (uint8 RGB) in the source's Study."""
     hd = _highdicom()
@@ -146,7 +153,7 @@ def secondary_capture(source: Dataset, panel: np.ndarray, model: ModelIdentity, 
         ref_dataset=source, pixel_array=panel, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=series_uid or hd.UID(), series_number=number,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        patient_orientation=("L", "F"), transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_orientation=display_orientation(source), transfer_syntax_uid="1.2.840.10008.1.2.1",
         contributing_equipment=[_equipment(model)], series_description=description,
         manufacturer_model_name=model.name, software_versions=model.version)
     sc.Laterality = ""  # type 2C: a chest is not a paired structure, so empty
