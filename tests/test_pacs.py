@@ -82,7 +82,8 @@ def test_round_trip_through_a_real_orthanc(orthanc, tmp_path, caplog):
         assert done[source.StudyInstanceUID]["results"][0]["sr"] == sr.SOPInstanceUID
 
     # idempotent: a second pass, also from a new process's view of the same state file, does nothing
-    assert main(["pacs", "pneumocam-cxr", f"{orthanc}/dicom-web", "--state", str(state), "--once"]) == 0
+    assert main(["pacs", "pneumocam-cxr", f"{orthanc}/dicom-web", "--state", str(state), "--once",
+                 "--backend", "onnxruntime"]) == 0
     assert _statistics(orthanc)["CountInstances"] == 3 * 17
 
 

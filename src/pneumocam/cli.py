@@ -301,7 +301,8 @@ def _pacs(args) -> int:
 
     modalities = tuple(m.strip().upper() for m in args.modalities.split(",") if m.strip())
     config = PacsConfig(modalities, args.max_attempts, args.interval)
-    counts = watch(args.checkpoint, args.url, args.state, config, args.once, _token(args.token_env), args.device)
+    counts = watch(args.checkpoint, args.url, args.state, config, args.once, _token(args.token_env), args.device,
+                   args.backend)
     print(f"{counts['new_studies']} new studies: {counts['done']} done ({counts['images']} images), "
           f"{counts['failed']} failed; state in {args.state}")
     return EXIT_PARTIAL if counts["failed"] else EXIT_OK
@@ -641,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3, help="passes a failing study is tried (default 3)")
     p.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    _add_backend_option(p)
 
     p = _add(sub, "export", "Export a checkpoint to ONNX or TorchScript (outputs logit and feature map), "
                             "with a parity check against PyTorch.",

@@ -163,9 +163,9 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
 
 
 def watch(checkpoint: str | Path, url: str, state_path: str | Path, config: PacsConfig = PacsConfig(),
-          once: bool = False, token: str | None = None, device: str = "cpu") -> dict:
+          once: bool = False, token: str | None = None, device: str = "cpu", backend: str = "torch") -> dict:
     """Run passes until interrupted (or one pass with `once`); returns the last pass's counts."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend)
     model = ModelIdentity.from_predictor(predictor, checkpoint_label(checkpoint))
     client = connect(url, token, config.timeout_s)
     state = PacsState.load(state_path)
