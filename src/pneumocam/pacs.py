@@ -141,7 +141,7 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
     studies = [uid for uid in find_studies(client, config.modalities, config.limit)
                if state.wants(uid, config.max_attempts)]
     counts = {"new_studies": len(studies), "done": 0, "failed": 0, "images": 0}
-    for study in studies:
+    for number, study in enumerate(studies, 1):
         results = list(state.failed.get(study, {}).get("results", []))
         try:
             record = process_study(client, predictor, model, study, config.modalities, results)
@@ -150,14 +150,15 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
             state.failed[study] = {"attempts": attempts, "reason": f"{type(exc).__name__}: {exc}"[:500],
                                    "results": results}
             counts["failed"] += 1
-            log.warning("study %s failed (attempt %d of %d): %s", study_key(study), attempts, config.max_attempts,
-                        type(exc).__name__)
+            log.warning("study %d of %d (%s) failed (attempt %d of %d): %s", number, len(studies), study_key(study),
+                        attempts, config.max_attempts, type(exc).__name__)
         else:
             state.done[study] = record
             state.failed.pop(study, None)
             counts["done"] += 1
             counts["images"] += record["images"]
-            log.info("study %s: %d images, results stored", study_key(study), record["images"])
+            log.info("study %d of %d (%s): %d images, results stored", number, len(studies), study_key(study),
+                     record["images"])
         state.save()
     return counts
 
