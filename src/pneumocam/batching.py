@@ -28,6 +28,7 @@ class DynamicBatcher:
         self.batch_sizes: list[int] = []  # of every batch run, for tests and the load benchmark
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None  # held here: the event loop keeps only a weak reference to tasks
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
