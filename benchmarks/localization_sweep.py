@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -21,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from pneumocam.demo import DemoConfig
-from pneumocam.evaluate import EvalConfig, evaluate
-from pneumocam.localize import LocalizeConfig, localize
-from pneumocam.prepare import prepare
+from pneumocam.commands.demo import stage_configs
+from pneumocam.commands.evaluate import evaluate
+from pneumocam.commands.localize import localize
+from pneumocam.commands.prepare import prepare
+from pneumocam.commands.train import fit
+from pneumocam.config import DemoConfig, EvalConfig, LocalizeConfig
 from pneumocam.synthetic import synthesize
-from pneumocam.train import fit
 
 # recipe name -> (images, changes to the demo's TrainConfig taken from labels only, box_loss_weight 0;
 # the demo itself is "box0.1")
@@ -51,15 +51,14 @@ RECIPES = {
 
 def run_one(work: Path, recipe: str, seed: int, device: str) -> dict:
     n_images, changes = RECIPES[recipe]
-    demo = DemoConfig()
+    synth, prep, train = stage_configs(DemoConfig(n_images=n_images))
     data = work / f"data-{n_images}"
     if not (data / "stats.json").exists():
-        synth = replace(demo.synth, n_images=n_images, workers=os.cpu_count() or 1)
         synthesize(work / f"source-{n_images}", synth)
-        prepare(work / f"source-{n_images}", data, demo.prepare)
+        prepare(work / f"source-{n_images}", data, prep)
     run = work / f"run-{recipe}-{seed}"
     start = time.perf_counter()
-    fitted = fit(data, run, replace(demo.train, box_loss_weight=0.0, seed=seed, **changes))
+    fitted = fit(data, run, replace(train, box_loss_weight=0.0, seed=seed, **changes))
     train_s = time.perf_counter() - start
     metrics = evaluate(fitted.best_checkpoint, data, run / "eval", EvalConfig(bootstrap=0, report=False,
                                                                                device=device))

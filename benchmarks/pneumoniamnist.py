@@ -16,9 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pneumocam.evaluate import EvalConfig, evaluate
-from pneumocam.prepare import PrepareConfig, prepare
-from pneumocam.train import TrainConfig, fit
+from pneumocam.commands.evaluate import evaluate
+from pneumocam.commands.prepare import prepare
+from pneumocam.commands.train import fit
+from pneumocam.config import EvalConfig, PrepareConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NPZ = ROOT.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"

@@ -83,9 +83,10 @@ def naive_loop(files: list[Path], out: Path, plugin: str = "") -> float:
 def decode_resize(files: list[Path], out: Path | None = None) -> float:
     """The same decode (reduced DCT scale where possible) and resize that prepare does; with `out`, also
     its atomic save of each image there (the per-image work that writes what prepare writes)."""
+    from pneumocam.config import IMAGE_SIZE
     from pneumocam.files import save_npy
     from pneumocam.io import read_image
-    from pneumocam.preprocess import IMAGE_SIZE, to_model_input
+    from pneumocam.preprocess import to_model_input
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +215,8 @@ def main() -> None:
     n = len(files)
     out = args.out or Path(tempfile.mkdtemp(prefix="pneumocam-bench-out-"))
 
-    from pneumocam.prepare import PrepareConfig, prepare
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.config import PrepareConfig
 
     def timed_cli(folder: Path) -> float:
         start = time.perf_counter()

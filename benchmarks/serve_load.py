@@ -104,10 +104,9 @@ def running_server(checkpoint: str, *options: str):
 
 
 def predict_vs_forward(checkpoint: str, image: Path, repeats: int) -> tuple[float, float]:
-    from pneumocam.data import collate_images
     from pneumocam.inference import Predictor
     from pneumocam.io import read_image
-    from pneumocam.preprocess import to_model_input
+    from pneumocam.preprocess import collate_images, to_model_input
 
     predictor = Predictor.from_checkpoint(checkpoint)
     array = to_model_input(read_image(image))
@@ -137,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     image = args.image
     if image is None:
-        from pneumocam.synthetic import SynthConfig, synthesize
+        from pneumocam.config import SynthConfig
+        from pneumocam.synthetic import synthesize
 
         folder = synthesize(tempfile.mkdtemp(prefix="pneumocam-load-"), SynthConfig(n_images=1, seed=3))
         image = next((folder / "stage_2_train_images").glob("*.dcm"))

@@ -35,9 +35,11 @@ import torch
 from torch import nn
 
 from pneumocam.augment import augment_batch
-from pneumocam.data import read_normalization
+from pneumocam.commands.train import resolve_runtime
+from pneumocam.config import TrainConfig
 from pneumocam.model import PneumoniaNet
-from pneumocam.train import PneumoniaDataModule, PneumoniaModule, TrainConfig, resolve_runtime
+from pneumocam.preprocess import read_normalization
+from pneumocam.training import PneumoniaDataModule, PneumoniaModule
 
 
 def _sync(device: torch.device) -> None:

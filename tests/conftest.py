@@ -25,7 +25,8 @@ def rsna_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_source(tmp_path_factory) -> Path:
-    from pneumocam.synthetic import SynthConfig, synthesize
+    from pneumocam.config import SynthConfig
+    from pneumocam.synthetic import synthesize
 
     return synthesize(tmp_path_factory.mktemp("phantom"), SynthConfig(n_images=24, positive_fraction=0.5,
                                                                          size=256, seed=7))
@@ -33,7 +34,8 @@ def phantom_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_data(phantom_source, tmp_path_factory) -> Path:
-    from pneumocam.prepare import PrepareConfig, prepare
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.config import PrepareConfig
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(phantom_source, out, PrepareConfig(val_fraction=0.25, seed=0, workers=1))
@@ -43,7 +45,8 @@ def phantom_data(phantom_source, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(phantom_data, tmp_path_factory) -> Path:
     """A real Lightning fit of one batch (fast_dev_run) on the tiny phantom set."""
-    from pneumocam.train import TrainConfig, fit
+    from pneumocam.commands.train import fit
+    from pneumocam.config import TrainConfig
 
     run = tmp_path_factory.mktemp("run")
     result = fit(phantom_data, run, TrainConfig(epochs=1, batch_size=4, pretrained="none", augment="original",

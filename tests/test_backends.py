@@ -23,6 +23,7 @@ def eager():
     return Predictor.from_checkpoint("pneumocam-cxr")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 def test_backend_matches_eager_torch_in_logit_and_cam(eager, backend):
     pytest.importorskip(backend, reason=f"the {backend} backend needs pneumocam[fast]")

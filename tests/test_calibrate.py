@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumocam.calibrate import CalibrateConfig, calibrate
 from pneumocam.calibration import sigmoid
 from pneumocam.cli import main
+from pneumocam.commands.calibrate import calibrate
+from pneumocam.commands.evaluate import evaluate
+from pneumocam.config import CalibrateConfig, EvalConfig
 from pneumocam.errors import PneumocamError
-from pneumocam.evaluate import EvalConfig, evaluate
 from pneumocam.files import read_csv
 from pneumocam.inference import Predictor
 
@@ -20,6 +21,7 @@ def calibrated(tiny_checkpoint, phantom_data, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_calibrate_writes_a_calibrated_copy_that_every_stage_uses(calibrated, phantom_data, tmp_path):
     out, report = calibrated
     for name in ("calibrated.ckpt", "calibration.pt", "calibration.json", "reliability.png", "reliability.csv"):
@@ -54,6 +56,7 @@ def test_predict_flags_out_of_range_inputs_with_a_calibrated_checkpoint(calibrat
     assert rows[str(npy)]["ood"] in ("0", "1") and float(rows[str(npy)]["ood_distance"]) > 0
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_the_test_split_and_the_cli_prints_its_summary(tiny_checkpoint, phantom_data, tmp_path,
                                                                          capsys):
     with pytest.raises(PneumocamError, match="test split must stay unseen"):

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from pneumocam.cli import build_parser, main
+from pneumocam.cli import main
+from pneumocam.cli.parser import build_parser
 
-COMMANDS = ["synth", "prepare", "train", "evaluate", "cam", "localize", "predict", "serve", "export", "models",
-            "demo"]
+COMMANDS = ["synth", "prepare", "train", "evaluate", "calibrate", "cam", "localize", "predict", "serve", "pacs",
+            "export", "models", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -26,6 +27,7 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and all(c in result.stdout for c in COMMANDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -57,20 +59,16 @@ def test_cam_on_unreadable_image_exits_partial(tiny_checkpoint, phantom_data, tm
 def test_parser_defaults_follow_the_spec():
     args = build_parser().parse_args(["evaluate", "c.ckpt", "data", "out"])
     # the checkpoint's threshold (0.5, or calibrate's); test when the data has one, else val; every known subgroup
-    assert args.threshold is None and args.split == "auto" and args.by == "auto"
+    assert args.threshold is None and args.split == "auto" and args.by is None
 
 
-def test_subgroup_and_rule_names_match_the_library():
-    from pneumocam.calibration import RULES
-    from pneumocam.cli import SUBGROUP_ATTRIBUTES, THRESHOLD_RULES, _subgroup_attributes
-    from pneumocam.errors import PneumocamError
-    from pneumocam.subgroups import ATTRIBUTES
-
-    assert SUBGROUP_ATTRIBUTES == ATTRIBUTES and THRESHOLD_RULES == RULES
-    assert _subgroup_attributes("auto") is None and _subgroup_attributes("none") == ()
-    assert _subgroup_attributes("sex, view") == ("sex", "view")
-    with pytest.raises(PneumocamError, match="unknown attribute"):
-        _subgroup_attributes("sex,race")
+def test_subgroup_flag_reads_names_auto_and_none():
+    parse = build_parser().parse_args
+    assert parse(["evaluate", "c", "d", "o", "--by", "none"]).by == ()
+    assert parse(["evaluate", "c", "d", "o", "--by", "auto"]).by is None
+    assert parse(["evaluate", "c", "d", "o", "--by", "sex, view"]).by == ("sex", "view")
+    with pytest.raises(SystemExit):
+        parse(["evaluate", "c", "d", "o", "--by", "sex,race"])
 
 
 def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):
@@ -84,36 +82,18 @@ def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_pa
     assert dict(os.environ) == before
 
 
-def test_cli_cam_methods_are_the_libraries_methods():
-    from pneumocam.cam import ALIGNMENTS
+def test_config_choices_are_the_libraries_names():
     from pneumocam.cam_extra import LIBRARY_METHODS
-    from pneumocam.cli import CAM_ALIGNMENTS, CAM_METHODS
+    from pneumocam.checkpoints import BUNDLED_MODELS
+    from pneumocam.cli.parser import BUNDLED_NAMES
+    from pneumocam.config import CAM_METHODS, MONITORS, OPTIMIZERS
     from pneumocam.inference import METHODS
+    from pneumocam.training import MONITOR_MODES, OPTIMIZER_CLASSES
 
     # gradcam-lib is pytorch-grad-cam's Grad-CAM, kept for comparing with the built-in one in the tests
     assert set(CAM_METHODS) == set(METHODS) | (set(LIBRARY_METHODS) - {"gradcam-lib", "gradcam++-lib"})
-    assert CAM_ALIGNMENTS == ALIGNMENTS  # same order: the first is the default everywhere
-
-
-def test_cli_backends_are_the_backends():
-    from pneumocam.backends import BACKENDS as LIBRARY_BACKENDS
-    from pneumocam.cli import BACKENDS
-
-    assert BACKENDS == LIBRARY_BACKENDS
-
-
-def test_cli_bundled_names_are_the_bundled_models():
-    from pneumocam.checkpoints import BUNDLED_MODELS
-    from pneumocam.cli import BUNDLED_NAMES
-
     assert BUNDLED_NAMES == tuple(BUNDLED_MODELS)
-
-
-def test_cli_evaluation_splits_are_the_libraries():
-    from pneumocam.cli import EVALUATION_SPLITS
-    from pneumocam.data import EVALUATION_SPLITS as LIBRARY_SPLITS
-
-    assert EVALUATION_SPLITS == LIBRARY_SPLITS
+    assert set(MONITORS) == set(MONITOR_MODES) and set(OPTIMIZERS) == set(OPTIMIZER_CLASSES)
 
 
 def test_models_lists_the_bundled_model_with_its_card(capsys):
@@ -129,8 +109,28 @@ def test_models_lists_the_bundled_model_with_its_card(capsys):
     assert described[0]["name"] == "pneumocam-cxr" and set(described[0]["validation"]) == {"kermany", "rsna"}
 
 
+@pytest.mark.slow
 def test_localize_says_whether_the_model_was_box_guided(tiny_checkpoint, phantom_data, tmp_path, capsys):
     assert main(["localize", str(tiny_checkpoint), str(phantom_data), str(tmp_path), "--methods", "cam"]) == 0
     out = capsys.readouterr().out
     assert "3 images with boxes (val split); labels-only model" in out
     assert json.loads((tmp_path / "localization.json").read_text())["box_loss_weight"] == 0.0
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib import metadata
+
+    result = subprocess.run([sys.executable, "-m", "pneumocam.cli", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"pneumocam {metadata.version('pneumocam')}"
+
+
+def test_train_writes_the_settings_it_ran_with_and_they_read_back(phantom_data, tmp_path):
+    from pneumocam.cli import parse_args
+
+    run = tmp_path / "run"
+    assert main(["train", str(phantom_data), str(run), "--pretrained", "none", "--fast-dev-run", "--batch-size", "4",
+                 "--lr", "3e-4", "--augment", "none"]) == 0
+    _, config = parse_args(["train", "d", "r", "--config", str(run / "config.yaml")])
+    assert (config.lr, config.batch_size, config.augment, config.fast_dev_run) == (3e-4, 4, "none", True)
+    assert config.precision == "auto"  # the settings as given; the checkpoint records what "auto" became

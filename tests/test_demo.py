@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pneumocam.demo import real_examples, run_demo, scaled_config
+from pneumocam.commands.demo import real_examples, run_demo
+from pneumocam.config import DemoConfig
 
 
 def test_real_examples_are_shipped_with_their_credits():
@@ -16,7 +17,7 @@ def test_real_examples_are_shipped_with_their_credits():
 
 @pytest.mark.slow
 def test_small_demo_runs_every_stage_and_the_bundled_model_on_real_xrays(tmp_path):
-    summary = run_demo(tmp_path, scaled_config(n_images=40, epochs=1))
+    summary = run_demo(tmp_path, DemoConfig(n_images=40, epochs=1))
     assert set(summary["timings_s"]) == {"synth", "prepare", "train", "evaluate", "cam", "real", "localize"}
     real = summary["real_examples"]
     assert real["model"] == "pneumocam-cxr" and len(real["images"]) == 4

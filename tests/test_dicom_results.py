@@ -9,6 +9,8 @@ import pytest
 
 from conftest import RSNA_SAMPLE, require
 from pneumocam.cli import main
+from pneumocam.commands.predict import run_predict
+from pneumocam.config import PredictConfig
 from pneumocam.dicom_results import (
     ABSENT,
     PNEUMONIA,
@@ -19,8 +21,7 @@ from pneumocam.dicom_results import (
     result_panel,
     structured_report,
 )
-from pneumocam.io import write_dicom_jpeg
-from pneumocam.predict import PredictConfig, run_predict
+from pneumocam.synthetic import write_dicom_jpeg
 
 pytest.importorskip("highdicom", reason="DICOM results need pneumocam[dicom]")
 

@@ -3,11 +3,12 @@ import json
 import pytest
 import torch
 
+from pneumocam.commands.export import export_model
+from pneumocam.config import ExportConfig
 from pneumocam.errors import PneumocamError
-from pneumocam.export import ExportConfig, export_model
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_export_parity(tiny_checkpoint, phantom_data, tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime", reason="ONNX export needs pneumocam[export]")
@@ -26,6 +27,7 @@ def test_export_parity(tiny_checkpoint, phantom_data, tmp_path, fmt):
         assert float(cam.mean()) + description["fc_bias"] == pytest.approx(float(logit), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_failed_parity_writes_nothing(tiny_checkpoint, tmp_path):
     with pytest.raises(PneumocamError, match="differs from PyTorch"):
         export_model(tiny_checkpoint, tmp_path / "m.pt", ExportConfig("torchscript", tolerance=-1.0))

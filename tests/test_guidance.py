@@ -1,32 +1,14 @@
 import pytest
 import torch
 
-from pneumocam.guidance import box_guidance_loss, cell_coverage
+from pneumocam.boxes import cell_coverage
+from pneumocam.guidance import box_guidance_loss
 
 
 def _mask(x0, y0, x1, y1, size=224):
     mask = torch.zeros(1, 1, size, size)
     mask[..., y0:y1, x0:x1] = 1
     return mask
-
-
-def test_cell_coverage_follows_the_cam_alignment():
-    mask = _mask(80, 80, 112, 112)  # the 32x32 square centred on pixel 96 = 3 * 32
-    receptive = cell_coverage(mask, (7, 7), "receptive-field")[0]
-    expected = torch.zeros(7, 7)
-    expected[3, 3] = 1.0  # cell 3 spans pixels [80, 112) when centred on 32 * 3
-    assert torch.equal(receptive, expected)
-    block = cell_coverage(mask, (7, 7), "block-centre")[0]  # cell p spans [32 p, 32 p + 32)
-    expected = torch.zeros(7, 7)
-    expected[2:4, 2:4] = 0.25
-    assert torch.equal(block, expected)
-
-
-def test_cell_coverage_rejects_unknown_alignment_and_uneven_cells():
-    with pytest.raises(ValueError, match="alignment"):
-        cell_coverage(_mask(0, 0, 10, 10), (7, 7), "centre")
-    with pytest.raises(ValueError, match="square cells"):
-        cell_coverage(_mask(0, 0, 10, 10), (5, 5))
 
 
 def _cam_peaked_at(row, col, height=8.0):

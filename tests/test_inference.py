@@ -9,6 +9,7 @@ from pneumocam.errors import PneumocamError
 from pneumocam.inference import Predictor
 
 
+@pytest.mark.slow
 def test_predictions_match_the_network_and_cam_identity(tiny_checkpoint, phantom_data):
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
     files = sorted((phantom_data / "Processed").rglob("*.npy"))[:3]
@@ -51,7 +52,7 @@ def _mixed_format_source(root):
     """Non-square gray images as DICOM (JPEG Baseline), PNG and JPEG, in both class folders."""
     from PIL import Image
 
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     y, x = np.mgrid[0:180, 0:300]
     for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
@@ -65,12 +66,14 @@ def _mixed_format_source(root):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pad", "stretch"])
 def test_prepare_and_the_predictor_give_the_same_tensor_for_dicom_png_and_jpeg(mode, tmp_path):
-    from pneumocam.data import collate_images, load_file
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.commands.train import fit
+    from pneumocam.config import PrepareConfig, TrainConfig
     from pneumocam.files import read_csv
-    from pneumocam.prepare import PrepareConfig, prepare
-    from pneumocam.train import TrainConfig, fit
+    from pneumocam.preprocess import collate_images, load_file
 
     source = _mixed_format_source(tmp_path / "src")
     prepare(source, tmp_path / "data", PrepareConfig(resize_mode=mode, val_fraction=0.5, workers=1))

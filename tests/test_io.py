@@ -180,7 +180,7 @@ def test_decompression_bomb_header_is_refused(tmp_path):
 
 
 def test_truncated_and_corrupted_files(tmp_path):
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "ok.dcm", (np.arange(64 * 64) % 255).reshape(64, 64).astype(np.uint8), "p1")
     data = (tmp_path / "ok.dcm").read_bytes()
@@ -195,8 +195,8 @@ def test_truncated_and_corrupted_files(tmp_path):
 
 
 def test_reduced_scale_decoding_keeps_geometry_and_values(tmp_path):
-    from pneumocam.io import write_dicom_jpeg
     from pneumocam.preprocess import to_model_input
+    from pneumocam.synthetic import write_dicom_jpeg
 
     rng = np.random.default_rng(0)
     smooth = np.asarray(Image.fromarray(rng.uniform(0, 255, (16, 16)).astype(np.uint8)).resize((1024, 1024),
@@ -215,7 +215,7 @@ def test_reduced_scale_decoding_keeps_geometry_and_values(tmp_path):
 
 
 def test_reduced_scale_is_not_used_under_a_window(tmp_path):
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "w.dcm", np.full((1024, 1024), 100, np.uint8), "p")
     import pydicom

@@ -31,6 +31,7 @@ def live_server(tiny_checkpoint):
     assert "Traceback" not in output, output
 
 
+@pytest.mark.slow
 def test_browser_uploads_a_real_dicom_and_sees_probability_and_overlay(live_server, tmp_path):
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         pytest.skip(f"chromium not found at {CHROMIUM} (Debian package 'chromium'; .ci/run installs it)")
@@ -57,6 +58,7 @@ def test_browser_uploads_a_real_dicom_and_sees_probability_and_overlay(live_serv
             browser.close()
 
 
+@pytest.mark.slow
 def test_openapi_fuzz_gives_no_server_errors(live_server, tmp_path):
     schemathesis = Path(sys.executable).with_name("schemathesis")  # installed beside the interpreter
     if not schemathesis.exists():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from pneumocam.boxes import box_mask
 from pneumocam.localization import (
-    box_mask,
     centre_prior,
     distance_to_boxes,
     energy_in_boxes,
@@ -12,16 +12,6 @@ from pneumocam.localization import (
     rank_correlation,
     score_maps,
 )
-
-
-def test_box_mask_uses_pixel_centres():
-    mask = box_mask([(1, 1, 2, 2)], (5, 5))
-    expected = np.zeros((5, 5), bool)
-    expected[1:3, 1:3] = True
-    assert np.array_equal(mask, expected)
-    assert box_mask([(0, 0, 1, 1), (3, 3, 1, 2)], (5, 5)).sum() == 3
-    assert box_mask([], (5, 5)).shape == (5, 5) and not box_mask([], (5, 5)).any()
-    assert box_mask(np.zeros((3, 0, 4)), (5, 5)).shape == (3, 5, 5)  # a stack of rows without boxes
 
 
 def test_pointing_iou_iobb_energy_exact():

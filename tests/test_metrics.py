@@ -43,6 +43,7 @@ def test_one_class_gives_null_ranking_metrics_and_a_warning():
     assert m["precision"] == 0.0 and m["recall"] == 0.0
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_contains_estimate_and_shrinks_with_n():
     rng = np.random.default_rng(1)
 
@@ -121,6 +122,7 @@ def test_operating_points_mark_unavailable_thresholds():
     assert points[1] == {"name": "youden", "threshold": None, "available": False}
 
 
+@pytest.mark.slow
 def test_cluster_bootstrap_resamples_whole_patients_and_widens_the_ci_of_copies():
     from pneumocam.metrics import bootstrap_mean_ci, resampler
 

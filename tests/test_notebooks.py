@@ -44,8 +44,9 @@ def test_notebooks_run_on_real_rsna_images_with_the_bundled_model(tmp_path, monk
     import shutil
 
     from conftest import SHARED_DATA, require
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.config import PrepareConfig
     from pneumocam.files import read_csv
-    from pneumocam.prepare import PrepareConfig, prepare
 
     source = require(SHARED_DATA / "rsna_1000")
     subset = tmp_path / "rsna_subset"

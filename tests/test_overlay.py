@@ -38,8 +38,9 @@ def test_side_by_side_has_original_and_overlay():
     assert len(figure.axes[1].patches) == 1
 
 
+@pytest.mark.slow
 def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
-    from pneumocam.explain import MIN_IMAGES_PER_WORKER, draw_side_by_sides
+    from pneumocam.commands.explain import MIN_IMAGES_PER_WORKER, draw_side_by_sides
     from pneumocam.overlay import SideBySideJob
 
     rng = np.random.default_rng(0)

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import RSNA_SAMPLE, free_port, require, wait_for_http
 from pneumocam.cli import main
+from pneumocam.commands.pacs import PacsState, run_pass, study_key
+from pneumocam.config import PacsConfig
 from pneumocam.dicom_results import reported_probability
 from pneumocam.inference import Predictor
-from pneumocam.pacs import PacsConfig, PacsState, run_pass, study_key
 
 pytest.importorskip("dicomweb_client", reason="the PACS connection needs pneumocam[pacs]")
 pytest.importorskip("highdicom", reason="DICOM results need pneumocam[dicom]")
@@ -48,8 +49,9 @@ def _statistics(base: str) -> dict:
     return json.loads(urllib.request.urlopen(f"{base}/statistics", timeout=10).read())
 
 
+@pytest.mark.slow
 def test_round_trip_through_a_real_orthanc(orthanc, tmp_path, caplog):
-    from pneumocam.pacs import connect
+    from pneumocam.commands.pacs import connect
 
     files = sorted(require(RSNA_SAMPLE / "stage_2_train_images").glob("*.dcm"))
     client = connect(f"{orthanc}/dicom-web")
@@ -142,11 +144,12 @@ class _FlakyServer:
         self.stored.append([str(ds.SOPInstanceUID) for ds in datasets])
 
 
+@pytest.mark.slow
 def test_a_retried_study_does_not_store_an_images_results_twice(tmp_path):
     import numpy as np
 
     from pneumocam.dicom_results import ModelIdentity
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     images = []
     for i in range(2):

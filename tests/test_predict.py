@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from pneumocam.predict import PredictConfig, run_predict
+from pneumocam.commands.predict import run_predict
+from pneumocam.config import PredictConfig
 
 
 def test_predict_folder_glob_and_bad_file(tiny_checkpoint, phantom_data, tmp_path):
@@ -31,6 +33,7 @@ def test_predict_to_folder_with_overlays_and_json(tiny_checkpoint, phantom_data,
     assert all((tmp_path / r["overlay"]).stat().st_size > 500 for r in saved)
 
 
+@pytest.mark.slow
 def test_cli_predict_exit_codes(tiny_checkpoint, phantom_data, tmp_path):
     good = str(next((phantom_data / "Processed").rglob("*.npy")))
     command = [sys.executable, "-m", "pneumocam.cli", "predict", str(tiny_checkpoint)]
@@ -46,6 +49,7 @@ def test_cli_predict_exit_codes(tiny_checkpoint, phantom_data, tmp_path):
     assert np.isfinite(float(row["logit"]))
 
 
+@pytest.mark.slow
 def test_predict_over_pydicom_test_files_keeps_good_work_and_lists_every_failure(tiny_checkpoint, phantom_data,
                                                                                   tmp_path):
     import pydicom.data

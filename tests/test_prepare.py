@@ -8,9 +8,10 @@ import xxhash
 
 from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
 from conftest import SHARED_DATA as SHARED_DATA_DIR
-from pneumocam.data import load_boxes
+from pneumocam.boxes import load_boxes
+from pneumocam.commands.prepare import assign_splits, prepare
+from pneumocam.config import PrepareConfig
 from pneumocam.errors import PneumocamError
-from pneumocam.prepare import PrepareConfig, assign_splits, prepare
 from pneumocam.sources import SourceItem
 
 
@@ -170,7 +171,7 @@ def _bad_input_corpus(folder):
     """Every kind of bad or odd file a real export contains, in one class folder."""
     from PIL import Image
 
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     folder.mkdir(parents=True)
     (folder / "zero.png").write_bytes(b"")
@@ -214,6 +215,7 @@ def test_bad_input_corpus_is_read_or_rejected_with_reasons(tmp_path):
     assert len(manifest) + len(rejected) == 15 and report.n_rejected == 8
 
 
+@pytest.mark.slow
 def test_prepare_killed_midway_resumes_to_identical_outputs(tmp_path):
     """kill -9 a real `pneumocam prepare` process part-way, rerun it, compare with an uninterrupted run."""
     import os
@@ -222,7 +224,8 @@ def test_prepare_killed_midway_resumes_to_identical_outputs(tmp_path):
     import sys
     import time
 
-    from pneumocam.synthetic import SynthConfig, synthesize
+    from pneumocam.config import SynthConfig
+    from pneumocam.synthetic import synthesize
 
     source = synthesize(tmp_path / "src", SynthConfig(n_images=120, size=1024, seed=2, workers=2))
     command = [sys.executable, "-m", "pneumocam.cli", "prepare", str(source), "--workers", "1"]
@@ -295,6 +298,7 @@ def _rsna_jpeg_copy(source, out, size, n=None, suffix=".jpg"):
     return out
 
 
+@pytest.mark.slow
 def test_prepare_rsna_1000_jpeg_layout_with_boxes_in_224_space(tmp_path):
     source = require(SHARED_DATA_DIR / "rsna_1000")
     report = prepare(source, tmp_path / "out", PrepareConfig(workers=2, val_fraction=0.2))

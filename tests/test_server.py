@@ -13,8 +13,9 @@ from conftest import RSNA_SAMPLE, SHARED_DATA, bomb_png, require
 pytest.importorskip("fastapi", reason="the web service needs pneumocam[serve]")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from pneumocam.config import ServeConfig
 from pneumocam.inference import Predictor  # noqa: E402
-from pneumocam.server import ServeConfig, create_app  # noqa: E402
+from pneumocam.server import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
 
 
 def _truncated_dicom(tmp_path) -> bytes:
-    from pneumocam.io import write_dicom_jpeg
+    from pneumocam.synthetic import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "x.dcm", (np.arange(4096) % 200).reshape(64, 64).astype(np.uint8), "p")
     data = (tmp_path / "x.dcm").read_bytes()
@@ -90,7 +91,7 @@ def test_missing_file_field_and_wrong_content_type(client):
 
 
 def test_token_is_required_when_configured(predictor):
-    client = TestClient(create_app(predictor, ServeConfig(token="s3cret")))
+    client = TestClient(create_app(predictor, ServeConfig(), token="s3cret"))
     image = io.BytesIO()
     Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
     assert _post(client, "a.png", image.getvalue()).status_code == 401

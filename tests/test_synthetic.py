@@ -1,9 +1,11 @@
 import csv
 
 import numpy as np
+import pytest
 
+from pneumocam.config import SynthConfig
 from pneumocam.io import read_image
-from pneumocam.synthetic import SynthConfig, make_phantom, synthesize
+from pneumocam.synthetic import make_phantom, synthesize
 
 
 def test_same_seed_gives_the_same_phantom():
@@ -53,6 +55,7 @@ def test_phantom_dicom_is_jpeg_baseline_monochrome2(tmp_path):
     assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsStored == 8
 
 
+@pytest.mark.slow
 def test_lung_density_varies_in_negatives_so_a_brighter_lung_is_no_label_cue():
     def left_minus_right(image: np.ndarray) -> float:
         size = image.shape[0]

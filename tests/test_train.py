@@ -5,8 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pneumocam.commands.train import fit
+from pneumocam.config import TrainConfig
 from pneumocam.data import positive_weight
-from pneumocam.train import TrainConfig, fit
 
 
 def test_fast_dev_run_checkpoint_loads_with_weights_only(tiny_checkpoint, phantom_data):
@@ -25,10 +26,11 @@ def test_fast_dev_run_checkpoint_loads_with_weights_only(tiny_checkpoint, phanto
     assert config["pos_weight"] > 0 and config["n_train"] == 18
 
 
+@pytest.mark.slow
 def test_balanced_sampling_and_pos_weight_correct_the_imbalance_once(phantom_data, tmp_path):
     import numpy as np
 
-    from pneumocam.train import resolve_pos_weight
+    from pneumocam.training import resolve_pos_weight
 
     labels = np.array([0] * 30 + [1] * 10)
     assert resolve_pos_weight("auto", labels) == 3.0
@@ -46,6 +48,7 @@ def test_positive_weight_is_negatives_over_positives():
     assert positive_weight(np.array([0] * 78 + [1] * 22)) == 78 / 22
 
 
+@pytest.mark.slow
 def test_two_epoch_fit_writes_best_last_and_logs(phantom_data, tmp_path):
     result = fit(phantom_data, tmp_path, TrainConfig(epochs=2, batch_size=6, pretrained="none", augment="none",
                                                      data_stats=True, seed=1))
@@ -69,8 +72,8 @@ def _val_rows(run_dir, log="metrics.csv"):
 
 
 def test_deterministic_auto_is_on_for_cpu_and_validated():
+    from pneumocam.commands.train import resolve_runtime
     from pneumocam.errors import PneumocamError
-    from pneumocam.train import resolve_runtime
 
     assert resolve_runtime(TrainConfig(accelerator="cpu")).deterministic == "on"
     assert resolve_runtime(TrainConfig(accelerator="cpu", deterministic="off")).deterministic == "off"
@@ -80,6 +83,7 @@ def test_deterministic_auto_is_on_for_cpu_and_validated():
         fit("unused", "unused", TrainConfig(augment="flip", in_memory="on"))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):
     config = TrainConfig(epochs=2, batch_size=6, pretrained="none", augment="original", seed=3)
     fit(phantom_data, tmp_path / "a", config)
@@ -90,6 +94,7 @@ def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):
     assert _val_rows(tmp_path / "c") != first
 
 
+@pytest.mark.slow
 def test_resume_after_kill_minus_9_finishes_the_same_epochs(phantom_data, tmp_path):
     import os
     import signal
@@ -129,6 +134,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(phantom_data, tmp_path):
         fit(phantom_data, tmp_path, TrainConfig(pretrained="none", resume=True))
 
 
+@pytest.mark.slow
 def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
     from pneumocam.inference import Predictor
 
@@ -147,8 +153,10 @@ def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
 def test_balanced_sampling_draws_both_classes_equally(phantom_data):
     import numpy as np
 
-    from pneumocam.data import InMemorySplit, Normalization
-    from pneumocam.train import PneumoniaDataModule, resolve_runtime
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import InMemorySplit
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, balanced_sampling=True, in_memory="on", seed=0))
     datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
@@ -167,6 +175,7 @@ def _only_gloo_transport_errors(stderr: str) -> bool:
     return bool(errors) and all("gloo/transport/tcp" in message for message in errors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory", ["off", "on"])  # "on" is a GPU run's default: batches sharded whole
 def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     import os
@@ -194,10 +203,10 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     assert checkpoint["pneumocam"]["config"]["strategy"] == "ddp"
     # the validation loss is averaged across the processes, so they agree on the best score; the first
     # reports it, the other only at debug level (-v here), and only the first prints the result line
-    best_lines = re.findall(r" (INFO|DEBUG) pneumocam\.train: best val_loss = (\S+)", result.stderr)
+    best_lines = re.findall(r" (INFO|DEBUG) pneumocam\.commands\.train: best val_loss = (\S+)", result.stderr)
     assert sorted(level for level, _ in best_lines) == ["DEBUG", "INFO"], best_lines
     assert len({score for _, score in best_lines}) == 1, best_lines
-    assert len(re.findall(r"INFO pneumocam\.train: epoch 0:", result.stderr)) == 1
+    assert len(re.findall(r"INFO pneumocam\.training: epoch 0:", result.stderr)) == 1
     assert result.stdout.count("best checkpoint:") == 1
     # 18 training images, batch 4, over 2 processes: 2 steps each (files: 9 images per process, drop_last;
     # in memory: 4 whole batches dealt out in turn)
@@ -205,10 +214,11 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_path, monkeypatch):
     import tempfile
 
-    from pneumocam.train import AtomicCheckpointIO
+    from pneumocam.training import AtomicCheckpointIO
 
     # Lightning's default save stages the file in the system temporary folder; ours must never touch it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
@@ -231,6 +241,7 @@ def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory", ["off", "on"])
 def test_box_guided_fit_logs_its_loss_and_records_its_weight(phantom_data, tmp_path, in_memory):
     result = fit(phantom_data, tmp_path, TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift",
@@ -243,9 +254,9 @@ def test_box_guided_fit_logs_its_loss_and_records_its_weight(phantom_data, tmp_p
 
 def _share_of_cam_in_boxes(checkpoint, data_dir) -> float:
     """Mean softmax share of the raw CAM inside the boxes, over the boxed training images."""
-    from pneumocam.data import box_masks, load_boxes, load_file
-    from pneumocam.guidance import cell_coverage
+    from pneumocam.boxes import box_masks, cell_coverage, load_boxes
     from pneumocam.inference import Predictor
+    from pneumocam.preprocess import load_file
 
     boxes = load_boxes(data_dir)
     files = sorted(f for f in boxes if "/train/" in f)
@@ -255,6 +266,7 @@ def _share_of_cam_in_boxes(checkpoint, data_dir) -> float:
     return float((torch.softmax(torch.from_numpy(raw).flatten(1), 1) * coverage.flatten(1)).sum(1).mean())
 
 
+@pytest.mark.slow
 def test_box_guidance_pulls_the_cam_into_the_training_boxes(phantom_data, tmp_path):
     config = TrainConfig(epochs=4, batch_size=6, lr=2e-3, pretrained="none", augment="none", data_stats=True, seed=0)
     plain = fit(phantom_data, tmp_path / "plain", config)

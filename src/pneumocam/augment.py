@@ -1,7 +1,7 @@
 """The course's augmentation as one batched resampling on the device (for the GPU speed path).
 
-torchvision's per-image transforms run on CPU workers at ~336 images/s each here, far below what a
-GPU consumes. This draws, per image, the same random parameters as
+torchvision's per-image transforms on CPU workers deliver far fewer images than a GPU consumes.
+This draws, per image, the same random parameters as
 RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)) followed by
 RandomResizedCrop(224, scale=(0.35, 1), ratio=(3/4, 4/3)) ("original"; "shift" is the affine alone, with
 10% translation), folds both into one 2x3 sampling matrix,

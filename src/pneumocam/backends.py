@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumocam.config import BACKENDS
 from pneumocam.errors import PneumocamError
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

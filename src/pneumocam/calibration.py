@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from pneumocam.config import THRESHOLD_RULES
 from pneumocam.metrics import threshold_for_sensitivity, youden_threshold
-
-RULES = ("sensitivity", "youden")
 
 
 def logit(p: float) -> float:
@@ -87,7 +86,7 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, rule: str = "sensiti
         threshold = youden_threshold(probs, labels)
         text = "Youden's J (sensitivity + specificity - 1) at its maximum"
     else:
-        raise ValueError(f"unknown threshold rule {rule!r}; choose from {RULES}")
+        raise ValueError(f"unknown threshold rule {rule!r}; choose from {THRESHOLD_RULES}")
     if threshold is None:
         raise ValueError("the threshold rule needs both classes in the calibration split")
     return float(threshold), text

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pneumocam.config import ALIGNMENTS
+
 
 def class_activation_map(features: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
     """Raw CAM: features (B, C, h, w), fc_weight (C,) or (1, C) -> (B, h, w), same units as the logit.
@@ -76,9 +78,6 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return scaled.reshape(maps.shape)
 
 
-ALIGNMENTS = ("receptive-field", "block-centre")
-
-
 def upsample_and_normalize(maps: torch.Tensor, size: tuple[int, int] = (224, 224),
                            alignment: str = "receptive-field") -> torch.Tensor:
     """(B, h, w) raw maps -> (B, H, W) in [0, 1]: min-max normalise, then bilinear resize (SPEC order).
@@ -86,8 +85,8 @@ def upsample_and_normalize(maps: torch.Tensor, size: tuple[int, int] = (224, 224
     alignment says where each cell of the small map sits in the image (s = H / h, 32 for ResNet18 at 224):
     - "receptive-field" (default): cell p at pixel p * s, the centre of its receptive field. In a
       torchvision ResNet every stride-2 layer (7x7 conv pad 3, 3x3 max-pool pad 1, 3x3 convs pad 1)
-      maps output index i to input index 2i, so last-stage cell p is centred on input pixel 32 p; the
-      input-gradient centroid of cell 3 measured on a trained demo model sits at pixel ~98, not 112.
+      maps output index i to input index 2i, so last-stage cell p is centred on input pixel 32 p (see
+      docs/explanations.md).
       Beyond the last cell's centre the map keeps the edge value.
     - "block-centre": cell p at pixel (p + 0.5) s, the middle of its s x s block; what cv2.resize and
       F.interpolate(align_corners=False) do, hence most CAM code and pytorch-grad-cam. On this network it

@@ -1,4 +1,4 @@
-"""Prepared data: `load_file`, the transforms, and datasets over Processed/<split>/<label>/*.npy.
+"""Prepared data for training and evaluation: the transforms, splits and datasets over Processed/<split>/<label>/*.npy.
 
 The datasets are torchvision `DatasetFolder`s with `load_file` as the loader, exactly the course's
 layout, so any folder of 224x224 float .npy files in class sub-folders `0` and `1` works.
@@ -16,67 +16,20 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import DatasetFolder
 
+from pneumocam.boxes import box_masks
+from pneumocam.config import AUGMENTATIONS, EVALUATION_SPLITS
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
-from pneumocam.io import ImageReadError
-from pneumocam.localization import box_mask
-from pneumocam.preprocess import Contract
+from pneumocam.preprocess import Normalization, load_file
 
 log = logging.getLogger(__name__)
 
-# The RSNA training set's pixel mean and std after scaling to [0, 1] (the course's constants).
-RSNA_MEAN = 0.49
-RSNA_STD = 0.248
-AUGMENTATIONS = ("original", "shift", "none")
-
-
-def load_file(path: str | Path) -> np.ndarray:
-    """Read one prepared image: a (224, 224) float32 array in [0, 1]. A damaged file raises ImageReadError
-    naming it (evaluate and localize then stop with that one line, not a traceback)."""
-    try:
-        return np.load(path, allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ImageReadError(path, f"not a readable prepared image ({type(exc).__name__}: {exc}); "
-                                   "run pneumocam prepare again") from exc
-
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: float = RSNA_MEAN
-    std: float = RSNA_STD
-    origin: str = "rsna-constants"  # or the stats.json the values came from
-
-
-def read_normalization(data_dir: str | Path, use_data_stats: bool | None = None) -> Normalization:
-    """Mean/std for the network's input.
-
-    None (default): the data set's own mean/std from DATA/stats.json when `prepare` wrote one, else the
-    course's RSNA constants 0.49/0.248 (a hand-made folder). True: stats.json, required. False: the
-    constants. The result says where it came from (`origin`), and training records it in the checkpoint.
-    """
-    stats_path = Path(data_dir) / "stats.json"
-    if use_data_stats is False or (use_data_stats is None and not stats_path.exists()):
-        return Normalization()
-    if not stats_path.exists():
-        raise PneumocamError(f"{stats_path}: not found; prepare the data with `pneumocam prepare` first")
-    stats = json.loads(stats_path.read_text())
-    return Normalization(float(stats["mean"]), float(stats["std"]), str(stats_path))
 
 
 def read_fingerprint(data_dir: str | Path) -> str | None:
     """The data fingerprint recorded by `pneumocam prepare`, or None for a hand-made folder."""
     stats_path = Path(data_dir) / "stats.json"
     return json.loads(stats_path.read_text()).get("fingerprint") if stats_path.exists() else None
-
-
-def data_contract(data_dir: str | Path) -> Contract:
-    """The preprocessing `prepare` applied to DATA (its image size and resize mode, from stats.json), which
-    training records so that prediction repeats it. A hand-made folder gets the defaults."""
-    stats_path = Path(data_dir) / "stats.json"
-    settings = json.loads(stats_path.read_text()).get("settings", {}) if stats_path.exists() else {}
-    default = Contract()
-    return Contract(int(settings.get("image_size", default.image_size)),
-                    settings.get("resize_mode", default.resize_mode), default.cam_alignment)
 
 
 def geometric_transform(augment: str = "none") -> transforms.Compose | None:
@@ -105,9 +58,6 @@ def build_transform(norm: Normalization, augment: str = "none") -> transforms.Co
         steps.append(geometric)
     steps.append(transforms.Normalize(mean=[norm.mean], std=[norm.std]))
     return transforms.Compose(steps)
-
-
-EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
 
 
 def evaluation_split(data_dir: str | Path, split: str) -> str:
@@ -169,39 +119,6 @@ def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:
     return [by_file[f]["patient"] if f in by_file else Path(f).stem for f in files]
 
 
-def load_boxes(data_dir: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """DATA/boxes.csv (written by prepare) -> {file relative to the data dir: [(x, y, w, h) in 224-px space]}."""
-    path = Path(data_dir) / "boxes.csv"
-    if not path.exists():
-        raise PneumocamError(f"{path}: not found (run `pneumocam prepare` first)")
-    out: dict[str, list] = {}
-    for row in read_csv(path):
-        out.setdefault(row["file"], []).append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
-    return out
-
-
-def split_boxes(dataset: DatasetFolder, data_dir: str | Path) -> torch.Tensor:
-    """Each sample's boxes from DATA/boxes.csv as one (N, K, 4) tensor (x, y, w, h), K = the most boxes
-    any sample has; samples with fewer are padded with empty (0-size) boxes."""
-    boxes = load_boxes(data_dir)
-    per_sample = [boxes.get(key, []) for key in dataset_files(dataset, data_dir)]
-    table = torch.zeros((len(per_sample), max([1, *(len(b) for b in per_sample)]), 4))
-    for i, sample_boxes in enumerate(per_sample):
-        if sample_boxes:
-            table[i, : len(sample_boxes)] = torch.tensor(sample_boxes)
-    return table
-
-
-def box_masks(boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """(N, K, 4) boxes (x, y, w, h) in pixels -> (N, 1, size, size) bool masks, each of its row's union.
-
-    The pixel-centre rule of the localisation scores (localization.box_mask), so training and scoring
-    agree on which pixels a box holds; empty (0-size) padding boxes add nothing. Bool, not float: a
-    batch of 256 is 4x less to convert, pin and copy, and the device makes it float.
-    """
-    return torch.from_numpy(box_mask(boxes.numpy(), (size, size)))[:, None]
-
-
 class BoxedSplit(torch.utils.data.Dataset):
     """A split whose samples carry their box mask, moved by the same random augmentation as the image.
 
@@ -234,12 +151,6 @@ def positive_weight(labels: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         raise PneumocamError(f"the training split needs both classes, found {n_neg} negative and {n_pos} positive")
     return n_neg / n_pos
-
-
-def collate_images(batch: list[np.ndarray], norm: Normalization) -> torch.Tensor:
-    """A list of (224, 224) images in [0, 1] -> a normalised (B, 1, 224, 224) tensor."""
-    stacked = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in batch]))[:, None]
-    return (stacked - norm.mean) / norm.std
 
 
 class InMemorySplit(torch.utils.data.Dataset):

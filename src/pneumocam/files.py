@@ -99,9 +99,8 @@ def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict])
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """np.save, atomically, with the same bytes. The hot path of `prepare` (one call per image), so it
     does the fewest system calls that keep the guarantee: one exclusive create, one gathered write of
-    header and pixels straight from the array's memory, one rename. (Through a Python file object,
-    numpy's writer flushes, duplicates the descriptor and seeks around its write: ~0.04 ms more per
-    224x224 image here, a quarter of the whole save.)"""
+    header and pixels straight from the array's memory, one rename (through a Python file object, numpy's
+    writer flushes, duplicates the descriptor and seeks around its write)."""
     path = Path(path)
     array = np.asanyarray(array)
     if array.dtype.hasobject:

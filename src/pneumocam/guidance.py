@@ -15,28 +15,6 @@ explains its logit exactly. Images without boxes (negatives, positives from a bo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-from pneumocam.cam import ALIGNMENTS
-
-
-def cell_coverage(masks: torch.Tensor, cells: tuple[int, int], alignment: str = "receptive-field") -> torch.Tensor:
-    """(B, 1, H, W) box masks (bool, or float in [0, 1]) -> (B, h, w): each CAM cell's share inside a box.
-
-    A cell's area is the s x s square (s = H / h) the alignment centres it on (see
-    cam.upsample_and_normalize): around pixel p s for "receptive-field", (p + 0.5) s for "block-centre".
-    """
-    height, width = masks.shape[-2:]
-    if height % cells[0] or width % cells[1] or height // cells[0] != width // cells[1]:
-        raise ValueError(f"a {height}x{width} mask does not split into {cells[0]}x{cells[1]} square cells")
-    stride = height // cells[0]
-    masks = masks.float()
-    if alignment == "receptive-field":  # cell p spans pixels [p s - s/2, p s + s/2)
-        half = stride // 2
-        masks = F.pad(masks, (half, 0, half, 0))[..., :height, :width]
-    elif alignment != "block-centre":
-        raise ValueError(f"unknown alignment {alignment!r}; choose from {ALIGNMENTS}")
-    return F.avg_pool2d(masks, stride)[:, 0]
 
 
 def box_guidance_loss(cams: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:

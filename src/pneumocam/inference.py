@@ -16,15 +16,15 @@ import torch
 
 from pneumocam.backends import make_runner
 from pneumocam.calibration import Calibration, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
-from pneumocam.cam import ALIGNMENTS, class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
+from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.checkpoints import load_checkpoint, network_state
-from pneumocam.data import Normalization, collate_images
+from pneumocam.config import ALIGNMENTS
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image
 from pneumocam.model import PneumoniaNet
 from pneumocam.ood import OutOfRange
-from pneumocam.preprocess import Contract, to_model_input
+from pneumocam.preprocess import Contract, Normalization, collate_images, to_model_input
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ depth the file declares, not by the image's own min/max (so a dark image stays d
 
 from __future__ import annotations
 
+import glob
 import io
 import warnings
 from pathlib import Path
@@ -242,7 +243,7 @@ def read_dicom(path: Path, min_side: int | None = None,
 
     Applies the Modality LUT (rescale slope/intercept), then the VOI LUT or window if present, inverts
     MONOCHROME1, and scales by the range the pixel values can take (BitsStored, or the window's output
-    range). JPEG Baseline is decoded with Pillow, which is ~3x faster than the other plugins for it.
+    range). JPEG Baseline is decoded with Pillow, the fastest of the plugins for it.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -343,54 +344,6 @@ def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -
     return out
 
 
-def write_dicom_jpeg(
-    path: str | Path, image: np.ndarray, patient_id: str, *, view: str = "PA", quality: int = 90
-) -> None:
-    """Write an 8-bit MONOCHROME2 radiograph as a JPEG Baseline DICOM, like the RSNA challenge files.
-
-    pydicom cannot encode JPEG Baseline itself, so Pillow encodes the frame and pydicom encapsulates
-    it. The file is written atomically (temporary file + rename).
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
-
-    from pneumocam.files import atomic_path
-
-    if image.dtype != np.uint8 or image.ndim != 2:
-        raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="JPEG", quality=quality)
-    sop_uid = generate_uid(entropy_srcs=[patient_id])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
-    ds.PatientID = patient_id
-    ds.PatientName = patient_id
-    ds.Modality = "CR"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = view
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds["PixelData"].VR = "OB"
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-
-
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     """Files stay as given; folders expand (recursively, sorted) to the supported image files inside.
 
@@ -409,3 +362,22 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         else:
             raise ImageReadError(item, "file or folder not found")
     return paths
+
+
+def resolve_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[dict]]:
+    """The image files that command-line inputs name: files as given, folders and glob patterns expanded
+    (`expand_inputs`); a missing path or a pattern matching nothing is a failure row {source, reason}."""
+    paths, failures = [], []
+    for item in inputs:
+        if not Path(item).exists() and glob.has_magic(str(item)):
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                failures.append({"source": item, "reason": "no files match this pattern"})
+            for match in matches:
+                paths += expand_inputs([match])
+            continue
+        try:
+            paths += expand_inputs([item])
+        except ImageReadError as exc:
+            failures.append({"source": str(item), "reason": exc.reason})
+    return paths, failures

@@ -23,26 +23,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pneumocam.boxes import Box, box_mask
+
 THRESHOLDS = (0.3, 0.5, 0.7)
 IOBB_LEVELS = (0.1, 0.25, 0.5)
-Box = tuple[float, float, float, float]
-
-
-def box_mask(boxes: Sequence[Box] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool mask of the union of the boxes; or, for an (..., K, 4) array of boxes, an (..., H, W)
-    stack of masks, one per row of K (whole training batches at once; 0-size boxes add nothing)."""
-    height, width = shape
-    table = np.asarray(boxes, dtype=np.float64)
-    table = table.reshape(-1, 4) if table.ndim < 2 else table  # an empty list: no boxes
-    rows = np.arange(height) + 0.5
-    cols = np.arange(width) + 0.5
-    mask = np.zeros((*table.shape[:-2], height, width), dtype=bool)
-    for k in range(table.shape[-2]):  # K is small (at most a handful of boxes per image)
-        x, y, w, h = (table[..., k, i, None] for i in range(4))  # each (..., 1)
-        inside_rows = (rows >= y) & (rows < y + h)  # (..., H)
-        inside_cols = (cols >= x) & (cols < x + w)  # (..., W)
-        mask |= inside_rows[..., :, None] & inside_cols[..., None, :]
-    return mask
 
 
 def peak(saliency: np.ndarray) -> tuple[int, int]:

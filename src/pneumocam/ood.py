@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-QUANTILE = 0.99
+from pneumocam.config import OOD_QUANTILE
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class OutOfRange:
 
 
 def fit_out_of_range(train_features: np.ndarray, calibration_features: np.ndarray,
-                     quantile: float = QUANTILE) -> OutOfRange:
+                     quantile: float = OOD_QUANTILE) -> OutOfRange:
     """Gaussian of the training features; threshold at `quantile` of the calibration split's distances."""
     from sklearn.covariance import LedoitWolf
 

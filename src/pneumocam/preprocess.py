@@ -1,4 +1,7 @@
-"""Single-image preprocessing: any (H, W) gray image in [0, 1] -> the model's 224x224 input.
+"""The preprocessing contract, from a file to the network's input tensor, shared by training and prediction.
+
+Single images: any (H, W) gray image in [0, 1] -> the model's 224x224 input (`to_model_input`). Prepared
+images (`load_file`) and batches: `collate_images` normalises with the `Normalization` a checkpoint records.
 
 Non-square images are padded to a square (centred, with black = air) before resizing by default, so
 anatomy keeps its aspect ratio; `resize_mode="stretch"` resizes directly instead. Downsampling is
@@ -7,13 +10,17 @@ anti-aliased (Pillow's resampling filters widen their support when shrinking).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-IMAGE_SIZE = 224
-RESIZE_MODES = ("pad", "stretch")
+from pneumocam.config import IMAGE_SIZE, RESIZE_MODES, RSNA_MEAN, RSNA_STD
+from pneumocam.errors import PneumocamError
+from pneumocam.io import ImageReadError
 
 
 @dataclass(frozen=True)
@@ -35,34 +42,6 @@ class Contract:
         if not recorded:
             return None
         return cls(int(recorded["image_size"]), recorded["resize_mode"], recorded["cam_alignment"])
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How an (H, W) source maps into the square output: out = (src + offset) * scale."""
-
-    scale_x: float
-    scale_y: float
-    offset_x: float
-    offset_y: float
-
-    def box_to_output(self, x: float, y: float, width: float, height: float) -> tuple[float, float, float, float]:
-        """A box (top-left x, y, width, height) in source pixels -> the same box in output pixels."""
-        return (
-            (x + self.offset_x) * self.scale_x,
-            (y + self.offset_y) * self.scale_y,
-            width * self.scale_x,
-            height * self.scale_y,
-        )
-
-
-def square_geometry(height: int, width: int, size: int = IMAGE_SIZE, resize_mode: str = "pad") -> Geometry:
-    if resize_mode == "stretch":
-        return Geometry(size / width, size / height, 0.0, 0.0)
-    if resize_mode != "pad":
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    side = max(height, width)
-    return Geometry(size / side, size / side, float((side - width) // 2), float((side - height) // 2))
 
 
 def pad_to_square(image: np.ndarray) -> np.ndarray:
@@ -91,3 +70,51 @@ def to_model_input(image: np.ndarray, size: int = IMAGE_SIZE, resize_mode: str =
     )
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
+
+def load_file(path: str | Path) -> np.ndarray:
+    """Read one prepared image: a (224, 224) float32 array in [0, 1]. A damaged file raises ImageReadError
+    naming it (evaluate and localize then stop with that one line, not a traceback)."""
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ImageReadError(path, f"not a readable prepared image ({type(exc).__name__}: {exc}); "
+                                   "run pneumocam prepare again") from exc
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: float = RSNA_MEAN
+    std: float = RSNA_STD
+    origin: str = "rsna-constants"  # or the stats.json the values came from
+
+
+def read_normalization(data_dir: str | Path, use_data_stats: bool | None = None) -> Normalization:
+    """Mean/std for the network's input.
+
+    None (default): the data set's own mean/std from DATA/stats.json when `prepare` wrote one, else the
+    course's RSNA constants 0.49/0.248 (a hand-made folder). True: stats.json, required. False: the
+    constants. The result says where it came from (`origin`), and training records it in the checkpoint.
+    """
+    stats_path = Path(data_dir) / "stats.json"
+    if use_data_stats is False or (use_data_stats is None and not stats_path.exists()):
+        return Normalization()
+    if not stats_path.exists():
+        raise PneumocamError(f"{stats_path}: not found; prepare the data with `pneumocam prepare` first")
+    stats = json.loads(stats_path.read_text())
+    return Normalization(float(stats["mean"]), float(stats["std"]), str(stats_path))
+
+
+def data_contract(data_dir: str | Path) -> Contract:
+    """The preprocessing `prepare` applied to DATA (its image size and resize mode, from stats.json), which
+    training records so that prediction repeats it. A hand-made folder gets the defaults."""
+    stats_path = Path(data_dir) / "stats.json"
+    settings = json.loads(stats_path.read_text()).get("settings", {}) if stats_path.exists() else {}
+    default = Contract()
+    return Contract(int(settings.get("image_size", default.image_size)),
+                    settings.get("resize_mode", default.resize_mode), default.cam_alignment)
+
+
+def collate_images(batch: list[np.ndarray], norm: Normalization) -> torch.Tensor:
+    """A list of (224, 224) images in [0, 1] -> a normalised (B, 1, 224, 224) tensor."""
+    stacked = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in batch]))[:, None]
+    return (stacked - norm.mean) / norm.std

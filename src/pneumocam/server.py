@@ -19,7 +19,6 @@ import logging
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pneumocam.batching import DynamicBatcher
+from pneumocam.config import ServeConfig, resolve_token
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import ImageReadError
 from pneumocam.overlay import overlay_cam, to_png
@@ -39,16 +39,6 @@ API_VERSION = 2
 # what the upload's first bytes say it is -> the suffix the reader needs
 MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"BM", ".bmp"),
          (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    token: str | None = None
-    max_upload_mb: float = 32.0
-    max_concurrency: int = 2  # uploads decoded at once
-    max_queue: int = 32  # requests waiting beyond those; more get 503
-    max_batch: int = 16  # images per forward pass
-    max_wait_ms: float = 50.0  # how long a batch may wait for uploads still being decoded
 
 
 def sniff_suffix(data: bytes) -> str | None:
@@ -106,49 +96,72 @@ def answer(predictor: Predictor, prediction: Prediction) -> dict:
     }
 
 
-def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> FastAPI:
-    app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
-                  description="Pneumonia probability and Class Activation Map for one chest X-ray.")
-    limit = int(config.max_upload_mb * 1024 * 1024)
-    slots = asyncio.Semaphore(config.max_concurrency)
-    preparing = {"n": 0}  # requests read or decoded right now: the next batch waits for them
-    batcher = DynamicBatcher(lambda images: predictor.predict_arrays(images, ["upload"] * len(images), cam=True,
-                                                                     batch_size=len(images)),
-                             config.max_batch, config.max_wait_ms, lambda: preparing["n"])
-    app.state.batcher = batcher
-    waiting = {"n": 0}
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
 
-    def authorised(request: Request) -> bool:
-        if config.token is None:
-            return True
-        header = request.headers.get("authorization", "")
-        return secrets.compare_digest(header.encode(), f"Bearer {config.token}".encode())
+def _authorised(request: Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    header = request.headers.get("authorization", "")
+    return secrets.compare_digest(header.encode(), f"Bearer {token}".encode())
 
-    async def read_limited(request: Request) -> bytes:
+
+def model_description(predictor: Predictor) -> dict:
+    """GET /v1/model: what answers, with which settings, threshold and provenance."""
+    meta = predictor.metadata
+    return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
+            "threshold": predictor.threshold, "threshold_rule": meta.get("threshold_rule"),
+            "calibration": predictor.calibration.to_metadata(),
+            "detects_out_of_range": predictor.out_of_range is not None,
+            "data_fingerprint": meta.get("data_fingerprint"),
+            "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
+
+
+class UploadReader:
+    """Reads uploads within the size limit and decodes them within the decode slots, counting those in progress
+    (a forming batch waits for them)."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig):
+        self.predictor, self.max_mb = predictor, config.max_upload_mb
+        self.limit = int(config.max_upload_mb * 1024 * 1024)
+        self.slots = asyncio.Semaphore(config.max_concurrency)
+        self.in_progress = 0
+
+    async def read(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise UploadError(413, f"upload larger than {config.max_upload_mb:g} MB")
-        form = await request.form(max_files=1, max_fields=4, max_part_size=limit + 1)
+        if declared and declared.isdigit() and int(declared) > self.limit + 64 * 1024:
+            raise UploadError(413, f"upload larger than {self.max_mb:g} MB")
+        form = await request.form(max_files=1, max_fields=4, max_part_size=self.limit + 1)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise UploadError(422, "send the image as a multipart form field named 'file'")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise UploadError(413, f"upload larger than {config.max_upload_mb:g} MB")
+        data = await upload.read(self.limit + 1)
+        if len(data) > self.limit:
+            raise UploadError(413, f"upload larger than {self.max_mb:g} MB")
         return data
 
-    async def prepared_image(request: Request) -> tuple[np.ndarray, int]:
-        """Read and decode one upload -> (model input, bytes); counted in `preparing` meanwhile."""
-        preparing["n"] += 1
+    async def image(self, request: Request) -> tuple[np.ndarray, int]:
+        """Read and decode one upload -> (model input, bytes)."""
+        self.in_progress += 1
         try:
-            data = await read_limited(request)
-            async with slots:
-                return await run_in_threadpool(decode_upload, predictor, data), len(data)
+            data = await self.read(request)
+            async with self.slots:
+                return await run_in_threadpool(decode_upload, self.predictor, data), len(data)
         finally:
-            preparing["n"] -= 1
+            self.in_progress -= 1
+
+
+def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token: str | None = None) -> FastAPI:
+    """The app around a loaded predictor; with `token`, the /v1 endpoints want "Authorization: Bearer TOKEN"."""
+    app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
+                  description="Pneumonia probability and Class Activation Map for one chest X-ray.")
+    uploads = UploadReader(predictor, config)
+    batcher = DynamicBatcher(lambda images: predictor.predict_arrays(images, ["upload"] * len(images), cam=True,
+                                                                     batch_size=len(images)),
+                             config.max_batch, config.max_wait_ms, lambda: uploads.in_progress)
+    app.state.batcher = batcher
+    waiting = {"n": 0}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -160,36 +173,30 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
 
     @app.get("/v1/model")
     async def model(request: Request):
-        if not authorised(request):
-            return error(401, "missing or wrong bearer token")
-        meta = predictor.metadata
-        return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
-                "threshold": predictor.threshold, "threshold_rule": meta.get("threshold_rule"),
-                "calibration": predictor.calibration.to_metadata(),
-                "detects_out_of_range": predictor.out_of_range is not None,
-                "data_fingerprint": meta.get("data_fingerprint"),
-                "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
+        if not _authorised(request, token):
+            return _error(401, "missing or wrong bearer token")
+        return model_description(predictor)
 
     @app.post("/v1/predict", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string",
                                                                                     "format": "binary"}}}}}}})
     async def predict(request: Request):
-        if not authorised(request):
-            return error(401, "missing or wrong bearer token")
+        if not _authorised(request, token):
+            return _error(401, "missing or wrong bearer token")
         if waiting["n"] >= config.max_queue + config.max_concurrency:
-            return error(503, "server busy, try again shortly")
+            return _error(503, "server busy, try again shortly")
         start = time.perf_counter()
         waiting["n"] += 1
         try:
-            image, size = await prepared_image(request)
+            image, size = await uploads.image(request)
             prediction = await batcher.submit(image)
             body = await run_in_threadpool(answer, predictor, prediction)
         except UploadError as exc:
             log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))
-            return error(exc.status, exc.message)
+            return _error(exc.status, exc.message)
         except ValueError as exc:  # malformed multipart bodies
             log.info("predict: 400 malformed request")
-            return error(400, f"malformed multipart request ({type(exc).__name__})")
+            return _error(400, f"malformed multipart request ({type(exc).__name__})")
         finally:
             waiting["n"] -= 1
         log.info("predict: 200, %d bytes, %d ms", size, 1000 * (time.perf_counter() - start))
@@ -198,9 +205,13 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Fas
     return app
 
 
-def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig = ServeConfig(),
-          device: str = "cpu", backend: str = "torch") -> None:
+def serve(checkpoint: str | Path, config: ServeConfig = ServeConfig()) -> None:
     import uvicorn
 
-    app = create_app(Predictor.from_checkpoint(checkpoint, device=device, backend=backend), config)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)  # access logs carry query strings
+    token = resolve_token(config.token_env)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        log.warning("serving on %s without a token: anyone who can reach this address can upload images", config.host)
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, backend=config.backend)
+    # no access log: its lines would carry query strings
+    uvicorn.run(create_app(predictor, config, token), host=config.host, port=config.port, log_level="info",
+                access_log=False)

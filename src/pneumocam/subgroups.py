@@ -15,12 +15,11 @@ from itertools import combinations
 
 import numpy as np
 
+from pneumocam.config import MIN_SUBGROUP_SIZE, SUBGROUP_ATTRIBUTES
 from pneumocam.metrics import Bootstrap, fast_auroc, resampler
 
-ATTRIBUTES = ("sex", "age_band", "view")
 AGE_BANDS = ((0, 17, "0-17"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 79, "60-79"), (80, 10**6, "80+"))
 METRICS = ("prevalence", "auroc", "sensitivity", "specificity", "fnr", "ece")
-MIN_SIZE = 20
 
 
 def age_band(age: str) -> str:
@@ -31,7 +30,7 @@ def age_band(age: str) -> str:
     return next(name for low, high, name in AGE_BANDS if low <= years <= high)
 
 
-def attribute_values(rows: list[dict], attributes: tuple[str, ...] = ATTRIBUTES) -> dict[str, list[str]]:
+def attribute_values(rows: list[dict], attributes: tuple[str, ...] = SUBGROUP_ATTRIBUTES) -> dict[str, list[str]]:
     """Manifest rows (sex, age, view columns) -> {attribute: one value per row, "" where unknown}."""
     derive = {"sex": lambda r: r.get("sex", ""), "view": lambda r: r.get("view", ""),
               "age_band": lambda r: age_band(r.get("age", ""))}
@@ -107,7 +106,7 @@ def _interval(samples: list[float]) -> list[float] | None:
 
 
 def subgroup_table(probs: np.ndarray, labels: np.ndarray, patients: list[str], values: dict[str, list[str]],
-                   by: list[str], threshold: float = 0.5, min_size: int = MIN_SIZE,
+                   by: list[str], threshold: float = 0.5, min_size: int = MIN_SUBGROUP_SIZE,
                    bootstrap: Bootstrap = Bootstrap()) -> dict:
     """metrics.json's `subgroups`: the whole split, then each group with its CIs and its difference to the
     whole split (point and CI)."""

@@ -12,6 +12,7 @@ the number of worker processes.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -22,23 +23,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pneumocam.config import SynthConfig, workers_or_cores
 from pneumocam.files import atomic_open
-from pneumocam.io import write_dicom_jpeg
 
 log = logging.getLogger(__name__)
 
 WORK_SIZE = 256  # anatomy is drawn at this size, then upsampled; detector noise is added at full size
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    n_images: int = 600
-    positive_fraction: float = 0.35
-    size: int = 1024
-    seed: int = 0
-    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -171,8 +163,8 @@ def synthesize(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> Path
     images_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(config.seed, i, bool(p), config.size, str(images_dir)) for i, p in enumerate(positives_for(config))]
     bar = dict(total=len(jobs), desc="synth", unit="img")
-    if config.workers > 1:
-        with ProcessPoolExecutor(config.workers) as pool:
+    if (workers := workers_or_cores(config.workers)) > 1:
+        with ProcessPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(_write_one, jobs, chunksize=8), **bar))
     else:
         results = [_write_one(job) for job in tqdm(jobs, **bar)]
@@ -186,3 +178,51 @@ def synthesize(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> Path
                 writer.writerow([patient_id, x, y, w, h, 1])
     log.info("wrote %d phantoms to %s", len(results), out_dir)
     return out_dir
+
+
+def write_dicom_jpeg(
+    path: str | Path, image: np.ndarray, patient_id: str, *, view: str = "PA", quality: int = 90
+) -> None:
+    """Write an 8-bit MONOCHROME2 radiograph as a JPEG Baseline DICOM, like the RSNA challenge files.
+
+    pydicom cannot encode JPEG Baseline itself, so Pillow encodes the frame and pydicom encapsulates
+    it. The file is written atomically (temporary file + rename).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    from pneumocam.files import atomic_path
+
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="JPEG", quality=quality)
+    sop_uid = generate_uid(entropy_srcs=[patient_id])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
+    ds.PatientID = patient_id
+    ds.PatientName = patient_id
+    ds.Modality = "CR"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)

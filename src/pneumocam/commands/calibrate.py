@@ -16,7 +16,7 @@ trained on (`ood_data`, default DATA) and its threshold set on that data's calib
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,30 +25,16 @@ from tqdm import tqdm
 
 from pneumocam.calibration import Calibration, choose_threshold, cross_fitted_probabilities, fit_calibration, sigmoid
 from pneumocam.checkpoints import checkpoint_label, load_checkpoint
-from pneumocam.data import dataset_files, dataset_labels, load_file, manifest_patients, read_fingerprint, split_dataset
+from pneumocam.config import CalibrateConfig
+from pneumocam.data import dataset_files, dataset_labels, manifest_patients, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
 from pneumocam.inference import Predictor, batches
 from pneumocam.metrics import calibration_scores as scores
-from pneumocam.ood import QUANTILE, OutOfRange, fit_out_of_range
+from pneumocam.ood import OutOfRange, fit_out_of_range
+from pneumocam.preprocess import load_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CalibrateConfig:
-    split: str = "val"  # the calibration split; never the test split
-    prevalence: float | None = None  # target prevalence for the intercept correction; None: the split's own
-    intercept: bool = True  # fit an intercept with the temperature (False: temperature alone)
-    rule: str = "sensitivity"  # threshold rule: sensitivity (reach target_sensitivity) or youden
-    target_sensitivity: float = 0.9
-    ood_quantile: float = QUANTILE
-    ood_train_images: int = 2000  # training images sampled (seeded) for the out-of-range feature distribution
-    ood_data: str | None = None  # prepared data the model was trained on (its train + calibration split); None: DATA
-    folds: int = 5  # cross-fitting folds for the held-out ECE estimate
-    batch_size: int = 32
-    device: str = "cpu"
-    seed: int = 0
 
 
 def split_features(predictor: Predictor, data_dir: Path, split: str, batch_size: int, limit: int | None = None,
@@ -81,17 +67,34 @@ def held_out_false_flag_rate(distances: np.ndarray, patients: list[str], quantil
     return float(np.mean(rates))
 
 
+def _check_split(data_dir: Path, split: str) -> None:
+    if split == "test":
+        raise PneumocamError("calibrate fits on a calibration split; the test split must stay unseen (use --split "
+                             "val)")
+    if not (data_dir / "Processed" / split).is_dir():
+        raise PneumocamError(f"{data_dir}: no prepared '{split}' split to calibrate on")
+    if split == "train":
+        log.warning("calibrating on the training split: the model has fitted these images, so its logits there are "
+                    "more confident than on new images and the calibration will be too mild; prefer --split val")
+
+
+def _fit_detector(predictor: Predictor, ood_dir: Path, calibration_features: tuple | None,
+                  config: CalibrateConfig) -> tuple[OutOfRange, np.ndarray, list[str]]:
+    """The out-of-range detector: fitted on a sample of OOD_DIR's train split, thresholded on its calibration
+    split (`calibration_features` (features, patients) when those are the images already read)."""
+    _, train_features, _, _ = split_features(predictor, ood_dir, "train", config.batch_size,
+                                             config.ood_train_images, config.seed)
+    if calibration_features is None:
+        _, features, _, patients = split_features(predictor, ood_dir, config.split, config.batch_size)
+    else:
+        features, patients = calibration_features
+    return fit_out_of_range(train_features, features, config.ood_quantile), features, patients
+
+
 def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
               config: CalibrateConfig = CalibrateConfig()) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if config.split == "test":
-        raise PneumocamError("calibrate fits on a calibration split; the test split must stay unseen (use --split "
-                             "val)")
-    if not (data_dir / "Processed" / config.split).is_dir():
-        raise PneumocamError(f"{data_dir}: no prepared '{config.split}' split to calibrate on")
-    if config.split == "train":
-        log.warning("calibrating on the training split: the model has fitted these images, so its logits there are "
-                    "more confident than on new images and the calibration will be too mild; prefer --split val")
+    _check_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
     if predictor.metadata.get("calibration"):
         log.warning("%s is already calibrated: fitting again from its raw logits", checkpoint)
@@ -111,12 +114,8 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                                             config.target_sensitivity)
     rule = f"{rule_text}, chosen on the '{config.split}' split of {data_dir.name} ({labels.size} images)"
     ood_dir = Path(config.ood_data) if config.ood_data else data_dir
-    _, train_features, _, _ = split_features(predictor, ood_dir, "train", config.batch_size,
-                                             config.ood_train_images, config.seed)
-    ood_features, ood_patients = features, patients
-    if ood_dir != data_dir:
-        _, ood_features, _, ood_patients = split_features(predictor, ood_dir, config.split, config.batch_size)
-    detector = fit_out_of_range(train_features, ood_features, config.ood_quantile)
+    already_read = (features, patients) if ood_dir == data_dir else None
+    detector, ood_features, ood_patients = _fit_detector(predictor, ood_dir, already_read, config)
     calibrated_on = {"data_dir": str(data_dir.resolve()), "split": config.split, "n": int(labels.size),
                      "n_positive": int(labels.sum()), "data_fingerprint": read_fingerprint(data_dir),
                      "ood_data_dir": str(ood_dir.resolve()), "ood_data_fingerprint": read_fingerprint(ood_dir),

@@ -1,121 +1,50 @@
-"""Training with PyTorch Lightning: a thin LightningModule around PneumoniaNet, a DataModule, and fit().
+"""Training pieces for PyTorch Lightning: a thin LightningModule around PneumoniaNet, its DataModule, callbacks.
 
-This is the only module that imports lightning. Checkpoints (RUN/checkpoints/best.ckpt by the monitored
-validation metric, and last.ckpt) carry a "pneumocam" entry with the resolved config, normalisation, data
-fingerprint and package versions, in plain types so they load with torch.load(weights_only=True).
+The train step (commands/train.py) puts them into a Trainer; only these two modules import lightning.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    TQDMProgressBar,
-)
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import TorchCheckpointIO
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pneumocam.augment import AUGMENT_RANGES, augment_batch
+from pneumocam.boxes import cell_coverage, load_boxes, split_boxes
 from pneumocam.cam import class_activation_map
+from pneumocam.config import TrainConfig
 from pneumocam.data import (
-    AUGMENTATIONS,
     BoxedSplit,
     InMemorySplit,
-    Normalization,
     build_transform,
-    data_contract,
+    dataset_files,
     dataset_labels,
     load_split_in_memory,
     positive_weight,
-    read_fingerprint,
-    read_normalization,
     sample_weights,
-    split_boxes,
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
-from pneumocam.files import atomic_path, remove_stale_temporaries, write_json
-from pneumocam.guidance import box_guidance_loss, cell_coverage
+from pneumocam.files import atomic_path
+from pneumocam.guidance import box_guidance_loss
 from pneumocam.model import PneumoniaNet
-from pneumocam.provenance import git_commit, package_versions
+from pneumocam.preprocess import Normalization
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "onecycle", "plateau", "none")
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-# metric -> mode for "best.ckpt". val_loss is the default: AUROC alone can peak at an epoch whose
-# BatchNorm statistics still lag and whose probabilities are badly calibrated (seen on the phantom set).
-MONITORS = {"val_loss": "min", "val_auroc": "max", "val_acc": "max"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"  # adam | adamw
-    schedule: str = "cosine"  # cosine decay after a linear warm-up | onecycle | plateau | none
-    warmup_fraction: float = 0.05
-    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = off
-    early_stop_patience: int = 0  # stop after this many epochs without improvement of `monitor`; 0 = off
-    pos_weight: str = "auto"  # "auto" = n_negative / n_positive of the training split, or a number
-    balanced_sampling: bool = False  # draw both classes equally often (with replacement)
-    augment: str = "original"  # original | shift | none (data.geometric_transform)
-    # > 0: add this times guidance.box_guidance_loss, which steers the CAM into the boxes of the training
-    # images that have them (DATA/boxes.csv); 0 = labels only (weakly supervised)
-    box_loss_weight: float = 0.0
-    pretrained: str = "imagenet"  # imagenet | none | path to a torchvision resnet18 state dict
-    # mean/std: None = the data set's own (stats.json) when present, else RSNA's 0.49/0.248;
-    # True = stats.json, required; False = RSNA's constants
-    data_stats: bool | None = None
-    monitor: str = "val_loss"  # validation metric that chooses best.ckpt (see MONITORS)
-    seed: int = 0
-    num_workers: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"  # e.g. ddp for several GPUs or nodes
-    num_nodes: int = 1
-    precision: str = "auto"  # auto: bf16-mixed (or 16-mixed) on a GPU, 32-true on CPU
-    channels_last: bool = True
-    in_memory: str = "auto"  # hold the data set in memory and augment on the device; auto: on a GPU
-    compile: bool = False  # torch.compile the network
-    # auto: deterministic algorithms on CPU (same seed -> same metrics); on a GPU cuDNN autotuning instead,
-    # since bit-exact GPU runs cost speed and are rarely what a GPU user wants ("on" forces them)
-    deterministic: str = "auto"  # auto | on | off
-    resume: bool = False  # continue from RUN/checkpoints/last.ckpt
-    fast_dev_run: bool = False
-
-
-def _on_gpu(accelerator: str) -> bool:
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def resolve_runtime(config: TrainConfig) -> TrainConfig:
-    """Replace the "auto" settings by what they mean on this machine (recorded in the checkpoint)."""
-    gpu = _on_gpu(config.accelerator)
-    precision = config.precision
-    if precision == "auto":
-        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
-    in_memory = config.in_memory if config.in_memory != "auto" else ("on" if gpu else "off")
-    deterministic = config.deterministic if config.deterministic != "auto" else ("off" if gpu else "on")
-    return replace(config, precision=precision, in_memory=in_memory, deterministic=deterministic)
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# metric -> mode for best.ckpt; val_loss by default, since AUROC can peak while BatchNorm statistics still lag
+MONITOR_MODES = {"val_loss": "min", "val_auroc": "max", "val_acc": "max"}
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: int):
@@ -201,12 +130,13 @@ class PneumoniaModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = OPTIMIZERS[cfg["optimizer"]](self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        optimizer_class = OPTIMIZER_CLASSES[cfg["optimizer"]]
+        optimizer = optimizer_class(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if cfg["schedule"] == "none":
             return optimizer
         if cfg["schedule"] == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITORS[cfg["monitor"]],
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITOR_MODES[cfg["monitor"]],
                                                                    factor=0.5, patience=1)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"],
                                                              "interval": "epoch"}}
@@ -251,7 +181,7 @@ class PneumoniaDataModule(L.LightningDataModule):
             self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
 
     def _training_boxes(self, train) -> torch.Tensor:
-        boxes = split_boxes(train, self.data_dir)
+        boxes = split_boxes(dataset_files(train, self.data_dir), load_boxes(self.data_dir))
         if not bool((boxes[..., 2:] > 0).all(-1).any()):
             raise PneumocamError(f"--box-loss-weight needs boxes: no training image under {self.data_dir} has one in "
                                  "boxes.csv (prepare an RSNA-layout source, or train with --box-loss-weight 0)")
@@ -308,30 +238,16 @@ class EpochSummary(Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         rate = self._seen / max(1e-9, time.perf_counter() - self._start)
         where = "" if trainer.world_size == 1 else f" per process (rank {trainer.global_rank} of {trainer.world_size})"
-        log.log(_report_level(trainer), "epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  "
+        log.log(report_level(trainer), "epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  "
                 "%.1f img/s%s", trainer.current_epoch, m.get("train_loss_epoch", float("nan")),
                 m.get("val_loss", float("nan")), m.get("val_auroc", float("nan")), m.get("val_acc", float("nan")),
                 rate, where)
 
 
-def _report_level(trainer) -> int:
+def report_level(trainer) -> int:
     """Under DDP every process runs fit() and holds the same averaged metrics: the first one reports
     them, the others only at debug level (-v), instead of one copy of each line per process."""
     return logging.INFO if trainer.is_global_zero else logging.DEBUG
-
-
-@dataclass(frozen=True)
-class FitResult:
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    best_score: float | None
-    is_global_zero: bool = True  # False in the other processes of a DDP run (they return too)
-
-
-def _devices(value: str):
-    """Lightning takes "auto", a count (int) or a list such as "0,1"; the CLI passes strings."""
-    return int(value) if str(value).isdigit() else value
 
 
 def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:
@@ -352,97 +268,3 @@ def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) ->
         log.warning("--pos-weight %g with --balanced-sampling corrects the class imbalance twice; probabilities "
                     "will be shifted by log(%g)", value, value)
     return value
-
-
-def _check(config: TrainConfig, run_dir: Path) -> Path | None:
-    """Validate the settings; returns the checkpoint to resume from, if any."""
-    for value, allowed, flag in ((config.schedule, SCHEDULES, "--schedule"), (config.monitor, MONITORS, "--monitor"),
-                                 (config.augment, AUGMENTATIONS, "--augment"),
-                                 (config.optimizer, OPTIMIZERS, "--optimizer"),
-                                 (config.in_memory, ("auto", "on", "off"), "--in-memory"),
-                                 (config.deterministic, ("auto", "on", "off"), "--deterministic")):
-        if value not in allowed:
-            raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
-    if not config.box_loss_weight >= 0:
-        raise PneumocamError(f"--box-loss-weight must be >= 0, got {config.box_loss_weight}")
-    if not config.resume:
-        return None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise PneumocamError(f"{last}: nothing to resume from (train without --resume first)")
-    return last
-
-
-def _loggers(run_dir: Path, resuming: bool) -> list:
-    """CSV always (RUN/logs/metrics.csv), TensorBoard when installed. A resumed run logs to
-    RUN/logs/resumed-N/metrics.csv: Lightning's CSV writer rewrites an existing file's header on its
-    first save and would drop the columns logged before the interruption."""
-    version = ""
-    if resuming:
-        version = f"resumed-{len(list((run_dir / 'logs').glob('resumed-*'))) + 1}"
-    loggers = [CSVLogger(run_dir, name="logs", version=version)]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version))
-    return loggers
-
-
-def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig()) -> FitResult:
-    """Train on DATA/Processed/train, validate on DATA/Processed/val, write checkpoints under RUN.
-
-    With config.resume, continue from RUN/checkpoints/last.ckpt (weights, optimizer, scheduler, epoch).
-    """
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    resume_from = _check(config, run_dir)
-    config = resolve_runtime(config)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    norm = read_normalization(data_dir, config.data_stats)
-    labels = dataset_labels(split_dataset(data_dir, "train"))
-    pos_weight = resolve_pos_weight(config.pos_weight, labels, config.balanced_sampling)
-    metadata = {
-        "config": asdict(config), "data_dir": str(data_dir.resolve()), "data_fingerprint": read_fingerprint(data_dir),
-        "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5, "image_size": 224,
-        "preprocessing": asdict(data_contract(data_dir)),
-    }
-    normalization = asdict(norm)
-    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stale := remove_stale_temporaries(run_dir / "checkpoints"):  # a checkpoint save cut short by kill -9
-        log.info("removed %d temporary checkpoint files left by an interrupted run", stale)
-    resolved = {**metadata, "normalization": normalization, "pos_weight": pos_weight, "n_train": int(len(labels)),
-                "n_train_positive": int(labels.sum()), "resumed_from": str(resume_from) if resume_from else None}
-    write_json(run_dir / ("config.resumed.json" if resume_from else "config.json"), resolved)
-    datamodule = PneumoniaDataModule(data_dir, norm, config)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor,
-                                 mode=MONITORS[config.monitor], auto_insert_metric_name=False,
-                                 enable_version_counter=False)
-    # Lightning 2.6 refreshes save_last's file only when the monitored checkpoint improves; a separate
-    # monitor-less callback keeps last.ckpt at the latest epoch, which is what --resume needs.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
-                           enable_version_counter=False)
-    # TQDM explicitly: Lightning would switch to a Rich bar whenever `rich` happens to be installed.
-    # A GPU step takes milliseconds and each bar refresh reads the loss back from the device.
-    bar = TQDMProgressBar(refresh_rate=10 if _on_gpu(config.accelerator) else 1)
-    callbacks = [checkpoint, last, LearningRateMonitor("step"), EpochSummary(), bar]
-    if config.early_stop_patience > 0:
-        callbacks.append(EarlyStopping(config.monitor, patience=config.early_stop_patience,
-                                       mode=MONITORS[config.monitor]))
-    trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
-        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
-        deterministic="warn" if config.deterministic == "on" else False,
-        benchmark=config.deterministic == "off", fast_dev_run=config.fast_dev_run,
-        gradient_clip_val=config.grad_clip or None,
-        callbacks=callbacks, logger=_loggers(run_dir, resume_from is not None), log_every_n_steps=5,
-        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
-        plugins=[AtomicCheckpointIO()],
-    )
-    # log lines (the per-epoch summary) go through tqdm.write, so they do not land on the bar's line
-    with logging_redirect_tqdm():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from,
-                    weights_only=True if resume_from else None)
-    if config.fast_dev_run:  # Lightning skips checkpointing in a dev run; save one so the run is usable
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else run_dir / "checkpoints" / "last.ckpt"
-    score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    log.log(_report_level(trainer), "best %s = %s at %s", config.monitor, score, best)
-    return FitResult(run_dir, best, run_dir / "checkpoints" / "last.ckpt", score, trainer.is_global_zero)

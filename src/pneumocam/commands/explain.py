@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pneumocam.config import CamConfig
 from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import expand_inputs
@@ -27,17 +28,6 @@ log = logging.getLogger(__name__)
 
 CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason", "method",
               "peak_x", "peak_y", "png", "cam7x7", "cam224"]
-
-
-@dataclass(frozen=True)
-class CamConfig:
-    alpha: float = 0.5
-    colormap: str = "jet"
-    batch_size: int = 32
-    device: str = "cpu"
-    method: str = "cam"
-    workers: int = 0  # processes drawing the PNGs (matplotlib, ~170 ms each); 0 = all cores
-    alignment: str | None = None  # where the 7x7 cells sit (cam.upsample_and_normalize); None = the checkpoint's
 
 
 # drawing in parallel pays off once the workers' start-up (about half a second) is covered

@@ -9,7 +9,7 @@ data fingerprint and the measured parity. If parity fails, the export is deleted
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +17,12 @@ import torch
 
 from pneumocam.backends import export_onnx, onnxruntime_session
 from pneumocam.checkpoints import checkpoint_label
+from pneumocam.config import EXPORT_FORMATS, ExportConfig
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, write_json
 from pneumocam.inference import Predictor
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "torchscript")
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    format: str = "onnx"
-    tolerance: float = 1e-4
-    seed: int = 0
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +39,8 @@ def _run_torchscript(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> dict:
     """Write the exported model to OUT and its description to OUT.json; returns the parity report."""
-    if config.format not in FORMATS:
-        raise PneumocamError(f"unknown export format {config.format!r}; choose from {FORMATS}")
+    if config.format not in EXPORT_FORMATS:
+        raise PneumocamError(f"unknown export format {config.format!r}; choose from {EXPORT_FORMATS}")
     out = Path(out)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     net = predictor.net.eval()

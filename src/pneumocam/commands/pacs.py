@@ -20,6 +20,7 @@ from pathlib import Path
 from pydicom import Dataset
 
 from pneumocam.checkpoints import checkpoint_label
+from pneumocam.config import PacsConfig, resolve_token
 from pneumocam.dicom_results import MANUFACTURER, ModelIdentity, result_objects
 from pneumocam.errors import PneumocamError
 from pneumocam.files import write_json
@@ -29,15 +30,6 @@ from pneumocam.io import ImageReadError, read_image
 log = logging.getLogger(__name__)
 STUDY_UID, SERIES_UID, MODALITY = "0020000D", "0020000E", "00080060"
 AS_STORED = (("application/dicom", "*"),)
-
-
-@dataclass(frozen=True)
-class PacsConfig:
-    modalities: tuple[str, ...] = ("CR", "DX")
-    max_attempts: int = 3  # passes a failing study is tried before it is left alone
-    interval_s: float = 60.0  # between passes when watching
-    timeout_s: float = 60.0  # per HTTP request
-    limit: int = 1000  # studies per query page
 
 
 @dataclass
@@ -163,17 +155,16 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
     return counts
 
 
-def watch(checkpoint: str | Path, url: str, state_path: str | Path, config: PacsConfig = PacsConfig(),
-          once: bool = False, token: str | None = None, device: str = "cpu", backend: str = "torch") -> dict:
-    """Run passes until interrupted (or one pass with `once`); returns the last pass's counts."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend)
+def watch(checkpoint: str | Path, url: str, config: PacsConfig = PacsConfig()) -> dict:
+    """Run passes until interrupted (or one pass with `config.once`); returns the last pass's counts."""
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, backend=config.backend)
     model = ModelIdentity.from_predictor(predictor, checkpoint_label(checkpoint))
-    client = connect(url, token, config.timeout_s)
-    state = PacsState.load(state_path)
+    client = connect(url, resolve_token(config.token_env), config.timeout_s)
+    state = PacsState.load(config.state)
     while True:
         counts = run_pass(client, predictor, model, state, config)
         log.info("pass: %d new studies, %d done (%d images), %d failed", counts["new_studies"], counts["done"],
                  counts["images"], counts["failed"])
-        if once:
+        if config.once:
             return counts
         time.sleep(config.interval_s)

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pneumocam.calibration import sigmoid
 from pneumocam.checkpoints import checkpoint_label
+from pneumocam.config import EvalConfig
 from pneumocam.data import (
     dataset_files,
     dataset_labels,
     evaluation_split,
-    load_file,
     manifest_patients,
     manifest_rows,
     read_fingerprint,
@@ -32,7 +33,7 @@ from pneumocam.data import (
 )
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, read_csv, write_csv, write_json
-from pneumocam.inference import Predictor, batches, sigmoid
+from pneumocam.inference import Predictor, batches
 from pneumocam.metrics import (
     Bootstrap,
     bootstrap_ci,
@@ -45,29 +46,12 @@ from pneumocam.metrics import (
     threshold_for_sensitivity,
     youden_threshold,
 )
+from pneumocam.preprocess import load_file
 from pneumocam.provenance import package_versions
 from pneumocam.shortcut import header_baseline, within_view_auroc
-from pneumocam.subgroups import MIN_SIZE, attribute_values, known_attributes, subgroup_rows, subgroup_table
+from pneumocam.subgroups import attribute_values, known_attributes, subgroup_rows, subgroup_table
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    split: str = "auto"  # auto: test when DATA has one, else val (and the report says it chose the checkpoint)
-    threshold: float | None = None  # None: the checkpoint's (0.5, or the one `calibrate` chose and stored)
-    target_sensitivity: float = 0.9
-    threshold_from: str | None = None  # split on which data-driven thresholds are chosen; None = `split`
-    bootstrap: int = 1000
-    seed: int = 0
-    batch_size: int = 32
-    device: str = "cpu"
-    gallery_size: int = 4
-    report: bool = True
-    by: tuple[str, ...] | None = None  # subgroup attributes; None: every one the manifest knows; (): none
-    maps: bool = True  # "Can you trust these maps?": localisation, deletion/insertion, randomisation (needs boxes)
-    maps_images: int = 100  # boxed images the maps section scores at most (a seeded sample; localize scores all)
-    min_subgroup_size: int = MIN_SIZE
 
 
 @dataclass(frozen=True)
@@ -154,6 +138,40 @@ def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
     return out
 
 
+def _warnings(meta: dict, config: EvalConfig, data_dir: Path) -> list[str]:
+    """What a reader must know before trusting these numbers."""
+    warnings = []
+    fitted_on = meta.get("calibrated_on") or {}
+    if fitted_on.get("split") == config.split and fitted_on.get("data_fingerprint") == read_fingerprint(data_dir):
+        warnings.append(
+            f"The checkpoint's calibration and threshold were fitted on these very images ({config.split} split), so "
+            "the calibrated ECE and Brier and the metrics at its threshold are in-sample; pneumocam calibrate's "
+            "calibration.json gives a cross-fitted estimate.")
+    if config.split == "val":
+        warnings.append(
+            "These numbers come from the validation split, which chose the checkpoint (best.ckpt) during training, "
+            "so they are optimistic; prepare with --test-fraction (or keep a source's own test split) for a test set.")
+    pos_weight = meta.get("pos_weight", 1.0)
+    if pos_weight != 1:
+        warnings.append(
+            f"The model was trained with pos_weight {pos_weight:.3g}, which shifts every logit by about "
+            f"log({pos_weight:.3g}) = {np.log(pos_weight):+.2f}: its probabilities are not the frequencies they claim "
+            "(see the calibration plot), and threshold 0.5 is not the frequency-neutral choice.")
+    return warnings
+
+
+def _write_tables(out_dir: Path, preds: SplitPredictions, metrics: dict, threshold: float) -> None:
+    """predictions.csv at full precision (anything recomputed from it matches metrics.json), subgroups.csv."""
+    rows = [{"file": f, "patient": pid, "label": int(y), "probability": repr(float(p)), "logit": repr(float(z)),
+             "predicted": int(p >= threshold)}
+            for f, pid, y, p, z in zip(preds.files, preds.patients, preds.labels, preds.probabilities,
+                                       preds.logits, strict=True)]
+    write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "predicted"], rows)
+    if metrics.get("subgroups"):
+        table = subgroup_rows(metrics["subgroups"])
+        write_csv(out_dir / "subgroups.csv", list(table[0]), table)
+
+
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig = EvalConfig()) -> dict:
     """Write OUT/metrics.json, OUT/predictions.csv and (with config.report) plots and report.html."""
@@ -172,25 +190,11 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     meta = predictor.metadata
     metrics["threshold_rule"] = meta.get("threshold_rule") if config.threshold == predictor.threshold else "--threshold"
     metrics["calibration"] = calibration_summary(preds, meta.get("calibration"))
-    fitted_on = meta.get("calibrated_on") or {}
-    if fitted_on.get("split") == config.split and fitted_on.get("data_fingerprint") == read_fingerprint(data_dir):
-        metrics["warnings"].append(
-            f"The checkpoint's calibration and threshold were fitted on these very images ({config.split} split), so "
-            "the calibrated ECE and Brier and the metrics at its threshold are in-sample; pneumocam calibrate's "
-            "calibration.json gives a cross-fitted estimate.")
     metrics.update(audit(preds, data_dir, config))
     timing["metrics_and_bootstrap"] = time.perf_counter() - start
     metrics["split_chose_checkpoint"] = config.split == "val"
-    if config.split == "val":
-        metrics["warnings"].append(
-            "These numbers come from the validation split, which chose the checkpoint (best.ckpt) during training, "
-            "so they are optimistic; prepare with --test-fraction (or keep a source's own test split) for a test set.")
+    metrics["warnings"] += _warnings(meta, config, data_dir)
     pos_weight = meta.get("pos_weight", 1.0)
-    if pos_weight != 1:
-        metrics["warnings"].append(
-            f"The model was trained with pos_weight {pos_weight:.3g}, which shifts every logit by about "
-            f"log({pos_weight:.3g}) = {np.log(pos_weight):+.2f}: its probabilities are not the frequencies they claim "
-            "(see the calibration plot), and threshold 0.5 is not the frequency-neutral choice.")
     metrics.update({
         "split": config.split, "pos_weight": pos_weight, "bootstrap_resamples": config.bootstrap,
         "bootstrap_seed": config.seed,
@@ -200,15 +204,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "git_commit": meta.get("git_commit"), "versions": package_versions(),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
-    # full precision, so that anything recomputed from this file matches metrics.json
-    rows = [{"file": f, "patient": pid, "label": int(y), "probability": repr(float(p)), "logit": repr(float(z)),
-             "predicted": int(p >= config.threshold)}
-            for f, pid, y, p, z in zip(preds.files, preds.patients, preds.labels, preds.probabilities,
-                                       preds.logits, strict=True)]
-    write_csv(out_dir / "predictions.csv", ["file", "patient", "label", "probability", "logit", "predicted"], rows)
-    if metrics.get("subgroups"):
-        table = subgroup_rows(metrics["subgroups"])
-        write_csv(out_dir / "subgroups.csv", list(table[0]), table)
+    _write_tables(out_dir, preds, metrics, config.threshold)
     assessment = assess_trust(predictor, data_dir, config) if config.maps else None
     if assessment is not None:
         metrics["maps"] = assessment.result
@@ -256,8 +252,9 @@ def reliability_curves(preds: SplitPredictions, metrics: dict) -> dict[str, np.n
 def assess_trust(predictor: Predictor, data_dir: Path, config: EvalConfig):
     """The maps' localisation, faithfulness (deletion and insertion) and randomisation check on the evaluated
     split's boxed images; None without boxes there, or on the training boxes a box-guided model learned from."""
-    from pneumocam.data import load_boxes
-    from pneumocam.localize import LocalizeConfig, assess_maps
+    from pneumocam.boxes import load_boxes
+    from pneumocam.config import LocalizeConfig
+    from pneumocam.map_assessment import assess_maps
 
     boxed = [f for f in load_boxes(data_dir) if config.split == "all" or f.startswith(f"Processed/{config.split}/")]
     trained_on_boxes = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0) > 0
@@ -275,10 +272,15 @@ def worst_misses(assessment, method: str = "cam", size: int = 10) -> list[int]:
     return [i for i in order if not scores[i]["pointing"]][:size]
 
 
-def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
-                 config: EvalConfig, assessment=None) -> None:
-    """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
-    from pneumocam.overlay import side_by_side
+def _write_png(out_dir: Path, name: str, figure) -> bytes:
+    """Rendered once: the same bytes go to the file and into the page."""
+    png = _figure_png(figure)
+    with atomic_open(out_dir / name, "wb") as f:
+        f.write(png)
+    return png
+
+
+def _write_plots(out_dir: Path, metrics: dict, preds: SplitPredictions, config: EvalConfig, assessment) -> dict:
     from pneumocam.plots import (
         calibration_figure,
         confusion_figure,
@@ -287,7 +289,6 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
         pr_figure,
         roc_figure,
     )
-    from pneumocam.report import build_report
 
     points = [p for p in metrics["operating_points"] if p.get("available")]
     figures = {
@@ -301,49 +302,62 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
     if assessment is not None:
         figures["Deletion and insertion"] = ("faithfulness.png",
                                              faithfulness_figure(assessment.result["faithfulness"]))
-    plots = {}
-    for title, (name, figure) in figures.items():
-        plots[title] = _figure_png(figure)  # rendered once: the same bytes go to the file and the page
-        with atomic_open(out_dir / name, "wb") as f:
-            f.write(plots[title])
-    gallery, gallery_rows = {}, []
+    return {title: _write_png(out_dir, name, figure) for title, (name, figure) in figures.items()}
+
+
+def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
+                   config: EvalConfig) -> dict:
+    """The most and least confident calls of each kind, drawn with their CAM; indexed in gallery.csv."""
+    from pneumocam.overlay import side_by_side
+
+    gallery, rows = {}, []
     for category, indices in gallery_indices(preds, config.threshold, config.gallery_size).items():
         images = [load_file(data_dir / preds.files[i]) for i in indices]
         predictions = predictor.predict_arrays(images, [preds.files[i] for i in indices]) if images else []
         gallery[category] = []
         for rank, (i, prediction) in enumerate(zip(indices, predictions, strict=True)):
             caption = f"{Path(preds.files[i]).stem[:16]}  p = {prediction.probability:.3f}  label {preds.labels[i]}"
-            png = _figure_png(side_by_side(prediction.image, prediction.cam, caption))
             name = f"gallery/{category.replace(' ', '_')}_{rank}.png"
-            with atomic_open(out_dir / name, "wb") as f:
-                f.write(png)
+            png = _write_png(out_dir, name, side_by_side(prediction.image, prediction.cam, caption))
             gallery[category].append((caption, png))
-            gallery_rows.append({"category": category, "rank": rank, "file": preds.files[i],
-                                 "label": int(preds.labels[i]), "probability": f"{prediction.probability:.6f}",
-                                 "png": name})
-    write_csv(out_dir / "gallery.csv", ["category", "rank", "file", "label", "probability", "png"], gallery_rows)
+            rows.append({"category": category, "rank": rank, "file": preds.files[i], "label": int(preds.labels[i]),
+                         "probability": f"{prediction.probability:.6f}", "png": name})
+    write_csv(out_dir / "gallery.csv", ["category", "rank", "file", "label", "probability", "png"], rows)
+    return gallery
+
+
+def _write_worst_misses(out_dir: Path, assessment) -> list[tuple[str, bytes]]:
+    """The boxed images whose CAM peak lies farthest from a box, drawn with their boxes."""
+    from pneumocam.overlay import side_by_side
+
+    misses, rows = [], []
+    for rank, i in enumerate(worst_misses(assessment)):
+        distance = assessment.per_image["cam"][i]["peak_distance"]
+        caption = f"{Path(assessment.files[i]).stem[:16]}  p = {assessment.probabilities[i]:.3f}  " \
+                  f"peak {distance:.0f} px from a box"
+        name = f"worst_misses/{rank}.png"
+        misses.append((caption, _write_png(out_dir, name, side_by_side(
+            assessment.images[i], assessment.maps["cam"][i], caption, boxes=tuple(assessment.boxes[i])))))
+        rows.append({"rank": rank, "file": assessment.files[i], "probability": float(assessment.probabilities[i]),
+                     "peak_distance_px": round(distance, 2), "png": name})
+    if rows:
+        write_csv(out_dir / "worst_misses.csv", list(rows[0]), rows)
+    return misses
+
+
+def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
+                 config: EvalConfig, assessment=None) -> None:
+    """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
+    from pneumocam.report import build_report
+
+    plots = _write_plots(out_dir, metrics, preds, config, assessment)
+    gallery = _write_gallery(out_dir, preds, predictor, data_dir, config)
+    misses = _write_worst_misses(out_dir, assessment) if assessment is not None else []
     provenance = {"checkpoint": metrics["checkpoint"], "data": metrics["data_dir"], "split": config.split,
                   "data fingerprint": metrics["data_fingerprint"],
                   "training data fingerprint": metrics["train_data_fingerprint"], "git commit": metrics["git_commit"],
                   "bootstrap resamples": config.bootstrap, "model config": metrics["model_config"],
                   "normalization": metrics["normalization"], "versions": metrics["versions"]}
-    misses = []
-    if assessment is not None:
-        misses_rows = []
-        for rank, i in enumerate(worst_misses(assessment)):
-            distance = assessment.per_image["cam"][i]["peak_distance"]
-            caption = f"{Path(assessment.files[i]).stem[:16]}  p = {assessment.probabilities[i]:.3f}  " \
-                      f"peak {distance:.0f} px from a box"
-            png = _figure_png(side_by_side(assessment.images[i], assessment.maps["cam"][i], caption,
-                                           boxes=tuple(assessment.boxes[i])))
-            name = f"worst_misses/{rank}.png"
-            with atomic_open(out_dir / name, "wb") as f:
-                f.write(png)
-            misses.append((caption, png))
-            misses_rows.append({"rank": rank, "file": assessment.files[i], "probability": float(
-                assessment.probabilities[i]), "peak_distance_px": round(distance, 2), "png": name})
-        if misses_rows:
-            write_csv(out_dir / "worst_misses.csv", list(misses_rows[0]), misses_rows)
     with atomic_open(out_dir / "report.html", "w", encoding="utf-8") as f:
         f.write(build_report(metrics, plots, gallery, provenance, misses))
 

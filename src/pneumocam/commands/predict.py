@@ -9,55 +9,25 @@ Secondary Capture and a structured report there (dicom_results), in its own Stud
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pneumocam.checkpoints import checkpoint_label
+from pneumocam.config import PredictConfig
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, unique_stems, write_csv, write_json
 from pneumocam.inference import Predictor, batches
-from pneumocam.io import ImageReadError, expand_inputs, is_dicom
+from pneumocam.io import is_dicom, resolve_inputs
 from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason",
           "cam_peak_x", "cam_peak_y", "overlay", "dicom_sc", "dicom_sr"]
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    threshold: float | None = None  # None: the checkpoint's threshold
-    batch_size: int = 32
-    device: str = "cpu"
-    overlays: bool = False
-    output_format: str = "csv"  # csv | json
-    backend: str = "torch"  # backends.BACKENDS: who runs the forward pass
-    dicom_out: str | None = None  # folder for the DICOM results of DICOM inputs (needs pneumocam[dicom])
-
-
-def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
-    """Expand folders and glob patterns; a missing path or a pattern matching nothing is a failure row."""
-    paths, failures = [], []
-    for item in inputs:
-        if not Path(item).exists() and glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                failures.append({"source": item, "reason": "no files match this pattern"})
-            for match in matches:
-                paths += expand_inputs([match])
-            continue
-        try:
-            paths += expand_inputs([item])
-        except ImageReadError as exc:
-            failures.append({"source": str(item), "reason": exc.reason})
-    return paths, failures
 
 
 def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path | None,

@@ -15,33 +15,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
+from pneumocam.boxes import load_boxes
 from pneumocam.checkpoints import BUNDLED_MODELS
-from pneumocam.data import dataset_files, load_boxes, split_dataset
-from pneumocam.evaluate import EvalConfig, evaluate
-from pneumocam.explain import CAM_FIELDS, CamConfig, explain_files, write_cam_outputs
+from pneumocam.commands.evaluate import evaluate
+from pneumocam.commands.explain import CAM_FIELDS, explain_files, write_cam_outputs
+from pneumocam.commands.localize import localize
+from pneumocam.commands.prepare import prepare
+from pneumocam.commands.train import fit
+from pneumocam.config import CamConfig, DemoConfig, EvalConfig, LocalizeConfig, PrepareConfig, SynthConfig, TrainConfig
+from pneumocam.data import dataset_files, split_dataset
 from pneumocam.files import write_csv, write_json
 from pneumocam.inference import Predictor
-from pneumocam.localize import LocalizeConfig, localize
-from pneumocam.prepare import PrepareConfig, prepare
-from pneumocam.synthetic import SynthConfig, synthesize
-from pneumocam.train import TrainConfig, fit
+from pneumocam.synthetic import synthesize
 
 log = logging.getLogger(__name__)
 BUNDLED_MODEL = next(iter(BUNDLED_MODELS))
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    synth: SynthConfig = SynthConfig(n_images=800, positive_fraction=0.35, seed=0, workers=2)
-    prepare: PrepareConfig = PrepareConfig(val_fraction=0.2, seed=0)
-    # the phantoms come with boxes, as RSNA does: box guidance (guidance.py) steers the CAM into them
-    train: TrainConfig = TrainConfig(epochs=8, batch_size=16, lr=2e-3, augment="none", pretrained="none",
-                                     data_stats=True, box_loss_weight=0.1, seed=0)
-    n_cam_images: int = 8
 
 
 def _cam_examples(data_dir: Path, n: int) -> tuple[list[Path], list[list]]:
@@ -77,9 +69,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         log.info("%s done in %.1f s", name, timings[name])
         return result
 
-    timed("synth", synthesize, out_dir / "source", config.synth)
-    timed("prepare", prepare, out_dir / "source", out_dir / "data", config.prepare)
-    fitted = timed("train", fit, out_dir / "data", out_dir / "run", config.train)
+    synth, prep, train = stage_configs(config)
+    timed("synth", synthesize, out_dir / "source", synth)
+    timed("prepare", prepare, out_dir / "source", out_dir / "data", prep)
+    fitted = timed("train", fit, out_dir / "data", out_dir / "run", train)
     metrics = timed("evaluate", evaluate, fitted.best_checkpoint, out_dir / "data", out_dir / "eval",
                     EvalConfig(split="val", maps_images=16))  # the report's maps section on a sample: demo time
     examples, example_boxes = _cam_examples(out_dir / "data", config.n_cam_images)
@@ -106,23 +99,22 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         "localization": {"n_images": loc["n_images"], "pointing_game": loc["pointing_game"],
                          "mean_iou": loc["mean_iou"], "random_pointing_game": loc["baseline_random"]["pointing_game"],
                          "methods": {m: v["pointing_game"] for m, v in loc["methods"].items()}},
-        "config": {"synth": asdict(config.synth), "prepare": asdict(config.prepare), "train": asdict(config.train)},
+        "config": {"demo": asdict(config), "synth": asdict(synth), "prepare": asdict(prep), "train": asdict(train)},
     }
     write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def scaled_config(n_images: int | None = None, epochs: int | None = None, seed: int | None = None) -> DemoConfig:
-    """The default demo with a different size, length or seed (for quick runs and tests)."""
-    config = DemoConfig()
-    if n_images is not None:
-        config = replace(config, synth=replace(config.synth, n_images=n_images))
-    if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
-    if seed is not None:
-        config = replace(config, synth=replace(config.synth, seed=seed),
-                         prepare=replace(config.prepare, seed=seed), train=replace(config.train, seed=seed))
-    return config
+# the demo trains from scratch on small phantoms: a higher rate, no augmentation, and box guidance, since the
+# phantoms come with boxes as RSNA does
+DEMO_TRAINING = {"batch_size": 16, "lr": 2e-3, "augment": "none", "pretrained": "none", "data_stats": True,
+                 "box_loss_weight": 0.1}
+
+
+def stage_configs(config: DemoConfig) -> tuple[SynthConfig, PrepareConfig, TrainConfig]:
+    """The settings of the demo's synth, prepare and train steps."""
+    return (SynthConfig(n_images=config.n_images, seed=config.seed), PrepareConfig(seed=config.seed),
+            TrainConfig(epochs=config.epochs, seed=config.seed, **DEMO_TRAINING))
 
 
 def ensure_phantom_run(workdir: str | Path, n_images: int = 800, epochs: int = 6, seed: int = 0) -> tuple[Path, Path]:
@@ -132,11 +124,11 @@ def ensure_phantom_run(workdir: str | Path, n_images: int = 800, epochs: int = 6
     Returns (data_dir, best_checkpoint).
     """
     workdir = Path(workdir)
-    config = scaled_config(n_images, epochs, seed)
+    synth, prep, train = stage_configs(DemoConfig(n_images, epochs, seed))
     data_dir, checkpoint = workdir / "data", workdir / "run" / "checkpoints" / "best.ckpt"
     if not (data_dir / "stats.json").exists():
-        synthesize(workdir / "source", config.synth)
-        prepare(workdir / "source", data_dir, config.prepare)
+        synthesize(workdir / "source", synth)
+        prepare(workdir / "source", data_dir, prep)
     if not checkpoint.exists():
-        checkpoint = fit(data_dir, workdir / "run", config.train).best_checkpoint
+        checkpoint = fit(data_dir, workdir / "run", train).best_checkpoint
     return data_dir, checkpoint

@@ -18,10 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,8 @@ import xxhash
 from tqdm import tqdm
 
 from pneumocam import __version__
+from pneumocam.boxes import square_geometry
+from pneumocam.config import IMAGE_SIZE, PrepareConfig, workers_or_cores
 from pneumocam.errors import PneumocamError
 from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
 from pneumocam.io import (
@@ -42,31 +43,13 @@ from pneumocam.io import (
 )
 from pneumocam.metadata import FIELDS as METADATA_FIELDS
 from pneumocam.metadata import METADATA_CSV, Judge, from_header, read_metadata_csv
-from pneumocam.preprocess import IMAGE_SIZE, square_geometry, to_model_input
+from pneumocam.preprocess import to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SETTINGS_FILE = "prepare_settings.json"
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    val_fraction: float = 0.2
-    seed: int = 0
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    resize_mode: str = "pad"
-    source_format: str = "auto"  # auto | rsna | folders | medmnist
-    class_map: str | None = None  # class folders: "NORMAL=0,PNEUMONIA=1" (the default)
-    box_space: float | None = None  # RSNA layout: the pixel space of the labels' boxes (None = 1024)
-    test_fraction: float = 0.0  # share of patients carved into a test split (not for a source with its own)
-
-    def split_settings(self) -> dict:
-        """The settings that decide which file goes where; a resume must not change them."""
-        return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
-                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space,
-                "test_fraction": self.test_fraction}
 
 
 @dataclass(frozen=True)
@@ -171,9 +154,7 @@ def _process(job: _Job) -> dict:
     return {
         "file": job.out_file,
         "resumed": job.finished,
-        # the pixels as saved. xxh3 takes 0.003 ms per image here, sha256 took 0.11 ms (~3% of all the
-        # per-image work); changed data is caught as well, and nothing here needs a cryptographic hash
-        # (the data fingerprint over these rows stays sha256)
+        # the pixels as saved; xxh3, not sha256: nothing here needs a cryptographic hash (the fingerprint stays sha256)
         "xxh3_128": xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array)),
         "sum": float(values.sum()),
         # einsum: one pass, no temporary, and no BLAS threads (np.dot's would oversubscribe the workers)
@@ -263,7 +244,7 @@ def prepare(source: str | Path | list, out_dir: str | Path, config: PrepareConfi
             jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, out_file in finished))
     if n_finished := sum(job.finished for job in jobs):
         log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
-    results = _run_jobs(jobs, config.workers)
+    results = _run_jobs(jobs, workers_or_cores(config.workers))
     fmt = "+".join(f.fmt for f in found)
     metadata = {k: v for f in found for k, v in f.metadata.items()}
     return _write_outputs(out_dir, jobs, results, [r for f in found for r in f.rejected], fmt,
@@ -290,9 +271,8 @@ def _run_jobs(jobs: list[_Job], workers: int) -> list[dict]:
         return results
     if any(job.item.array is None and Path(job.item.source).suffix.lower() in DICOM_SUFFIXES for job in jobs):
         import_dicom_support()  # once here, inherited by the forked workers, instead of once in each
-    # small chunks: a worker left with a long last chunk idles the other cores at the end (chunks of 32
-    # kept 2 cores 96.7% busy, chunks of 8 98.5%, on 1,000 DICOMs). Workers get the job list once, when
-    # they start, and then only (start, stop) ranges, so the main process pickles no job per image.
+    # small chunks, so no worker is left with a long last chunk while the other cores idle; workers get the
+    # job list once and then only (start, stop) ranges, so the main process pickles no job per image
     size = max(1, min(8, len(jobs) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers, initializer=_set_worker_jobs, initargs=(jobs,)) as pool, \
             tqdm(**bar) as progress:
@@ -319,8 +299,7 @@ def _process_range(bounds: tuple[int, int]) -> list[dict]:
 
 
 def _process_jobs(jobs: list[_Job], start: int, stop: int) -> list[dict]:
-    # this range's files and the next range's start reading now, behind the decoding: a 240 KB RSNA
-    # DICOM not in the page cache took ~0.7 ms to read here, a fifth of its decode, with the core idle
+    # this range's files and the next range's start reading now, behind the decoding, so a cold read never idles a core
     prefetch(_input_path(job) for job in jobs[start : stop + (stop - start)] if job.finished or job.item.array is None)
     return [_process(job) for job in jobs[start:stop]]
 

@@ -1,0 +1,5 @@
+import sys
+
+from pneumocam.cli import main
+
+sys.exit(main())

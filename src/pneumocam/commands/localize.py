@@ -1,0 +1,92 @@
+"""Localisation stage: saliency maps of positive images vs their ground-truth boxes.
+
+Writes OUT/localization.json (scores per method with patient-level bootstrap CIs; a random-map, a
+centre-prior and a box-prior baseline, and each method's margin over the box prior with its CI; optionally
+the model-randomisation check and the faithfulness curves), OUT/localization.csv (one row per image and
+method: the probability, the map's peak, hit or miss and by how far, IoU/IoBB, energy), OUT/localization_grid.png
+(overlays with boxes) and, with export="chexlocalize", OUT/chexlocalize/ (see chexlocalize.py).
+Only images with at least one box in boxes.csv are scored (the boxes mark pneumonia).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pneumocam.cam_extra import LIBRARY_METHODS
+from pneumocam.checkpoints import checkpoint_label
+from pneumocam.config import LocalizeConfig
+from pneumocam.data import evaluation_split
+from pneumocam.errors import PneumocamError
+from pneumocam.files import save_figure, write_csv, write_json
+from pneumocam.inference import METHODS, Predictor
+from pneumocam.localization import THRESHOLDS
+from pneumocam.map_assessment import assess_maps
+from pneumocam.overlay import overlay_grid
+
+log = logging.getLogger(__name__)
+
+def _check_training_boxes(split: str, box_loss_weight: float, allowed: bool) -> None:
+    if split in ("train", "all") and box_loss_weight > 0 and not allowed:
+        raise PneumocamError(
+            f"this model was trained with box guidance (weight {box_loss_weight}) on the training split's boxes, "
+            f"so scoring split {split!r} would measure it on boxes it was trained on; use --split val or test, "
+            "or --allow-training-boxes to do it anyway")
+
+
+CSV_FIELDS = ["file", "method", "probability", "peak_x", "peak_y", "pointing_hit", "peak_distance_px",
+              "energy_in_boxes"] + [f"{kind}@{t}" for t in THRESHOLDS for kind in ("iou", "iobb")]
+
+
+def _csv_rows(files: list[str], probabilities: np.ndarray, per_image: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    for method, scores in per_image.items():
+        for file, probability, sc in zip(files, probabilities, scores, strict=True):
+            rows.append({"file": file, "method": method, "probability": round(float(probability), 6),
+                         "peak_x": sc["peak_col"] + 0.5, "peak_y": sc["peak_row"] + 0.5,
+                         "pointing_hit": int(sc["pointing"]), "peak_distance_px": round(sc["peak_distance"], 2),
+                         "energy_in_boxes": round(sc["energy"], 6),
+                         **{f"{kind}@{t}": round(sc[f"{kind}@{t}"], 6) for t in THRESHOLDS
+                            for kind in ("iou", "iobb")}})
+    return rows
+
+
+def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+             config: LocalizeConfig = LocalizeConfig()) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    unknown = set(config.methods) - set(METHODS) - set(LIBRARY_METHODS)
+    if unknown:
+        raise PneumocamError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
+    if config.export not in (None, "chexlocalize"):
+        raise PneumocamError(f"unknown export format {config.export!r}; the one offered is chexlocalize")
+    split = evaluation_split(data_dir, config.split)
+    predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
+    _check_training_boxes(split, predictor.metadata.get("config", {}).get("box_loss_weight", 0.0),
+                          config.allow_training_boxes)
+    assessment = assess_maps(predictor, data_dir, split, config)
+    result = {**assessment.result, "checkpoint": checkpoint_label(checkpoint)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "localization.json", result)
+    files, per_image = assessment.files, {m: assessment.per_image[m] for m in assessment.maps}
+    write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, assessment.probabilities, per_image))
+    _write_grid(out_dir / "localization_grid.png", assessment.images, assessment.maps[result["method"]], files,
+                assessment.boxes, config.grid_images)
+    if config.export == "chexlocalize":
+        from pneumocam.chexlocalize import export_chexlocalize
+
+        export_chexlocalize(out_dir / "chexlocalize", files, assessment.images, assessment.maps,
+                            assessment.boxes, assessment.probabilities)
+    log.info("pointing game %.3f (random %.3f), mean IoU %.3f over %d images", result["pointing_game"],
+             result["baseline_random"]["pointing_game"], result["mean_iou"], len(files))
+    return result
+
+
+def _write_grid(path: Path, images, maps, files, boxes, n: int) -> None:
+    import matplotlib.pyplot as plt
+
+    items = [(images[i], maps[i], Path(files[i]).stem[:12], boxes[i]) for i in range(min(n, len(images)))]
+    figure = overlay_grid(items, columns=4)
+    save_figure(path, figure, dpi=90)
+    plt.close(figure)

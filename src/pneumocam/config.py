@@ -1,0 +1,331 @@
+"""Every setting of every step, with its default and its help, written once.
+
+The CLI is built from these dataclasses (`pneumocam.cli.arguments`): a field is a `--kebab-case` flag whose
+help text and default come from here, and a run's resolved settings are written as YAML that
+`--config` reads back. Nothing here imports torch, so `pneumocam --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_SIZE = 224
+RESIZE_MODES = ("pad", "stretch")
+SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
+ALIGNMENTS = ("receptive-field", "block-centre")
+AUGMENTATIONS = ("original", "shift", "none")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "onecycle", "plateau", "none")
+MONITORS = ("val_loss", "val_auroc", "val_acc")
+EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
+SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
+THRESHOLD_RULES = ("sensitivity", "youden")
+CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+REPLACEMENTS = ("blur", "mean")
+EXPORT_FORMATS = ("onnx", "torchscript")
+RSNA_MEAN, RSNA_STD = 0.49, 0.248  # the RSNA training set's pixel mean and std in [0, 1] (the course's)
+OOD_QUANTILE = 0.99
+MIN_SUBGROUP_SIZE = 20
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
+           shown: str | None = None, parse: str | None = None, metavar: str | None = None) -> Any:
+    """A config field that is also a CLI flag: `help` becomes its --help text, `shown` how a None default reads,
+    `parse` the name of a converter in cli.arguments for values that are not plain int/float/str/bool."""
+    meta = {"help": help, "choices": choices, "flag": flag, "shown": shown, "parse": parse, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+def workers_or_cores(workers: int | None) -> int:
+    """None (the default of every `workers` setting): all cores."""
+    return workers if workers else os.cpu_count() or 1
+
+
+def _alignment() -> Any:
+    return option(None, "where each 7x7 cell sits in the 224-px image: receptive-field (cell p at pixel 32p, the "
+                        "centre of what it sees) or block-centre ((p + 0.5) * 32, as cv2.resize places it)",
+                  choices=ALIGNMENTS, shown="the checkpoint's")
+
+
+def _backend() -> Any:
+    return option("torch", "who runs the network: torch, or onnxruntime / openvino on an ONNX export made at "
+                           "start-up (same logit and CAM within 1e-4; pneumocam[fast])", choices=BACKENDS)
+
+
+def _token_env() -> Any:
+    return option(None, "name of an environment variable holding a bearer token")
+
+
+def resolve_token(env_name: str | None) -> str | None:
+    """The bearer token a `token_env` setting names; an empty or unset variable is an error, not "no token"."""
+    if not env_name:
+        return None
+    token = os.environ.get(env_name)
+    if not token:
+        from pneumocam.errors import PneumocamError
+
+        raise PneumocamError(f"--token-env {env_name}: that environment variable is empty or unset")
+    return token
+
+
+_SEED = "random seed; the same seed repeats a run exactly on CPU"
+_DEVICE = "cpu, cuda or auto"
+_BATCH = "images per forward pass"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The phantom data set of `pneumocam synth`."""
+
+    n_images: int = option(800, "number of phantom images")
+    positive_fraction: float = option(0.35, "share of pneumonia images")
+    size: int = option(1024, "image side in pixels (RSNA's is 1024)")
+    seed: int = option(0, "random seed; the same seed gives the same files")
+    workers: int | None = option(None, "processes", shown="all cores")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How `pneumocam prepare` splits and resizes a data set."""
+
+    val_fraction: float = option(0.2, "share of patients in validation")
+    test_fraction: float = option(0.0, "share of patients in a test split carved like validation (a source's own "
+                                       "test split is kept instead)")
+    seed: int = option(0, "seed of the stratified patient split")
+    workers: int | None = option(None, "processes", shown="all cores")
+    resize_mode: str = option("pad", "non-square images: pad to a square with black, then resize; or stretch",
+                              choices=RESIZE_MODES)
+    source_format: str = option("auto", "source layout (auto: detected)", choices=SOURCE_FORMATS, flag="--format")
+    class_map: str | None = option(None, "class folders: folder name -> label", shown="NORMAL=0,PNEUMONIA=1")
+    box_space: float | None = option(None, "RSNA layout: side of the pixel space the labels' boxes are given in; "
+                                           "boxes are scaled by each image's size / this", shown="1024")
+
+    def split_settings(self) -> dict:
+        """The settings that decide which file goes where; a resume must not change them."""
+        return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
+                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space,
+                "test_fraction": self.test_fraction}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run of `pneumocam train` (`commands.train.fit`)."""
+
+    epochs: int = option(10, "training epochs")
+    batch_size: int = option(32, "images per training step")
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay")
+    optimizer: str = option("adam", "optimiser", choices=OPTIMIZERS)
+    schedule: str = option("cosine", "learning-rate schedule: cosine after a linear warm-up, onecycle, plateau "
+                                     "(halve on a stalled --monitor) or none", choices=SCHEDULES)
+    warmup_fraction: float = option(0.05, "share of the steps in the linear warm-up of --schedule cosine")
+    grad_clip: float = option(0.0, "clip the gradient norm to this value (0: off)")
+    early_stop_patience: int = option(0, "stop after N epochs without improvement of --monitor (0: off)")
+    pos_weight: str = option("auto", "BCE positive-class weight: auto (n_negative / n_positive) or a number")
+    balanced_sampling: bool = option(False, "draw both classes equally often (with replacement)")
+    augment: str = option("original", "original: affine ±5°, translate 5%, scale 0.9-1.1 + random resized crop "
+                                      "0.35-1; shift: affine ±5°, translate 10%, scale 0.9-1.1, no crop",
+                          choices=AUGMENTATIONS)
+    box_loss_weight: float = option(0.0, "weight of a loss that steers the CAM into the boxes of the training images "
+                                         "that have them (DATA/boxes.csv); it adds no layer, so the CAM still "
+                                         "explains the logit exactly (0: labels only)")
+    pretrained: str = option("imagenet", "imagenet (torchvision download), none (from scratch), a resnet18 state "
+                                         "dict, or a checkpoint pneumocam trained")
+    data_stats: bool | None = option(None, "normalise with the data's own mean/std from stats.json (--no-data-stats: "
+                                           "RSNA's 0.49/0.248)", shown="stats.json when prepare wrote one")
+    monitor: str = option("val_loss", "validation metric that picks best.ckpt", choices=MONITORS)
+    seed: int = option(0, _SEED)
+    num_workers: int = option(0, "DataLoader worker processes")
+    accelerator: str = option("auto", "Lightning accelerator: auto, cpu, gpu")
+    devices: str = option("auto", "Lightning devices: auto, a count, or a list like 0,1")
+    strategy: str = option("auto", "Lightning strategy, e.g. ddp for several GPUs or nodes")
+    num_nodes: int = option(1, "machines for DDP")
+    precision: str = option("auto", "auto (bf16-mixed or 16-mixed on a GPU, 32-true on CPU) or a Lightning precision")
+    channels_last: bool = option(True, "channels-last memory format")
+    in_memory: str = option("auto", "hold the data in memory and augment on the device (auto: on a GPU)",
+                            choices=("auto", "on", "off"))
+    compile: bool = option(False, "torch.compile the network")
+    deterministic: str = option("auto", "deterministic algorithms (auto: on for CPU, so a seed repeats a run; off "
+                                        "on a GPU, where cuDNN autotuning is faster)", choices=("auto", "on", "off"))
+    resume: bool = option(False, "continue from RUN/checkpoints/last.ckpt (weights, optimiser, schedule, epoch)")
+    fast_dev_run: bool = option(False, "one training and one validation batch, to check the set-up")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `pneumocam evaluate` measures, on which split, at which threshold."""
+
+    split: str = option("auto", "split under DATA/Processed (auto: test when DATA has one, else val, which the "
+                                "report then flags as the split that chose the checkpoint)", choices=EVALUATION_SPLITS)
+    threshold: float | None = option(None, "decision threshold on the probability",
+                                     shown="the checkpoint's: 0.5 unless pneumocam calibrate chose one")
+    target_sensitivity: float = option(0.9, "operating point: the highest threshold reaching this sensitivity")
+    threshold_from: str | None = option(None, "split on which the Youden and target-sensitivity thresholds are "
+                                              "chosen", shown="--split")
+    bootstrap: int = option(1000, "bootstrap resamples for 95% CIs (0: none)")
+    seed: int = option(0, "bootstrap seed")
+    batch_size: int = option(32, _BATCH)
+    device: str = option("cpu", _DEVICE)
+    gallery_size: int = option(4, "images per row of the report's CAM gallery")
+    report: bool = option(True, "write the plots, the CAM gallery and report.html")
+    by: tuple[str, ...] | None = option(None, "subgroups: a comma-separated list of sex, age_band, view (each value "
+                                              "and each pair of values), or none",
+                                        shown="every attribute the manifest knows", parse="attributes",
+                                        choices=SUBGROUP_ATTRIBUTES)
+    min_subgroup_size: int = option(MIN_SUBGROUP_SIZE, "groups with fewer images are shown but flagged")
+    maps: bool = option(True, "where the split has boxes: the 'Can you trust these maps?' section (localisation "
+                              "with CIs, deletion/insertion curves, randomisation check, worst misses)")
+    maps_images: int = option(100, "boxed images the maps section scores at most, a seeded sample (pneumocam "
+                                   "localize scores them all)")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """The calibration, threshold rule and out-of-range detector of `pneumocam calibrate`."""
+
+    split: str = option("val", "calibration split (never test, which must stay unseen)", choices=("val", "train"))
+    prevalence: float | None = option(None, "prevalence where the model will be used: shifts the intercept from the "
+                                            "calibration split's prevalence to this one", shown="the split's")
+    intercept: bool = option(True, "fit an intercept with the temperature (--no-intercept: temperature alone)")
+    rule: str = option("sensitivity", "threshold rule: sensitivity (the highest threshold reaching "
+                                      "--target-sensitivity) or youden", choices=THRESHOLD_RULES)
+    target_sensitivity: float = option(0.9, "for --rule sensitivity")
+    ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration split's "
+                                               "feature distances")
+    ood_train_images: int = option(2000, "training images sampled for the out-of-range feature distribution")
+    ood_data: str | None = option(None, "prepared data the model was trained on, when it is not DATA: the "
+                                        "out-of-range detector is fitted on its train split", shown="DATA")
+    folds: int = option(5, "cross-fitting folds of the held-out ECE estimate")
+    batch_size: int = option(32, _BATCH)
+    device: str = option("cpu", _DEVICE)
+    seed: int = option(0, "seed of the sampling and the cross-fitting folds")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """The maps and overlays of `pneumocam cam`."""
+
+    alpha: float = option(0.5, "heatmap opacity in [0, 1]")
+    colormap: str = option("jet", "matplotlib colour map")
+    batch_size: int = option(32, _BATCH)
+    device: str = option("cpu", _DEVICE)
+    method: str = option("cam", "cam (from the forward pass), gradcam or gradcam++ (one backward pass); scorecam, "
+                                "eigencam, layercam need pneumocam[cam-extra]", choices=CAM_METHODS)
+    workers: int | None = option(None, "processes drawing the PNGs", shown="all cores")
+    alignment: str | None = _alignment()
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """Which maps `pneumocam localize` scores against which boxes, and how."""
+
+    split: str = option("auto", "which boxed images (auto: test when DATA has one, else val; never the training "
+                                "boxes of a box-guided model unless --allow-training-boxes)", choices=EVALUATION_SPLITS)
+    allow_training_boxes: bool = option(False, "let --split train/all score a box-guided model on its training boxes")
+    methods: tuple[str, ...] = option(("cam", "gradcam", "gradcam++"), "saliency methods to score (scorecam, eigencam "
+                                      "and layercam need pneumocam[cam-extra])", choices=CAM_METHODS, parse="list")
+    batch_size: int = option(16, _BATCH)
+    seed: int = option(0, "seed of the random baseline, the sample and the randomisation")
+    randomize_check: bool = option(False, "model-randomisation sanity check: re-initialise layer4+fc, maps must "
+                                          "change (exit code 3 if a method fails)")
+    grid_images: int = option(16, "images in localization_grid.png")
+    faithfulness: bool = option(False, "deletion and insertion curves and ROAD (MoRF, LeRF) of the pneumonia logit "
+                                       "and probability, for every method and baseline")
+    road: bool = option(True, "with --faithfulness, include ROAD (its imputation is the slow part)")
+    replacement: str = option("blur", "what deleted pixels become in deletion/insertion", choices=REPLACEMENTS)
+    export: str | None = option(None, "also write the maps and boxes in CheXlocalize's input format to "
+                                      "OUT/chexlocalize/", choices=("chexlocalize",))
+    max_images: int | None = option(None, "score a seeded sample of this many boxed images", shown="all")
+    device: str = option("cpu", _DEVICE)
+    alignment: str | None = _alignment()
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The predictions of `pneumocam predict`."""
+
+    threshold: float | None = option(None, "decision threshold", shown="the checkpoint's")
+    batch_size: int = option(32, _BATCH)
+    device: str = option("cpu", _DEVICE)
+    overlays: bool = option(False, "also write CAM overlay PNGs to OUT/overlays/ (needs --out)")
+    output_format: str = option("csv", "table format", choices=("csv", "json"), flag="--format")
+    backend: str = _backend()
+    dicom_out: str | None = option(None, "for DICOM inputs, also write a Secondary Capture (image + CAM overlay) and "
+                                         "a structured report per image here, in the source's Study "
+                                         "(pneumocam[dicom])", metavar="DIR")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The web service of `pneumocam serve`."""
+
+    host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    port: int = option(8000, "port")
+    token_env: str | None = _token_env()
+    max_upload_mb: float = option(32.0, "largest accepted upload in MB")
+    max_concurrency: int = option(2, "uploads decoded at once")
+    max_queue: int = option(32, "requests waiting beyond those; more get 503")
+    max_batch: int = option(16, "concurrent requests share one forward pass of up to this many images")
+    max_wait_ms: float = option(50.0, "how long a batch may wait for requests still being decoded (a lone request "
+                                      "never waits)")
+    device: str = option("cpu", _DEVICE)
+    backend: str = _backend()
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    """The DICOMweb loop of `pneumocam pacs`."""
+
+    state: str = option("pneumocam-pacs-state.json", "file recording the studies done, so none is processed twice")
+    once: bool = option(False, "one pass, then exit (--no-once: watch until interrupted)")
+    interval_s: float = option(60.0, "seconds between passes when watching", flag="--interval")
+    modalities: tuple[str, ...] = option(("CR", "DX"), "modalities of the series to read, comma-separated",
+                                         parse="comma")
+    max_attempts: int = option(3, "passes a failing study is tried before it is left alone")
+    token_env: str | None = _token_env()
+    timeout_s: float = option(60.0, "seconds per HTTP request", flag="--timeout")
+    limit: int = option(1000, "studies per query page")
+    device: str = option("cpu", _DEVICE)
+    backend: str = _backend()
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The exported file of `pneumocam export`."""
+
+    format: str = option("onnx", "file format", choices=EXPORT_FORMATS)
+    tolerance: float = option(1e-4, "largest accepted |difference| from PyTorch")
+    seed: int = option(0, "seed of the parity check's random inputs")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The size, length and seed of `pneumocam demo`."""
+
+    n_images: int = option(SynthConfig.n_images, "phantom images")
+    epochs: int = option(8, "training epochs")
+    seed: int = option(0, "seed of every stage")
+    n_cam_images: int = option(8, "validation images drawn with their CAM")
+
+
+def config_values(config: Any) -> dict:
+    """A config as plain YAML/JSON values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def write_yaml(path: str | Path, config: Any, command: str) -> Path:
+    """The resolved settings of a run, in the form `pneumocam COMMAND --config PATH` reads back."""
+    import yaml
+
+    from pneumocam.files import atomic_open
+
+    path = Path(path)
+    header = f"# pneumocam {command}: the resolved settings of this run; rerun with --config {path.name}\n"
+    with atomic_open(path, "w") as f:
+        f.write(header + yaml.safe_dump(config_values(config), sort_keys=False))
+    return path
