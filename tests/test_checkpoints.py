@@ -9,6 +9,7 @@ from pneumocam.inference import Predictor
 from pneumocam.model import PneumoniaNet
 
 
+@pytest.mark.slow
 def test_bundle_is_float16_loads_safely_and_predicts_like_its_source(tiny_checkpoint, tmp_path):
     out = bundle(tiny_checkpoint, tmp_path / "m.pt", {"recipe": "test"})
     raw = torch.load(out, weights_only=True)

@@ -125,6 +125,7 @@ def test_version_comes_from_the_package_metadata():
     assert result.returncode == 0 and result.stdout.strip() == f"pneumocam {metadata.version('pneumocam')}"
 
 
+@pytest.mark.slow
 def test_train_writes_the_settings_it_ran_with_and_they_read_back(phantom_data, tmp_path):
     from pneumocam.cli import parse_args
 

@@ -53,6 +53,7 @@ def real_results(tmp_path_factory):
     return code, rows, out / "dicom"
 
 
+@pytest.mark.slow
 def test_predict_writes_one_sc_and_one_sr_per_real_dicom(real_results):
     code, rows, folder = real_results
     assert code == 0 and len(rows) == 17
@@ -75,6 +76,7 @@ def test_predict_writes_one_sc_and_one_sr_per_real_dicom(real_results):
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (Debian's dicom3tools)")
 def test_dciodvfy_finds_no_errors_in_the_results(real_results):
     _, rows, _ = real_results

@@ -28,6 +28,7 @@ def test_positive_has_boxes_inside_the_image_negative_has_none():
     assert positive.image[patch].mean() > negative.image[patch].mean() + 10
 
 
+@pytest.mark.slow
 def test_synthesize_writes_rsna_layout_deterministically(tmp_path):
     config = SynthConfig(n_images=6, positive_fraction=0.5, size=128, seed=1)
     synthesize(tmp_path / "a", config)
