@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumocam.errors import PneumocamError
+
 IMAGE_SIZE = 224
 RESIZE_MODES = ("pad", "stretch")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
@@ -21,6 +23,7 @@ AUGMENTATIONS = ("original", "shift", "none")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 MONITORS = ("val_loss", "val_auroc", "val_acc")
+AUTO_ON_OFF = ("auto", "on", "off")
 EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
 SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
 THRESHOLD_RULES = ("sensitivity", "youden")
@@ -67,8 +70,6 @@ def resolve_token(env_name: str | None) -> str | None:
         return None
     token = os.environ.get(env_name)
     if not token:
-        from pneumocam.errors import PneumocamError
-
         raise PneumocamError(f"--token-env {env_name}: that environment variable is empty or unset")
     return token
 
@@ -148,10 +149,10 @@ class TrainConfig:
     precision: str = option("auto", "auto (bf16-mixed or 16-mixed on a GPU, 32-true on CPU) or a Lightning precision")
     channels_last: bool = option(True, "channels-last memory format")
     in_memory: str = option("auto", "hold the data in memory and augment on the device (auto: on a GPU)",
-                            choices=("auto", "on", "off"))
+                            choices=AUTO_ON_OFF)
     compile: bool = option(False, "torch.compile the network")
     deterministic: str = option("auto", "deterministic algorithms (auto: on for CPU, so a seed repeats a run; off "
-                                        "on a GPU, where cuDNN autotuning is faster)", choices=("auto", "on", "off"))
+                                        "on a GPU, where cuDNN autotuning is faster)", choices=AUTO_ON_OFF)
     resume: bool = option(False, "continue from RUN/checkpoints/last.ckpt (weights, optimiser, schedule, epoch)")
     fast_dev_run: bool = option(False, "one training and one validation batch, to check the set-up")
 

@@ -372,7 +372,7 @@ def resolve_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[dict]]:
         if not Path(item).exists() and glob.has_magic(str(item)):
             matches = sorted(glob.glob(str(item), recursive=True))
             if not matches:
-                failures.append({"source": item, "reason": "no files match this pattern"})
+                failures.append({"source": str(item), "reason": "no files match this pattern"})
             for match in matches:
                 paths += expand_inputs([match])
             continue

@@ -18,9 +18,8 @@ from pneumocam.errors import PneumocamError
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL"]
 
 DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "predict", "serve", "demo", "pacs"}
-# where a command's resolved settings go (train writes RUN/config.yaml itself, so library runs have it too)
-SETTINGS_FOLDER = {"prepare": "out", "evaluate": "out", "calibrate": "out", "cam": "out", "localize": "out",
-                   "predict": "out", "demo": "out"}
+# commands that write their settings to OUT/config.yaml (train writes RUN/config.yaml itself, for library runs too)
+WRITES_SETTINGS = {"prepare", "evaluate", "calibrate", "cam", "localize", "predict", "demo"}
 
 
 def parse_args(argv: list[str] | None) -> tuple:
@@ -49,7 +48,7 @@ def _set_up_logging(verbose: bool) -> None:
 def _write_settings(args, config) -> None:
     from pneumocam.config import write_yaml
 
-    folder = getattr(args, SETTINGS_FOLDER.get(args.command, ""), None)
+    folder = getattr(args, "out", None) if args.command in WRITES_SETTINGS else None
     if config is not None and folder and Path(folder).is_dir():
         write_yaml(Path(folder) / "config.yaml", config, args.command)
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
-log = logging.getLogger("pneumocam")
 
 
 def synth(args, config) -> int:

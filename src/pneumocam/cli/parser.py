@@ -89,7 +89,7 @@ COMMANDS = (
             handlers.cam, ("pneumocam cam run/checkpoints/best.ckpt xray.dcm --out cams/",
                            "pneumocam cam run/checkpoints/best.ckpt data/Processed/val/1 --out cams/ --alpha 0.4"),
             CamConfig, (CHECKPOINT, ("images", {"nargs": "+", "metavar": "IMAGE",
-                                                "help": "DICOM, PNG, JPEG or .npy files, folders or quoted globs"}),
+                                                "help": "DICOM, PNG, JPEG or .npy files, or folders"}),
                         ("--out", {"required": True, "help": "output folder"}))),
     Command("localize", "Score CAM / Grad-CAM maps against ground-truth boxes (pointing game, IoU, IoBB, pixel "
                         "AUPRC, with CIs and baselines) and, with --faithfulness, whether they drive the logit.",

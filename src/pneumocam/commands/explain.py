@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.config import CamConfig
+from pneumocam.config import CamConfig, workers_or_cores
 from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.io import expand_inputs
@@ -40,13 +39,13 @@ def _headless_matplotlib() -> None:
     matplotlib.use("Agg")  # workers only write files; never a window, whatever the desktop offers
 
 
-def draw_side_by_sides(jobs: list[SideBySideJob], workers: int = 0) -> None:
+def draw_side_by_sides(jobs: list[SideBySideJob], workers: int | None = None) -> None:
     """Save every job's PNG, in worker processes when there are enough of them.
 
     Workers start from a fork server (spawn where there is none): forking this process, which may hold
     torch's thread pools or a CUDA context, is not safe.
     """
-    workers = min(workers or os.cpu_count() or 1, len(jobs) // MIN_IMAGES_PER_WORKER)
+    workers = min(workers_or_cores(workers), len(jobs) // MIN_IMAGES_PER_WORKER)
     bar = dict(total=len(jobs), desc="cam", unit="img")
     if workers <= 1:
         for job in tqdm(jobs, **bar):
@@ -67,11 +66,11 @@ class CamReport:
 
 
 def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str,
-                      boxes: list | None = None, workers: int = 0) -> list[dict]:
+                      boxes: list | None = None, workers: int | None = None) -> list[dict]:
     """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
 
     boxes: optional ground-truth boxes per prediction (224-px space), drawn dashed on the figure.
-    workers: processes drawing the PNGs (0 = all cores); small batches are drawn in this process.
+    workers: processes drawing the PNGs (None or 0: all cores); small batches are drawn in this process.
     """
     rows, jobs = [], []
     named = list(zip(predictions, unique_stems([p.source for p in predictions]), strict=True))

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pneumocam.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, SCHEDULES, TrainConfig, write_yaml
+from pneumocam.config import AUGMENTATIONS, AUTO_ON_OFF, MONITORS, OPTIMIZERS, SCHEDULES, TrainConfig, write_yaml
 from pneumocam.data import dataset_labels, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import remove_stale_temporaries, write_json
@@ -71,8 +71,8 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
     for value, allowed, flag in ((config.schedule, SCHEDULES, "--schedule"), (config.monitor, MONITORS, "--monitor"),
                                  (config.augment, AUGMENTATIONS, "--augment"),
                                  (config.optimizer, OPTIMIZERS, "--optimizer"),
-                                 (config.in_memory, ("auto", "on", "off"), "--in-memory"),
-                                 (config.deterministic, ("auto", "on", "off"), "--deterministic")):
+                                 (config.in_memory, AUTO_ON_OFF, "--in-memory"),
+                                 (config.deterministic, AUTO_ON_OFF, "--deterministic")):
         if value not in allowed:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
     if not config.box_loss_weight >= 0:
