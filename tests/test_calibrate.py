@@ -73,3 +73,44 @@ def test_the_bundled_model_ships_calibrated_with_its_rule():
     predictor = Predictor.from_checkpoint("pneumocam-cxr")
     assert predictor.calibration.temperature != 1.0 and predictor.out_of_range is not None
     assert "Youden" in predictor.metadata["threshold_rule"] and predictor.threshold < 0.5
+
+
+def test_per_view_thresholds_follow_the_rule_within_each_view_and_skip_thin_views():
+    from pneumocam.commands.calibrate import per_view_thresholds
+
+    rng = np.random.default_rng(0)
+    # AP films: scores high for both classes; PA films: scores low (the shortcut); LL: too few images
+    labels = np.array([1] * 30 + [0] * 30 + [1] * 12 + [0] * 40 + [1, 0])
+    probs = np.concatenate([rng.uniform(0.5, 1.0, 30), rng.uniform(0.3, 0.8, 30), rng.uniform(0.1, 0.4, 12),
+                            rng.uniform(0.0, 0.25, 40), [0.5, 0.5]])
+    views = ["AP"] * 60 + ["PA"] * 52 + ["LL"] * 2
+    by_view = per_view_thresholds(probs, labels, views, CalibrateConfig(rule="sensitivity", target_sensitivity=0.9))
+    assert set(by_view) == {"AP", "PA"}  # LL has one image of each class, fewer than --min-view-images
+    for view, row in by_view.items():
+        inside = np.array(views) == view
+        assert row["sensitivity_in_sample"] >= 0.9
+        assert row["sensitivity_in_sample"] == pytest.approx((probs[inside & (labels == 1)] >= row["threshold"]).mean())
+    assert by_view["PA"]["threshold"] < by_view["AP"]["threshold"]
+
+
+def test_calibrate_per_view_stores_thresholds_that_predict_applies_by_view(tiny_checkpoint, phantom_data, tmp_path):
+    report = calibrate(tiny_checkpoint, phantom_data, tmp_path / "cal",
+                       CalibrateConfig(rule="youden", folds=2, per_view=True, min_view_images=1,
+                                       ood_train_images=16))
+    meta = torch.load(tmp_path / "cal" / "calibrated.ckpt", weights_only=True)["pneumocam"]
+    assert meta["thresholds_by_view"] == {v: r["threshold"] for v, r in report["thresholds_by_view"].items()}
+    assert set(meta["thresholds_by_view"]) <= {"AP", "PA"} and meta["thresholds_by_view"]
+    assert "per view" in meta["threshold_rule"]
+    predictor = Predictor.from_checkpoint(tmp_path / "cal" / "calibrated.ckpt")
+    view = next(iter(meta["thresholds_by_view"]))
+    assert predictor.operating_point(view) == (meta["thresholds_by_view"][view], f"view {view}")
+    assert predictor.operating_point("") == (meta["threshold"], "overall (view unknown)")
+    assert predictor.operating_point("LL") == (meta["threshold"], "overall (no threshold for view LL)")
+    # an explicit threshold replaces every operating point
+    assert Predictor.from_checkpoint(tmp_path / "cal" / "calibrated.ckpt", threshold=0.3).operating_point(view) == \
+        (0.3, "overall")
+    # calibrating again without --per-view drops the earlier per-view thresholds
+    calibrate(tmp_path / "cal" / "calibrated.ckpt", phantom_data, tmp_path / "again",
+              CalibrateConfig(rule="youden", folds=2, ood_train_images=16))
+    again = torch.load(tmp_path / "again" / "calibrated.ckpt", weights_only=True)["pneumocam"]
+    assert "thresholds_by_view" not in again

@@ -47,3 +47,26 @@ def test_boxed_split_moves_the_mask_with_the_image(tmp_path):
         assert not torch.equal(mask, box_masks(boxes)[0].float())  # it did move
     image, _, mask = BoxedSplit(dataset, boxes, norm, "none")[0]
     assert torch.equal(mask, box_masks(boxes)[0].float()) and label == 0
+
+
+def test_balance_by_groups_gives_every_group_the_same_weighted_prevalence():
+    import numpy as np
+
+    from pneumocam.data import sample_weights, single_class_groups
+
+    # AP films: 40 of 100 pneumonia; PA films: 5 of 100; unknown view: 10 of 20 (RSNA's shortcut, exaggerated)
+    labels = np.array([1] * 40 + [0] * 60 + [1] * 5 + [0] * 95 + [1] * 10 + [0] * 10)
+    groups = [("AP",)] * 100 + [("PA",)] * 100 + [("",)] * 20
+    weights = sample_weights(labels, groups, balance_classes=False).numpy()
+    overall = labels.mean()
+    for g in set(groups):
+        inside = np.array([x == g for x in groups])
+        assert np.average(labels[inside], weights=weights[inside]) == pytest.approx(overall)
+        assert weights[inside].sum() == pytest.approx(inside.sum())  # each group keeps its size
+    balanced = sample_weights(labels, groups, balance_classes=True).numpy()
+    for g in set(groups):
+        inside = np.array([x == g for x in groups])
+        assert np.average(labels[inside], weights=balanced[inside]) == pytest.approx(0.5)
+    # unbalanced, the groups' prevalences differ: the test above is not true of equal weights
+    assert labels[:100].mean() != pytest.approx(labels[100:200].mean())
+    assert single_class_groups(np.array([1, 1, 0, 1]), [("a",), ("a",), ("b",), ("b",)]) == [("a",)]

@@ -103,3 +103,28 @@ def test_a_checkpoint_from_before_the_contract_loads_with_the_defaults_and_a_war
     with caplog.at_level("WARNING"):
         predictor = Predictor.from_checkpoint(tmp_path / "old.ckpt")
     assert predictor.contract.resize_mode == "pad" and "predates the preprocessing contract" in caplog.text
+
+
+def test_per_view_thresholds_are_applied_from_the_dicom_header_and_fall_back_without_one(tiny_checkpoint, rsna_sample,
+                                                                                        tmp_path):
+    import pydicom
+    from PIL import Image
+
+    from pneumocam.inference import Predictor
+
+    dicoms = sorted((rsna_sample / "stage_2_train_images").glob("*.dcm"))[:6]
+    views = {str(p): str(pydicom.dcmread(p, stop_before_pixels=True).ViewPosition) for p in dicoms}
+    assert {"AP", "PA"} <= set(views.values())
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    predictor.thresholds_by_view = {"AP": 0.0, "PA": 1.01}  # every AP film called pneumonia, no PA film
+    png = tmp_path / "no-header.png"
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(png)
+    predictions, failures = predictor.predict_files([*dicoms, png], cam=False)
+    assert not failures
+    for prediction in predictions[:-1]:
+        view = views[prediction.source]
+        assert prediction.view == view and prediction.threshold_basis == f"view {view}"
+        assert prediction.predicted == (1 if view == "AP" else 0)
+    fallback = predictions[-1]
+    assert fallback.view == "" and fallback.threshold_basis == "overall (view unknown)"
+    assert fallback.threshold == predictor.threshold

@@ -17,6 +17,20 @@ def test_judge_counts_known_and_malformed_values(tmp_path):
     (tmp_path / "metadata.csv").write_text("patientId,PatientAge,PatientSex\na,155,F\nb,60,M\n")
     table = read_metadata_csv(tmp_path / "metadata.csv")
     judge = Judge()
-    assert [judge(table[p]) for p in ("a", "b")] == [{"sex": "F", "age": "", "view": ""},
-                                                     {"sex": "M", "age": "60", "view": ""}]
-    assert judge.summary() == {"known": {"sex": 2, "age": 1, "view": 0}, "malformed": {"sex": 0, "age": 1, "view": 0}}
+    assert [judge(table[p]) for p in ("a", "b")] == [{"sex": "F", "age": "", "view": "", "finding": ""},
+                                                     {"sex": "M", "age": "60", "view": "", "finding": ""}]
+    assert judge.summary() == {"known": {"sex": 2, "age": 1, "view": 0, "finding": 0},
+                               "malformed": {"sex": 0, "age": 1, "view": 0, "finding": 0}}
+
+
+def test_rsna_detailed_classes_become_the_finding_column(tmp_path):
+    from pneumocam.metadata import read_source_metadata
+
+    (tmp_path / "metadata.csv").write_text("patientId,ViewPosition\na,PA\nb,AP\n")
+    (tmp_path / "stage_2_detailed_class_info.csv").write_text(
+        "patientId,class\na,No Lung Opacity / Not Normal\nb,Lung Opacity\nc,Normal\nd,Something else\n")
+    table = read_source_metadata(tmp_path)
+    judge = Judge()
+    assert [judge(table[p])["finding"] for p in "abcd"] == ["not-normal", "opacity", "normal", ""]
+    assert judge(table["a"])["view"] == "PA"
+    assert judge.summary()["malformed"]["finding"] == 1

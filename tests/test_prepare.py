@@ -46,7 +46,12 @@ def test_prepare_real_rsna_sample(tmp_path):
         ds = pydicom.dcmread(row["source"], stop_before_pixels=True)
         assert (row["sex"], row["age"], row["view"]) == (ds.PatientSex, str(int(ds.PatientAge)), ds.ViewPosition)
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["metadata"]["known"] == {"sex": 17, "age": 17, "view": 17}
+    assert stats["metadata"]["known"] == {"sex": 17, "age": 17, "view": 17, "finding": 17}
+    # RSNA's detailed classes (stage_2_detailed_class_info.csv): 4 Normal, 8 Not Normal, 5 Lung Opacity
+    from collections import Counter
+
+    assert Counter(r["finding"] for r in manifest) == {"normal": 4, "not-normal": 8, "opacity": 5}
+    assert all((r["finding"] == "opacity") == (r["label"] == "1") for r in manifest)
     counts = stats["counts"]
     assert sum(counts[s][lab] for s in ("train", "val") for lab in ("0", "1")) == 17
     assert counts["val"]["1"] >= 1 and counts["val"]["0"] >= 1

@@ -66,3 +66,20 @@ def test_an_unknown_attribute_is_an_error():
     rows, labels, probs, patients = _cohort(40)
     with pytest.raises(ValueError, match="unknown subgroup attribute"):
         subgroup_table(probs, labels, patients, attribute_values(rows), ["race"], bootstrap=Bootstrap(5))
+
+
+def test_calls_by_view_apply_each_images_threshold_and_count_hard_negatives():
+    import numpy as np
+
+    from pneumocam.subgroups import calls_by_view
+
+    probs = np.array([0.9, 0.4, 0.3, 0.2, 0.25, 0.1])
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    views = ["AP", "AP", "PA", "PA", "PA", ""]
+    thresholds = np.array([0.5, 0.5, 0.22, 0.22, 0.22, 0.5])  # PA films at their own, lower threshold
+    findings = ["opacity", "not-normal", "opacity", "normal", "not-normal", "opacity"]
+    out = calls_by_view(probs, labels, thresholds, views, findings)
+    assert out["by_view"]["PA"] == {"n": 3, "sensitivity": 1.0, "specificity": 0.5}
+    assert out["by_view"]["AP"] == {"n": 2, "sensitivity": 1.0, "specificity": 1.0}
+    assert out["by_view"]["unknown"]["sensitivity"] == 0.0
+    assert out["all"]["sensitivity"] == 2 / 3 and out["not_normal_called"] == 0.5

@@ -290,3 +290,39 @@ def test_box_loss_weight_needs_boxes_and_must_not_be_negative(phantom_data, tmp_
         with pytest.raises(PneumocamError, match="needs boxes"):
             fit(boxless, tmp_path / in_memory, TrainConfig(pretrained="none", box_loss_weight=1.0, fast_dev_run=True,
                                                            in_memory=in_memory))
+
+
+def test_balance_by_view_makes_the_drawn_prevalence_equal_across_views(phantom_data):
+    import numpy as np
+
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import dataset_files, dataset_labels, manifest_rows
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, balance_by=("view",), in_memory="off", seed=0))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    train = datamodule.train_set
+    rows = manifest_rows(phantom_data)
+    views = np.array([rows[f]["view"] for f in dataset_files(train, phantom_data)])
+    labels = dataset_labels(train)
+    assert set(views) == {"AP", "PA"}
+    sampler = datamodule.train_dataloader().sampler  # one loader per fit, as Lightning does; each pass an epoch
+    drawn = np.concatenate([list(sampler) for _ in range(400)])
+    prevalence = {v: labels[drawn][views[drawn] == v].mean() for v in ("AP", "PA")}
+    assert abs(prevalence["AP"] - prevalence["PA"]) < 0.06
+    assert abs(prevalence["AP"] - labels.mean()) < 0.06
+
+
+def test_balance_by_an_unknown_attribute_is_a_clear_error(phantom_data):
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.errors import PneumocamError
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, balance_by=("finding",), in_memory="off"))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    with pytest.raises(PneumocamError, match="--balance-by: unknown attribute"):
+        datamodule.train_dataloader()

@@ -25,7 +25,9 @@ SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 MONITORS = ("val_loss", "val_auroc", "val_acc")
 AUTO_ON_OFF = ("auto", "on", "off")
 EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
-SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
+SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "finding")
+# what --balance-by may balance the label against; finding is not among them, since it is the label's detail
+BALANCE_ATTRIBUTES = ("view", "sex", "age_band", "source")
 THRESHOLD_RULES = ("sensitivity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -129,6 +131,11 @@ class TrainConfig:
     early_stop_patience: int = option(0, "stop after N epochs without improvement of --monitor (0: off)")
     pos_weight: str = option("auto", "BCE positive-class weight: auto (n_negative / n_positive) or a number")
     balanced_sampling: bool = option(False, "draw both classes equally often (with replacement)")
+    balance_by: tuple[str, ...] = option((), "draw images so that every group of these manifest attributes (view, "
+                                             "sex, age_band, source; comma-separated) has the same pneumonia "
+                                             "prevalence, each group keeping its size: the label no longer "
+                                             "tells the attribute (an unknown value is a group of its own)",
+                                         parse="comma", choices=BALANCE_ATTRIBUTES, shown="none")
     augment: str = option("original", "original: affine ±5°, translate 5%, scale 0.9-1.1 + random resized crop "
                                       "0.35-1; shift: affine ±5°, translate 10%, scale 0.9-1.1, no crop",
                           choices=AUGMENTATIONS)
@@ -174,8 +181,8 @@ class EvalConfig:
     device: str = option("cpu", _DEVICE)
     gallery_size: int = option(4, "images per row of the report's CAM gallery")
     report: bool = option(True, "write the plots, the CAM gallery and report.html")
-    by: tuple[str, ...] | None = option(None, "subgroups: a comma-separated list of sex, age_band, view (each value "
-                                              "and each pair of values), or none",
+    by: tuple[str, ...] | None = option(None, "subgroups: a comma-separated list of sex, age_band, view, finding "
+                                              "(each value and each pair of values), or none",
                                         shown="every attribute the manifest knows", parse="attributes",
                                         choices=SUBGROUP_ATTRIBUTES)
     min_subgroup_size: int = option(MIN_SUBGROUP_SIZE, "groups with fewer images are shown but flagged")
@@ -196,6 +203,12 @@ class CalibrateConfig:
     rule: str = option("sensitivity", "threshold rule: sensitivity (the highest threshold reaching "
                                       "--target-sensitivity) or youden", choices=THRESHOLD_RULES)
     target_sensitivity: float = option(0.9, "for --rule sensitivity")
+    per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by "
+                                   "the same rule, for every view with at least --min-view-images images of each "
+                                   "class; predict, serve and pacs apply it from the DICOM header, and use the "
+                                   "overall threshold where the view is unknown or has none")
+    min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own "
+                                      "threshold")
     ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration split's "
                                                "feature distances")
     ood_train_images: int = option(2000, "training images sampled for the out-of-range feature distribution")

@@ -6,6 +6,7 @@ layout, so any folder of 224x224 float .npy files in class sub-folders `0` and `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from pneumocam.preprocess import Normalization, load_file
 
 log = logging.getLogger(__name__)
 
+
+
+def data_fingerprint(manifest: list[dict]) -> str:
+    """sha256 over (file, label, split, content hash) of every prepared image, in file order."""
+    digest = hashlib.sha256()
+    for row in sorted(manifest, key=lambda r: r["file"]):
+        digest.update(f"{row['file']},{row['label']},{row['split']},{row['xxh3_128']}\n".encode())
+    return digest.hexdigest()
 
 
 def read_fingerprint(data_dir: str | Path) -> str | None:
@@ -113,6 +122,18 @@ def manifest_rows(data_dir: str | Path) -> dict[str, dict]:
     return {row["file"]: row for row in read_csv(manifest)} if manifest.exists() else {}
 
 
+def sample_groups(data_dir: str | Path, files: list[str], attributes: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each prepared file's values of `attributes` (subgroups.attribute_values, plus "source": the source folder
+    of a multi-source prepare), "" where unknown: an unknown view is a group of its own."""
+    from pneumocam.subgroups import attribute_values
+
+    by_file = manifest_rows(data_dir)
+    rows = [by_file.get(f, {}) for f in files]
+    values = attribute_values(rows, tuple(a for a in attributes if a != "source"))
+    values["source"] = [r.get("patient", "").partition(":")[0] if ":" in r.get("patient", "") else "" for r in rows]
+    return list(zip(*(values[a] for a in attributes), strict=True))
+
+
 def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:
     """The patient of each prepared file (manifest.csv); a file not listed there is its own patient."""
     by_file = manifest_rows(data_dir)
@@ -187,7 +208,37 @@ def load_split_in_memory(data_dir: str | Path, split: str, boxes: torch.Tensor |
     return InMemorySplit(images, torch.from_numpy(dataset_labels(dataset)), boxes)
 
 
-def sample_weights(labels: np.ndarray) -> torch.Tensor:
-    """Per-sample weights 1 / count(class): a weighted sampler then draws both classes equally often."""
+def sample_weights(labels: np.ndarray, groups: list[tuple] | None = None,
+                   balance_classes: bool = True) -> torch.Tensor:
+    """Per-sample weights for a sampler drawn with replacement.
+
+    Without `groups`: 1 / count(class), so both classes are drawn equally often. With `groups` (one tuple of
+    attribute values per sample, e.g. (view,)): P(label) / P(label | group), so every group keeps its size but
+    has the same weighted prevalence, and the label says nothing about the attribute (the shortcut is gone
+    from what the model is fed); with `balance_classes` also divided by P(label), making that prevalence 0.5.
+    A group holding one class only cannot be balanced: it keeps weight 1 (times the class weight), and
+    `single_class_groups` names it.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=2).astype(np.float64)
-    return torch.from_numpy(1.0 / counts[labels])
+    class_weight = 1.0 / counts[labels] if balance_classes else np.ones(labels.size)
+    if groups is None:
+        return torch.from_numpy(class_weight)
+    prevalence = labels.mean()
+    within = {}
+    for g in set(groups):
+        members = np.array([x == g for x in groups])
+        within[g] = labels[members].mean()
+    weights = np.ones(labels.size)
+    for i, (g, y) in enumerate(zip(groups, labels, strict=True)):
+        p_group = within[g] if y == 1 else 1 - within[g]
+        p_all = prevalence if y == 1 else 1 - prevalence
+        if 0 < within[g] < 1:
+            weights[i] = p_all / p_group
+    return torch.from_numpy(weights * class_weight)
+
+
+def single_class_groups(labels: np.ndarray, groups: list[tuple]) -> list[tuple]:
+    """The groups whose samples are all of one class (sample_weights cannot balance them)."""
+    labels = np.asarray(labels)
+    return sorted({g for g in groups if len(set(labels[[x == g for x in groups]].tolist())) == 1})

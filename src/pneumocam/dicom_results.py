@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,13 @@ class ModelIdentity:
         fingerprint = str(predictor.metadata.get("data_fingerprint") or "unknown")[:12]
         return cls(Path(label).name[:64], f"pneumocam {__version__} data {fingerprint}"[:64], predictor.threshold,
                    str(predictor.metadata.get("threshold_rule") or ""))
+
+    def applied(self, threshold: float, basis: str = "overall") -> ModelIdentity:
+        """The identity as one prediction used it: its operating point (a view's own, or the overall one) and,
+        where the model has several, which one applied."""
+        if basis == "overall":
+            return replace(self, threshold=threshold)
+        return replace(self, threshold=threshold, threshold_rule=f"{basis} threshold applied; {self.threshold_rule}")
 
     @property
     def uid(self) -> str:
@@ -209,6 +216,7 @@ def result_objects(source: Dataset, image: np.ndarray, prediction, model: ModelI
                    resize_mode: str = "pad") -> tuple[Dataset, Dataset]:
     """(Secondary Capture, Comprehensive SR) of one prediction (inference.Prediction) on `source`, whose
     pixels are `image` (H, W) in [0, 1]."""
+    model = model.applied(prediction.threshold, prediction.threshold_basis)
     panel = result_panel(image, prediction.cam, prediction.probability, prediction.predicted, prediction.threshold,
                          resize_mode)
     with _quiet_about_patients():

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.checkpoints import load_checkpoint, network_state
 from pneumocam.config import ALIGNMENTS
 from pneumocam.errors import PneumocamError
-from pneumocam.io import ImageReadError, read_image
+from pneumocam.io import ImageReadError, read_image_and_size
+from pneumocam.metadata import HEADER_KEYWORDS, normalise
 from pneumocam.model import PneumoniaNet
 from pneumocam.ood import OutOfRange
 from pneumocam.preprocess import Contract, Normalization, collate_images, to_model_input
@@ -46,12 +48,21 @@ class Prediction:
     ood: bool | None = None  # True: does not look like a frontal chest X-ray (None: the checkpoint cannot tell)
     ood_distance: float | None = None
     ood_reason: str = ""
+    view: str = ""  # the film's view position (DICOM ViewPosition), "" where unknown
+    threshold_basis: str = "overall"  # which operating point gave `threshold`: "view PA", or "overall (...why)"
 
     def ood_fields(self) -> dict:
         """The out-of-range flag as a table row carries it: ood 1/0, "" when the checkpoint has no detector."""
         if self.ood is None:
             return {"ood": "", "ood_distance": "", "ood_reason": ""}
         return {"ood": int(self.ood), "ood_distance": round(self.ood_distance, 3), "ood_reason": self.ood_reason}
+
+
+class LoadedImage(NamedTuple):
+    """A file read for the network: the model input and the view its header states ("" for none)."""
+
+    image: np.ndarray
+    view: str
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,7 +82,8 @@ class Predictor:
     def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
                  metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
                  contract: Contract = Contract(), calibration: Calibration = Calibration(),
-                 out_of_range: OutOfRange | None = None, backend: str = "torch"):
+                 out_of_range: OutOfRange | None = None, backend: str = "torch",
+                 thresholds_by_view: dict[str, float] | None = None):
         alignment = alignment or contract.cam_alignment
         if alignment not in ALIGNMENTS:
             raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
@@ -83,6 +95,7 @@ class Predictor:
         self.run = make_runner(self.net, backend, self.device)
         self.normalization = normalization
         self.threshold = threshold
+        self.thresholds_by_view = dict(thresholds_by_view or {})  # operating points per view (calibrate --per-view)
         self.metadata = metadata or {}
         self.calibration = calibration  # maps raw logits to calibrated probabilities (identity when uncalibrated)
         self.out_of_range = out_of_range  # flags inputs unlike the training images (None when not fitted)
@@ -92,7 +105,8 @@ class Predictor:
                         alignment: str | None = None, backend: str = "torch") -> Predictor:
         """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr".
         The preprocessing contract (size, resize mode, normalisation, CAM alignment) comes from the checkpoint;
-        `alignment` overrides where the CAM's cells are drawn; `backend` runs the forward pass (backends.py)."""
+        `alignment` overrides where the CAM's cells are drawn; `backend` runs the forward pass (backends.py).
+        An explicit `threshold` replaces the checkpoint's operating points, the per-view ones included."""
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
         state = network_state(checkpoint)
@@ -109,7 +123,17 @@ class Predictor:
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
                    meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract,
                    Calibration.from_metadata(meta.get("calibration")), OutOfRange.from_metadata(meta.get("ood")),
-                   backend)
+                   backend, meta.get("thresholds_by_view") if threshold is None else None)
+
+    def operating_point(self, view: str = "") -> tuple[float, str]:
+        """(threshold, which one) for a film of `view`: the view's own where calibrate chose one, else the
+        overall threshold, saying why."""
+        if not self.thresholds_by_view:
+            return self.threshold, "overall"
+        if view in self.thresholds_by_view:
+            return float(self.thresholds_by_view[view]), f"view {view}"
+        why = "view unknown" if not view else f"no threshold for view {view}"
+        return self.threshold, f"overall ({why})"
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Raw logits -> probabilities, through the checkpoint's calibration when it has one."""
@@ -118,8 +142,14 @@ class Predictor:
     def load(self, path: str | Path) -> np.ndarray:
         """A file -> the (size, size) image in [0, 1] the network sees, by the checkpoint's contract (the same
         pixels `prepare` writes for it). Raises ImageReadError for an unreadable file."""
-        size = self.contract.image_size
-        return to_model_input(read_image(path, min_side=size), size, self.contract.resize_mode)
+        return self.load_with_view(path).image
+
+    def load_with_view(self, path: str | Path) -> LoadedImage:
+        """Like load, with the view position a DICOM's header states (normalised; "" when absent or malformed)."""
+        size, header = self.contract.image_size, {}
+        image = read_image_and_size(path, min_side=size, header=header)[0]
+        view, _ = normalise("view", header.get(HEADER_KEYWORDS["view"]))
+        return LoadedImage(to_model_input(image, size, self.contract.resize_mode), view)
 
     @torch.inference_mode()
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,8 +195,11 @@ class Predictor:
             _pooled(features.detach())
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
-                       cam: bool = True, batch_size: int = 32, method: str = "cam") -> list[Prediction]:
+                       cam: bool = True, batch_size: int = 32, method: str = "cam",
+                       views: Sequence[str] | None = None) -> list[Prediction]:
+        """`views`: each image's view position ("" unknown), which picks its operating point."""
         sources = list(sources) if sources is not None else [f"array[{i}]" for i in range(len(images))]
+        views = list(views) if views is not None else [""] * len(images)
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             size, mode = self.contract.image_size, self.contract.resize_mode
@@ -178,11 +211,12 @@ class Predictor:
             for i, image in enumerate(chunk):
                 probability = float(probabilities[i])
                 distance = None if distances[i] is None else float(distances[i])
+                threshold, basis = self.operating_point(views[start + i])
                 out.append(Prediction(
-                    sources[start + i], probability, float(logits[i]), int(probability >= self.threshold),
-                    self.threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,
+                    sources[start + i], probability, float(logits[i]), int(probability >= threshold),
+                    threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,
                     method, None if distance is None else distance > self.out_of_range.threshold, distance,
-                    self.out_of_range.reason(distance) if distance is not None else "",
+                    self.out_of_range.reason(distance) if distance is not None else "", views[start + i], basis,
                 ))
         return out
 
@@ -191,15 +225,18 @@ class Predictor:
         """Predict every readable file; unreadable ones come back as {"source", "reason"} rows."""
         predictions, failures = [], []
         for chunk in batches(list(paths), batch_size):
-            images, sources = [], []
+            images, sources, views = [], [], []
             for path in chunk:
                 try:
-                    images.append(self.load(path))
-                    sources.append(str(path))
+                    image, view = self.load_with_view(path)
                 except ImageReadError as exc:
                     failures.append({"source": str(path), "reason": exc.reason})
+                    continue
+                images.append(image)
+                views.append(view)
+                sources.append(str(path))
             if images:
-                predictions += self.predict_arrays(images, sources, cam, batch_size, method)
+                predictions += self.predict_arrays(images, sources, cam, batch_size, method, views)
         return predictions, failures
 
 

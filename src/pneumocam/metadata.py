@@ -1,8 +1,10 @@
-"""Patient sex, age and view position: read from DICOM headers or a metadata.csv, judged, and normalised.
+"""Patient sex, age, view position and finding: read from DICOM headers, a metadata.csv or RSNA's detailed
+class table, judged, and normalised.
 
 Values as the manifest stores them: sex "M" or "F", age in whole years (0-120), view as written
-("PA", "AP", "LL"...), each "" where unknown. A malformed value (an age of 155, which RSNA has, or a sex
-of "O") becomes "" and is counted, never an error: the images are still good.
+("PA", "AP", "LL"...), finding one of FINDINGS (RSNA's three classes; "not-normal" are the hard negatives:
+abnormal films without pneumonia-like opacity), each "" where unknown. A malformed value (an age of 155,
+which RSNA has, or a sex of "O") becomes "" and is counted, never an error: the images are still good.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from pathlib import Path
 
 from pneumocam.errors import PneumocamError
 
-FIELDS = ("sex", "age", "view")
+FIELDS = ("sex", "age", "view", "finding")
 METADATA_CSV = "metadata.csv"
+RSNA_CLASSES = "stage_2_detailed_class_info.csv"
+# RSNA's detailed classes -> the manifest's finding
+FINDINGS = {"normal": "normal", "no lung opacity / not normal": "not-normal", "lung opacity": "opacity"}
 # column names accepted in a metadata.csv, per field: DICOM keywords (as in rsna_1000) or plain names
-COLUMNS = {"sex": ("PatientSex", "sex"), "age": ("PatientAge", "age"), "view": ("ViewPosition", "view")}
+COLUMNS = {"sex": ("PatientSex", "sex"), "age": ("PatientAge", "age"), "view": ("ViewPosition", "view"),
+           "finding": ("class", "finding")}
 HEADER_KEYWORDS = {"sex": "PatientSex", "age": "PatientAge", "view": "ViewPosition"}
 MAX_AGE = 120
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.I)  # "045Y" (the standard's AS), "6M", or a bare "45"
@@ -41,6 +47,9 @@ def normalise(field: str, value: str | None) -> tuple[str, bool]:
     if field == "view":
         view = value.upper()
         return (view, False) if re.fullmatch(r"[A-Z]{1,8}", view) else ("", True)
+    if field == "finding":
+        finding = FINDINGS.get(value.lower()) or (value.lower() if value.lower() in FINDINGS.values() else "")
+        return finding, not finding
     raise ValueError(f"unknown metadata field {field!r}")
 
 
@@ -54,6 +63,28 @@ def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
         present = {field: next(c for c in names if c in columns) for field, names in COLUMNS.items()
                    if any(c in columns for c in names)}
         return {row["patientId"]: {field: row[column] for field, column in present.items()} for row in reader}
+
+
+def read_rsna_classes(path: Path) -> dict[str, dict[str, str]]:
+    """RSNA's stage_2_detailed_class_info.csv -> {patientId: {"finding": raw class}}."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"patientId", "class"} <= set(reader.fieldnames or ()):
+            raise PneumocamError(f"{path}: expected columns patientId and class, found {reader.fieldnames}")
+        return {row["patientId"]: {"finding": row["class"]} for row in reader}
+
+
+def read_source_metadata(source: Path) -> dict[str, dict[str, str]]:
+    """{patientId: raw fields} from what lies beside a source's labels: metadata.csv (sex, age, view) and RSNA's
+    detailed class table (finding). Either may be missing."""
+    found: dict[str, dict[str, str]] = {}
+    if not source.is_dir():
+        return found
+    for name, reader in ((METADATA_CSV, read_metadata_csv), (RSNA_CLASSES, read_rsna_classes)):
+        if (source / name).is_file():
+            for patient, values in reader(source / name).items():
+                found.setdefault(patient, {}).update(values)
+    return found
 
 
 def from_header(header: dict) -> dict[str, str]:

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pneumocam.batching import DynamicBatcher
 from pneumocam.config import ServeConfig, resolve_token
-from pneumocam.inference import Prediction, Predictor
+from pneumocam.inference import LoadedImage, Prediction, Predictor
 from pneumocam.io import ImageReadError
 from pneumocam.overlay import overlay_cam, to_png
 
@@ -62,8 +62,9 @@ class UploadError(Exception):
         self.status, self.message = status, message
 
 
-def decode_upload(predictor: Predictor, data: bytes) -> np.ndarray:
-    """Bytes of one uploaded file -> the model input, by the checkpoint's contract. Raises UploadError (4xx)."""
+def decode_upload(predictor: Predictor, data: bytes) -> LoadedImage:
+    """Bytes of one uploaded file -> the model input and the view a DICOM states, by the checkpoint's contract.
+    Raises UploadError (4xx)."""
     if not data:
         raise UploadError(400, "the uploaded file is empty")
     suffix = sniff_suffix(data)
@@ -73,7 +74,7 @@ def decode_upload(predictor: Predictor, data: bytes) -> np.ndarray:
         file.write(data)
         file.flush()
         try:
-            return predictor.load(file.name)  # the checkpoint's preprocessing, as `pneumocam predict` applies it
+            return predictor.load_with_view(file.name)  # the checkpoint's preprocessing, as `predict` applies it
         except ImageReadError as exc:
             status = 413 if "too large" in exc.reason else 422
             raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {exc.reason}") from exc
@@ -85,6 +86,8 @@ def answer(predictor: Predictor, prediction: Prediction) -> dict:
         "probability": prediction.probability,
         "predicted": prediction.predicted,
         "threshold": prediction.threshold,
+        "threshold_basis": prediction.threshold_basis,  # "view PA", or "overall (view unknown)"
+        "view": prediction.view,  # from a DICOM's header; "" for other files
         "threshold_rule": predictor.metadata.get("threshold_rule"),
         "ood": prediction.ood,  # true: does not look like a frontal chest X-ray; null: the model has no detector
         "ood_reason": prediction.ood_reason,
@@ -111,7 +114,8 @@ def model_description(predictor: Predictor) -> dict:
     """GET /v1/model: what answers, with which settings, threshold and provenance."""
     meta = predictor.metadata
     return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
-            "threshold": predictor.threshold, "threshold_rule": meta.get("threshold_rule"),
+            "threshold": predictor.threshold, "thresholds_by_view": predictor.thresholds_by_view,
+            "threshold_rule": meta.get("threshold_rule"),
             "calibration": predictor.calibration.to_metadata(),
             "detects_out_of_range": predictor.out_of_range is not None,
             "data_fingerprint": meta.get("data_fingerprint"),
@@ -141,7 +145,7 @@ class UploadReader:
             raise UploadError(413, f"upload larger than {self.max_mb:g} MB")
         return data
 
-    async def image(self, request: Request) -> tuple[np.ndarray, int]:
+    async def image(self, request: Request) -> tuple[LoadedImage, int]:
         """Read and decode one upload -> (model input, bytes)."""
         self.in_progress += 1
         try:
@@ -157,9 +161,12 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
     app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
                   description="Pneumonia probability and Class Activation Map for one chest X-ray.")
     uploads = UploadReader(predictor, config)
-    batcher = DynamicBatcher(lambda images: predictor.predict_arrays(images, ["upload"] * len(images), cam=True,
-                                                                     batch_size=len(images)),
-                             config.max_batch, config.max_wait_ms, lambda: uploads.in_progress)
+
+    def run_batch(loaded: list[LoadedImage]) -> list[Prediction]:
+        return predictor.predict_arrays([x.image for x in loaded], ["upload"] * len(loaded), cam=True,
+                                        batch_size=len(loaded), views=[x.view for x in loaded])
+
+    batcher = DynamicBatcher(run_batch, config.max_batch, config.max_wait_ms, lambda: uploads.in_progress)
     app.state.batcher = batcher
     waiting = {"n": 0}
 
@@ -188,8 +195,8 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         start = time.perf_counter()
         waiting["n"] += 1
         try:
-            image, size = await uploads.image(request)
-            prediction = await batcher.submit(image)
+            loaded, size = await uploads.image(request)
+            prediction = await batcher.submit(loaded)
             body = await run_in_threadpool(answer, predictor, prediction)
         except UploadError as exc:
             log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))

@@ -1,4 +1,4 @@
-"""Who does the model fail? Metrics per subgroup (sex, age band, view, and each pair of them), with
+"""Who does the model fail? Metrics per subgroup (sex, age band, view, RSNA's finding, and each pair of them), with
 patient-level bootstrap CIs and the difference to the whole split.
 
 Each bootstrap resample draws whole patients from the whole evaluated split (stratified by label), then
@@ -33,6 +33,7 @@ def age_band(age: str) -> str:
 def attribute_values(rows: list[dict], attributes: tuple[str, ...] = SUBGROUP_ATTRIBUTES) -> dict[str, list[str]]:
     """Manifest rows (sex, age, view columns) -> {attribute: one value per row, "" where unknown}."""
     derive = {"sex": lambda r: r.get("sex", ""), "view": lambda r: r.get("view", ""),
+              "finding": lambda r: r.get("finding", ""),
               "age_band": lambda r: age_band(r.get("age", ""))}
     return {a: [derive[a](r) or "" for r in rows] for a in attributes}
 
@@ -40,6 +41,25 @@ def attribute_values(rows: list[dict], attributes: tuple[str, ...] = SUBGROUP_AT
 def known_attributes(values: dict[str, list[str]]) -> list[str]:
     """The attributes with at least one known value (the default of `evaluate --by`)."""
     return [a for a, column in values.items() if any(column)]
+
+
+def calls_by_view(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, views: list[str],
+                  findings: list[str]) -> dict:
+    """Each image called at its own threshold (per-view operating points): sensitivity and specificity overall and
+    per view ("unknown" for ""), and the share of hard negatives (finding not-normal) called pneumonia. Point
+    values."""
+    called, labels = probs >= thresholds, np.asarray(labels)
+
+    def rates(inside: np.ndarray) -> dict:
+        pos, neg = inside & (labels == 1), inside & (labels == 0)
+        return {"n": int(inside.sum()), "sensitivity": float(called[pos].mean()) if pos.any() else None,
+                "specificity": float((~called[neg]).mean()) if neg.any() else None}
+
+    views_array = np.asarray(views)
+    hard = np.asarray(findings) == "not-normal"
+    return {"all": rates(np.ones(labels.size, bool)),
+            "by_view": {v or "unknown": rates(views_array == v) for v in sorted(set(views))},
+            "not_normal_called": float(called[hard].mean()) if hard.any() else None}
 
 
 def calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:

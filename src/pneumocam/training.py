@@ -22,7 +22,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from pneumocam.augment import AUGMENT_RANGES, augment_batch
 from pneumocam.boxes import cell_coverage, load_boxes, split_boxes
 from pneumocam.cam import class_activation_map
-from pneumocam.config import TrainConfig
+from pneumocam.config import BALANCE_ATTRIBUTES, TrainConfig
 from pneumocam.data import (
     BoxedSplit,
     InMemorySplit,
@@ -31,7 +31,9 @@ from pneumocam.data import (
     dataset_labels,
     load_split_in_memory,
     positive_weight,
+    sample_groups,
     sample_weights,
+    single_class_groups,
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
@@ -189,10 +191,34 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def _sampler(self, dataset, train: bool):
         generator = torch.Generator().manual_seed(self.config.seed)
-        if train and self.config.balanced_sampling:
+        if train and (self.config.balanced_sampling or self.config.balance_by):
             labels = np.asarray(dataset.labels) if hasattr(dataset, "labels") else dataset_labels(dataset)
-            return WeightedRandomSampler(sample_weights(labels), len(labels), replacement=True, generator=generator)
+            weights = sample_weights(labels, self._groups(), self.config.balanced_sampling)
+            return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
         return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+
+    def _groups(self) -> list[tuple] | None:
+        """The training images' --balance-by groups, from the manifest (None when not balancing by any)."""
+        attributes = tuple(self.config.balance_by)
+        if not attributes:
+            return None
+        if unknown := [a for a in attributes if a not in BALANCE_ATTRIBUTES]:
+            raise PneumocamError(f"--balance-by: unknown attribute(s) {', '.join(unknown)}; choose from "
+                                 f"{', '.join(BALANCE_ATTRIBUTES)}")
+        train = split_dataset(self.data_dir, "train")
+        groups = sample_groups(self.data_dir, dataset_files(train, self.data_dir), attributes)
+        labels = dataset_labels(train)
+        if not any(any(g) for g in groups):
+            raise PneumocamError(f"--balance-by {','.join(attributes)}: no training image under {self.data_dir} "
+                                 "has a known value in manifest.csv")
+        if lonely := single_class_groups(labels, groups):
+            log.warning("--balance-by: groups with one class only keep their weight: %s",
+                        ", ".join("/".join(v or "unknown" for v in g) for g in lonely))
+        counts = {g: int(sum(x == g for x in groups)) for g in sorted(set(groups))}
+        log.info("--balance-by %s: %s", ",".join(attributes),
+                 ", ".join(f"{'/'.join(v or 'unknown' for v in g)} {n} images, prevalence "
+                           f"{labels[[x == g for x in groups]].mean():.2f}" for g, n in counts.items()))
+        return groups
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1

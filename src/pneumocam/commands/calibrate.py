@@ -9,7 +9,8 @@ trained on (`ood_data`, default DATA) and its threshold set on that data's calib
                         use it by default
   OUT/calibration.pt    the same entries alone (what a bundled model ships beside its weights)
   OUT/calibration.json  parameters, ECE and Brier before and after (in-sample and cross-fitted), the threshold
-                        and its rule, the out-of-range threshold and its held-out false-flag rate
+                        and its rule (and, with --per-view, each view's threshold with its sensitivity and
+                        specificity there), the out-of-range threshold and its held-out false-flag rate
   OUT/reliability.png + reliability.csv   reliability diagram before and after
 """
 
@@ -26,7 +27,14 @@ from tqdm import tqdm
 from pneumocam.calibration import Calibration, choose_threshold, cross_fitted_probabilities, fit_calibration, sigmoid
 from pneumocam.checkpoints import checkpoint_label, load_checkpoint
 from pneumocam.config import CalibrateConfig
-from pneumocam.data import dataset_files, dataset_labels, manifest_patients, read_fingerprint, split_dataset
+from pneumocam.data import (
+    dataset_files,
+    dataset_labels,
+    manifest_patients,
+    manifest_rows,
+    read_fingerprint,
+    split_dataset,
+)
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
 from pneumocam.inference import Predictor, batches
@@ -113,6 +121,8 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     threshold, rule_text = choose_threshold(fitted.probabilities(logits), labels, config.rule,
                                             config.target_sensitivity)
     rule = f"{rule_text}, chosen on the '{config.split}' split of {data_dir.name} ({labels.size} images)"
+    by_view = per_view_thresholds(fitted.probabilities(logits), labels, split_views(data_dir, config.split),
+                                  config) if config.per_view else {}
     ood_dir = Path(config.ood_data) if config.ood_data else data_dir
     already_read = (features, patients) if ood_dir == data_dir else None
     detector, ood_features, ood_patients = _fit_detector(predictor, ood_dir, already_read, config)
@@ -122,6 +132,10 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                      "config": asdict(config)}
     entries = {"calibration": fitted.to_metadata(), "threshold": threshold, "threshold_rule": rule,
                "ood": detector.to_metadata(), "calibrated_on": calibrated_on}
+    if by_view:
+        entries["thresholds_by_view"] = {view: row["threshold"] for view, row in by_view.items()}
+        entries["threshold_rule"] = (f"{rule}; per view ({', '.join(by_view)}) by the same rule on that view's images "
+                                     "of the split, the overall threshold for other or unknown views")
     report = {
         "checkpoint": checkpoint_label(checkpoint), **{k: v for k, v in entries.items() if k != "ood"},
         "before": scores(before, labels), "after_in_sample": scores(after, labels),
@@ -129,6 +143,7 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                                "what": "each image calibrated by a fit without its patient's fold"}
         if crossed is not None else {"ece": None, "brier": None, "folds": folds,
                                      "what": "not computed: too few images of one class for two folds"},
+        "thresholds_by_view": by_view,
         "ood": summarize_detector(detector, held_out_false_flag_rate(
             detector.distances(ood_features), ood_patients, config.ood_quantile, config.seed)),
     }
@@ -144,6 +159,39 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     return report
 
 
+def split_views(data_dir: Path, split: str) -> list[str]:
+    """The view position (manifest.csv) of each image of a split, in the split's order; "" where unknown."""
+    dataset = split_dataset(data_dir, split)
+    rows = manifest_rows(data_dir)
+    return [rows.get(f, {}).get("view", "") for f in dataset_files(dataset, data_dir)]
+
+
+def per_view_thresholds(probabilities: np.ndarray, labels: np.ndarray, views: list[str],
+                        config: CalibrateConfig) -> dict[str, dict]:
+    """{view: threshold by config.rule on that view's calibrated probabilities, with its in-sample sensitivity
+    and specificity}, for the views with at least config.min_view_images of each class. Portable AP films and
+    upright PA films differ in prevalence and image quality, so one threshold serves neither well."""
+    views_array = np.asarray(views)
+    out = {}
+    for view in sorted(set(views) - {""}):
+        inside = views_array == view
+        p, y = probabilities[inside], labels[inside]
+        n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+        if min(n_pos, n_neg) < config.min_view_images:
+            log.warning("--per-view: view %s has %d pneumonia and %d other images (fewer than %d of one class): it "
+                        "keeps the overall threshold", view, n_pos, n_neg, config.min_view_images)
+            continue
+        threshold, _ = choose_threshold(p, y, config.rule, config.target_sensitivity)
+        called = p >= threshold
+        out[view] = {"threshold": threshold, "n": int(y.size), "n_positive": n_pos,
+                     "sensitivity_in_sample": float(called[y == 1].mean()),
+                     "specificity_in_sample": float((~called[y == 0]).mean())}
+    if not out:
+        log.warning("--per-view: no view of the '%s' split has enough images of both classes; only the overall "
+                    "threshold is stored", config.split)
+    return out
+
+
 def summarize_detector(detector: OutOfRange, held_out_rate: float) -> dict:
     return {"method": "Mahalanobis distance of pooled features (Ledoit-Wolf covariance of training features)",
             "threshold": detector.threshold, "quantile": detector.quantile, "n_train": detector.n_train,
@@ -153,7 +201,9 @@ def summarize_detector(detector: OutOfRange, held_out_rate: float) -> dict:
 def write_calibrated(checkpoint: str | Path, out_dir: Path, entries: dict) -> None:
     """OUT/calibrated.ckpt (a full copy with the entries in its metadata) and OUT/calibration.pt (them alone)."""
     full = load_checkpoint(checkpoint)
-    full["pneumocam"] = {**full["pneumocam"], **entries}
+    # per-view thresholds of an earlier calibration must not outlive it
+    earlier = {k: v for k, v in full["pneumocam"].items() if k != "thresholds_by_view"}
+    full["pneumocam"] = {**earlier, **entries}
     with atomic_path(out_dir / "calibrated.ckpt") as tmp:
         torch.save(full, tmp)
     with atomic_path(out_dir / "calibration.pt") as tmp:

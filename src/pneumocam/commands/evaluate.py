@@ -49,7 +49,7 @@ from pneumocam.metrics import (
 from pneumocam.preprocess import load_file
 from pneumocam.provenance import package_versions
 from pneumocam.shortcut import header_baseline, within_view_auroc
-from pneumocam.subgroups import attribute_values, known_attributes, subgroup_rows, subgroup_table
+from pneumocam.subgroups import attribute_values, calls_by_view, known_attributes, subgroup_rows, subgroup_table
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,16 @@ def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
     return out
 
 
+def per_view_operating_point(preds: SplitPredictions, data_dir: Path, predictor: Predictor) -> dict:
+    """The calls as predict makes them with the checkpoint's per-view thresholds (views from the manifest)."""
+    manifest = manifest_rows(data_dir)
+    rows = [manifest.get(f, {}) for f in preds.files]
+    thresholds = np.array([predictor.operating_point(r.get("view", ""))[0] for r in rows])
+    return {"thresholds_by_view": predictor.thresholds_by_view, "overall_threshold": predictor.threshold,
+            **calls_by_view(preds.probabilities, preds.labels, thresholds, [r.get("view", "") for r in rows],
+                            [r.get("finding", "") for r in rows])}
+
+
 def _warnings(meta: dict, config: EvalConfig, data_dir: Path) -> list[str]:
     """What a reader must know before trusting these numbers."""
     warnings = []
@@ -191,6 +201,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     metrics["threshold_rule"] = meta.get("threshold_rule") if config.threshold == predictor.threshold else "--threshold"
     metrics["calibration"] = calibration_summary(preds, meta.get("calibration"))
     metrics.update(audit(preds, data_dir, config))
+    if predictor.thresholds_by_view and config.threshold == predictor.threshold:
+        metrics["per_view_operating_point"] = per_view_operating_point(preds, data_dir, predictor)
     timing["metrics_and_bootstrap"] = time.perf_counter() - start
     metrics["split_chose_checkpoint"] = config.split == "val"
     metrics["warnings"] += _warnings(meta, config, data_dir)

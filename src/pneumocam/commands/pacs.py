@@ -112,12 +112,13 @@ def process_study(client, predictor: Predictor, model: ModelIdentity, study: str
             path = Path(folder) / f"{number}.dcm"
             source.save_as(path, enforce_file_format=True)
             try:
-                image = predictor.load(path)
+                loaded = predictor.load_with_view(path)
             except ImageReadError as exc:
                 skipped += 1
                 log.warning("study %s: image %d skipped: %s", study_key(study), number, exc.reason)
                 continue
-            prediction = predictor.predict_arrays([image], [f"{study_key(study)}/{number}"])[0]
+            prediction = predictor.predict_arrays([loaded.image], [f"{study_key(study)}/{number}"],
+                                                  views=[loaded.view])[0]
             sc, sr = result_objects(source, read_image(path), prediction, model, predictor.contract.resize_mode)
             client.store_instances([sc, sr])
             results.append({"sop_instance_uid": str(source.SOPInstanceUID), "probability": prediction.probability,

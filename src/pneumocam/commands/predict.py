@@ -26,8 +26,8 @@ from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
 log = logging.getLogger(__name__)
-FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason",
-          "cam_peak_x", "cam_peak_y", "overlay", "dicom_sc", "dicom_sr"]
+FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold_basis", "view", "ood", "ood_distance",
+          "ood_reason", "cam_peak_x", "cam_peak_y", "overlay", "dicom_sc", "dicom_sr"]
 
 
 def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path | None,
@@ -49,7 +49,8 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
                 peak_y, peak_x = peak(prediction.cam)
                 rows.append({"source": prediction.source, "probability": round(prediction.probability, 6),
                              "logit": round(prediction.logit, 6), "predicted": prediction.predicted,
-                             "threshold": prediction.threshold, **prediction.ood_fields(),
+                             "threshold": prediction.threshold, "threshold_basis": prediction.threshold_basis,
+                             "view": prediction.view, **prediction.ood_fields(),
                              "cam_peak_x": peak_x, "cam_peak_y": peak_y,
                              "overlay": overlay, "dicom_sc": "", "dicom_sr": ""})
                 if dicom:

@@ -5,7 +5,7 @@ train/val/test folders kept), or a MedMNIST .npz.
 
 Outputs (all written atomically, so an interrupted run never leaves a half-written file):
   Processed/<split>/<label>/<stem>.npy   float32 (224, 224) in [0, 1]
-  manifest.csv    file, label, split, patient, source, xxh3_128 (hash of the saved pixels)
+  manifest.csv    file, label, split, patient, source, xxh3_128 (hash of the saved pixels), sex, age, view, finding
   boxes.csv       file, patient, x, y, width, height   (ground-truth boxes in 224-px space)
   rejected.csv    source, reason                        (every input file not in the manifest)
   stats.json      counts, training-split pixel mean/std, data fingerprint, settings, version
@@ -15,7 +15,6 @@ manifest rows + rejected rows = input files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from pneumocam import __version__
 from pneumocam.boxes import square_geometry
 from pneumocam.config import IMAGE_SIZE, PrepareConfig, workers_or_cores
+from pneumocam.data import data_fingerprint
 from pneumocam.errors import PneumocamError
 from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
 from pneumocam.io import (
@@ -42,7 +42,7 @@ from pneumocam.io import (
     read_size,
 )
 from pneumocam.metadata import FIELDS as METADATA_FIELDS
-from pneumocam.metadata import METADATA_CSV, Judge, from_header, read_metadata_csv
+from pneumocam.metadata import Judge, from_header, read_source_metadata
 from pneumocam.preprocess import to_model_input
 from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
 
@@ -186,7 +186,7 @@ class _Discovered:
     splits: list[str]
     rejected: list[dict]
     fmt: str
-    metadata: dict  # patient -> raw sex/age/view from the source's metadata.csv
+    metadata: dict  # patient -> raw sex/age/view/finding from the source's metadata.csv and class table
     n_shared_patients: int
 
 
@@ -200,9 +200,8 @@ def _discover_source(source: Path, config: PrepareConfig) -> _Discovered:
     items, rejected = discover(source, fmt, config.class_map, config.box_space)
     if not items:
         raise PneumocamError(f"{source}: no usable images found ({len(rejected)} rejected)")
-    # patient sex/age/view for sources without headers: a metadata.csv beside the labels (as in rsna_1000)
-    table = source / METADATA_CSV if source.is_dir() else None
-    metadata = read_metadata_csv(table) if table and table.is_file() else {}
+    # patient sex/age/view for sources without headers (a metadata.csv, as in rsna_1000) and RSNA's finding
+    metadata = read_source_metadata(source)
     splits = assign_splits(items, config.val_fraction, config.seed, config.test_fraction)
     shared = shared_patients(items)
     if shared:
@@ -356,12 +355,3 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
     log.info("prepared %d images (%d resumed), rejected %d", len(manifest), n_resumed, len(rejected))
     return PrepareReport(out_dir, stats["counts"], len(manifest) - n_resumed, n_resumed, len(rejected),
                          stats["mean"], stats["std"], fingerprint)
-
-
-def data_fingerprint(manifest: list[dict]) -> str:
-    """sha256 over (file, label, split, content hash) of every prepared image, in file order."""
-    digest = hashlib.sha256()
-    for row in sorted(manifest, key=lambda r: r["file"]):
-        digest.update(f"{row['file']},{row['label']},{row['split']},{row['xxh3_128']}\n".encode())
-    return digest.hexdigest()
-

@@ -1,0 +1,266 @@
+"""Adult recipes compared by patient-grouped k-fold cross-validation on rsna_1000, every recipe on the same folds.
+
+Why: a validation split carved once from 1,000 adults was optimistic by 0.02 AUROC against independent images,
+and a split with easy negatives by far more. Here every rsna_1000 patient is scored exactly once, by a model
+that never saw them, on folds stratified by view x label; `rsna_covidx256` (its negatives are only "Normal")
+and the children of `kermany224` only ever train.
+
+Steps (each skipped when its output exists, so the script can be stopped and rerun; a fold is the unit):
+  1. prepare  WORK/pool   kermany224 + rsna_covidx256 + rsna_1000 (each source split as if alone, seed 0)
+              WORK/base-data  kermany224 + rsna_covidx256 (the same splits)
+  2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
+              rsna_1000, so every fold may start from it
+  3. folds    pneumocam.crossval.assign_folds over the rsna_1000 images (k folds, grouped by patient,
+              stratified by view x label); WORK/folds.json
+  4. recipes  per fold: a fold folder (crossval.write_fold: that fold as val, the other folds plus a seeded
+              share of each other source as train), `pneumocam train` from the base model, the last epoch's
+              checkpoint (no checkpoint chosen on the scored fold), its predictions on the fold and on the
+              Kermany validation split -> WORK/cv/RECIPE/foldF.json
+Per recipe and fold: AUROC overall and within AP and PA films, ECE, AUROC on the children's validation split;
+operating points chosen by Youden's J on the other folds' out-of-fold predictions (one overall threshold, and
+one per view) and applied to this fold: sensitivity on PA films, specificity overall, the share of RSNA's
+"No Lung Opacity / Not Normal" films called pneumonia. Mean, sd, min, max over folds: WORK/crossval.json and
+the table on stdout.
+
+usage: python benchmarks/crossval.py [--work cv-bench] [--k 3] [--recipes base adult adult-view] [--shared DIR]
+       python benchmarks/crossval.py --learning-curve adult     (25%, 50%, 100% of each fold's adult images)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumocam.crossval import assign_folds, summarize_folds, write_fold
+from pneumocam.data import manifest_rows
+from pneumocam.metrics import expected_calibration_error, fast_auroc, youden_threshold
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ADULTS, EXTRA_ADULTS, CHILDREN = "rsna_1000", "rsna_covidx256", "kermany224"
+COMMON = ["--augment", "shift", "--pos-weight", "1", "--no-data-stats", "--batch-size", "32", "--seed", "0"]
+BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
+RECIPES = {
+    # name: (extra train arguments, epochs; None = the base model itself, no fine-tuning)
+    "base": (None, 0),
+    "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 3),
+    "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 3),
+}
+# training images per fold from the sources that only train (source balance, set explicitly)
+SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
+
+
+def run(command: list[str]) -> None:
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
+    out = work / name
+    if not (out / "stats.json").exists():
+        run(["pneumocam", "prepare", *(str(shared / s) for s in sources), str(out), "--val-fraction", "0.1",
+             "--seed", "0"])
+    return out
+
+
+def finished_epochs(run_dir: Path) -> int:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return 0
+    return int(torch.load(last, map_location="cpu", weights_only=True)["pneumocam"]["epoch"]) + 1
+
+
+def trained(data: Path, run_dir: Path, arguments: list[str], epochs: int) -> Path:
+    done = finished_epochs(run_dir)
+    if done < epochs:
+        run(["pneumocam", "train", str(data), str(run_dir), *COMMON, *arguments, "--epochs", str(epochs)]
+            + (["--resume"] if done else []))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def source_of(row: dict) -> str:
+    return row["patient"].partition(":")[0]
+
+
+def share_filter(rows: list[dict], seed: int):
+    """train_also for write_fold: a seeded sample of SHARES[source] training images of each training-only source."""
+    rng = np.random.default_rng(seed)
+    chosen = set()
+    for source, n in SHARES.items():
+        files = sorted(r["file"] for r in rows if source_of(r) == source and r["split"] == "train")
+        chosen |= set(rng.choice(files, min(n, len(files)), replace=False).tolist())
+    return lambda row: row["file"] in chosen
+
+
+def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, float]:
+    from pneumocam.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    found, failures = predictor.predict_files([data / r["file"] for r in rows], cam=False, batch_size=64)
+    if failures:
+        raise SystemExit(f"unreadable prepared files: {failures[:3]}")
+    return {str(Path(p.source).relative_to(data)): p.probability for p in found}
+
+
+def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], base: Path,
+                fraction: float = 1.0) -> dict:
+    tag = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
+    out = work / "cv" / tag / f"fold{fold}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    rows = list(manifest_rows(pool).values())
+    arguments, epochs = RECIPES[recipe]
+    start = time.perf_counter()
+    kept = folds
+    if fraction < 1.0:  # the learning curve: a seeded share of the training folds' patients, the scored fold whole
+        rng = np.random.default_rng(fold)
+        train_patients = sorted({r["patient"] for r in rows if folds.get(r["file"], fold) != fold})
+        keep = set(rng.choice(train_patients, int(round(fraction * len(train_patients))), replace=False))
+        patient_of = {r["file"]: r["patient"] for r in rows}
+        kept = {f: k for f, k in folds.items() if k == fold or patient_of[f] in keep}
+    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, share_filter(rows, fold))
+    if arguments is None:
+        checkpoint = base
+    else:
+        checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", ["--pretrained", str(base), *arguments],
+                             epochs)
+    scored = [r for r in rows if folds.get(r["file"]) == fold]
+    children = [r for r in rows if source_of(r) == CHILDREN and r["split"] == "val"]
+    probs = predictions(checkpoint, pool, scored + children)
+    result = {"recipe": tag, "fold": fold, "wall_s": round(time.perf_counter() - start),
+              "adults": [{"file": r["file"], "label": int(r["label"]), "view": r["view"], "finding": r["finding"],
+                          "probability": probs[r["file"]]} for r in scored],
+              "children_auroc": fast_auroc(np.array([probs[r["file"]] for r in children]),
+                                           np.array([int(r["label"]) for r in children])),
+              "localization": localized(checkpoint, data, work / "localize" / tag / f"fold{fold}")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result))
+    return result
+
+
+def localized(checkpoint: Path, data: Path, out: Path) -> dict:
+    """The CAM's pointing game on the fold's boxed positives, the box prior's, and the paired margin with its CI."""
+    if not (out / "localization.json").exists():
+        run(["pneumocam", "localize", str(checkpoint), str(data), str(out), "--split", "val", "--methods", "cam"])
+    result = json.loads((out / "localization.json").read_text())
+    margin = result["methods"]["cam"]["margin_over_box_prior"]["pointing_game"]
+    return {"n_images": result["n_images"], "pointing_game": result["pointing_game"],
+            "box_prior": result["baseline_box_prior"]["pointing_game"], "margin": margin["mean"],
+            "margin_ci95": margin["ci95"]}
+
+
+def _auroc(items: list[dict], view: str | None = None) -> float | None:
+    chosen = [x for x in items if view is None or x["view"] == view]
+    return fast_auroc(np.array([x["probability"] for x in chosen]), np.array([x["label"] for x in chosen]))
+
+
+def operating_point_scores(train: list[dict], test: list[dict], per_view: bool) -> dict:
+    """Thresholds by Youden's J on `train` (other folds' out-of-fold predictions), applied to `test`."""
+    def youden(items):
+        return youden_threshold(np.array([x["probability"] for x in items]), np.array([x["label"] for x in items]))
+
+    overall = youden(train)
+    by_view = {v: youden([x for x in train if x["view"] == v]) for v in ("AP", "PA")} if per_view else {}
+    called = [x["probability"] >= (by_view.get(x["view"]) or overall) for x in test]
+    labels = np.array([x["label"] for x in test])
+    called = np.array(called)
+    pa = np.array([x["view"] == "PA" for x in test])
+    hard = np.array([x["finding"] == "not-normal" for x in test])
+    return {"sensitivity_pa": float(called[pa & (labels == 1)].mean()),
+            "sensitivity": float(called[labels == 1].mean()),
+            "specificity": float((~called[labels == 0]).mean()),
+            "not_normal_called": float(called[hard].mean()),
+            "thresholds": {"overall": overall, **by_view}}
+
+
+def summarize(results: list[dict]) -> dict:
+    per_fold = []
+    for r in results:
+        others = [x for o in results if o["fold"] != r["fold"] for x in o["adults"]]
+        items = r["adults"]
+        probs, labels = np.array([x["probability"] for x in items]), np.array([x["label"] for x in items])
+        per_fold.append({"auroc": _auroc(items), "auroc_ap": _auroc(items, "AP"), "auroc_pa": _auroc(items, "PA"),
+                         "ece": expected_calibration_error(probs, labels), "children_auroc": r["children_auroc"],
+                         "overall_threshold": operating_point_scores(others, items, per_view=False),
+                         "per_view_thresholds": operating_point_scores(others, items, per_view=True),
+                         "pointing_game": r["localization"]["pointing_game"],
+                         "box_prior": r["localization"]["box_prior"], "margin": r["localization"]["margin"],
+                         "margin_ci95": r["localization"]["margin_ci95"], "wall_s": r["wall_s"]})
+    keys = ("auroc", "auroc_ap", "auroc_pa", "ece", "children_auroc", "pointing_game", "box_prior", "margin",
+            "wall_s")
+    summary = {k: summarize_folds([f[k] for f in per_fold]) for k in keys}
+    for rule in ("overall_threshold", "per_view_thresholds"):
+        summary[rule] = {k: summarize_folds([f[rule][k] for f in per_fold])
+                         for k in ("sensitivity_pa", "sensitivity", "specificity", "not_normal_called")}
+    pooled = [x for r in results for x in r["adults"]]
+    summary["pooled_auroc"] = _auroc(pooled)
+    return {"folds": per_fold, "summary": summary}
+
+
+def _cell(stats: dict) -> str:
+    return "-" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+
+
+def print_table(table: dict) -> None:
+    print(f"\n{'recipe':<16}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'ECE':>16}{'children':>16}"
+          f"{'PA sens (view thr)':>20}{'spec':>16}{'Not Normal called':>20}{'pointing - prior':>18}{'min/fold':>10}")
+    for name, entry in table["recipes"].items():
+        s = entry["summary"]
+        v = s["per_view_thresholds"]
+        wall = s["wall_s"]["mean"] / 60 if s["wall_s"]["mean"] is not None else 0
+        print(f"{name:<16}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
+              f"{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}{_cell(v['sensitivity_pa']):>20}"
+              f"{_cell(v['specificity']):>16}{_cell(v['not_normal_called']):>20}{_cell(s['margin']):>18}"
+              f"{wall:>10.1f}")
+    print(f"\nmean ± sd over {table['k']} folds; machine: {table['machine']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("cv-bench"))
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--learning-curve", choices=[r for r, (a, _) in RECIPES.items() if a is not None],
+                        help="also train this recipe on 25%% and 50%% of each fold's adult training patients")
+    args = parser.parse_args()
+    for source in (ADULTS, EXTRA_ADULTS, CHILDREN):
+        if not (args.shared / source).is_dir():
+            raise SystemExit(f"{args.shared / source}: not found (pass --shared)")
+    work = args.work
+    pool = prepared(work, args.shared, "pool", [CHILDREN, EXTRA_ADULTS, ADULTS])
+    base_data = prepared(work, args.shared, "base-data", [CHILDREN, EXTRA_ADULTS])
+    base = trained(base_data, work / "runs" / "base", BASE, int(BASE[BASE.index("--epochs") + 1]))
+    rows = list(manifest_rows(pool).values())
+    folds = assign_folds(rows, args.k, args.seed, eligible=lambda r: source_of(r) == ADULTS)
+    (work / "folds.json").write_text(json.dumps(folds))
+    table = {"k": args.k, "seed": args.seed, "recipes": {},
+             "machine": f"{platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+             "base_command": shlex.join(["pneumocam", "train", str(base_data), str(work / "runs" / "base"),
+                                         *COMMON, *BASE]),
+             "recipe_arguments": {name: args_ for name, (args_, _) in RECIPES.items()}, "shares": SHARES}
+    jobs = [(recipe, 1.0) for recipe in args.recipes]
+    if args.learning_curve:
+        jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
+    for recipe, fraction in jobs:
+        results = [fold_result(work, pool, recipe, fold, folds, base, fraction) for fold in range(args.k)]
+        name = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
+        table["recipes"][name] = summarize(results)
+        (work / "crossval.json").write_text(json.dumps(table, indent=2))
+    print_table(table)
+    print(f"wrote {work / 'crossval.json'}")
+
+
+if __name__ == "__main__":
+    main()
