@@ -42,7 +42,7 @@ import torch
 
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
 from pneumocam.data import manifest_rows
-from pneumocam.metrics import expected_calibration_error, fast_auroc, youden_threshold
+from pneumocam.metrics import expected_calibration_error, fast_auroc, threshold_for_sensitivity, youden_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -163,16 +163,25 @@ def _auroc(items: list[dict], view: str | None = None) -> float | None:
     return fast_auroc(np.array([x["probability"] for x in chosen]), np.array([x["label"] for x in chosen]))
 
 
-def operating_point_scores(train: list[dict], test: list[dict], per_view: bool) -> dict:
-    """Thresholds by Youden's J on `train` (other folds' out-of-fold predictions), applied to `test`."""
-    def youden(items):
-        return youden_threshold(np.array([x["probability"] for x in items]), np.array([x["label"] for x in items]))
+RULES = {  # operating-point rules scored by cross-validation: (per view?, target sensitivity or None for Youden)
+    "overall_youden": (False, None),
+    "per_view_youden": (True, None),
+    "per_view_sensitivity_0.8": (True, 0.8),
+}
 
-    overall = youden(train)
-    by_view = {v: youden([x for x in train if x["view"] == v]) for v in ("AP", "PA")} if per_view else {}
-    called = [x["probability"] >= (by_view.get(x["view"]) or overall) for x in test]
+
+def operating_point_scores(train: list[dict], test: list[dict], per_view: bool, target: float | None) -> dict:
+    """Thresholds chosen on `train` (other folds' out-of-fold predictions) by Youden's J or the highest threshold
+    reaching `target` sensitivity, overall or per view (AP, PA; the overall one for other views), applied to
+    `test`."""
+    def choose(items):
+        probs, labels = np.array([x["probability"] for x in items]), np.array([x["label"] for x in items])
+        return youden_threshold(probs, labels) if target is None else threshold_for_sensitivity(probs, labels, target)
+
+    overall = choose(train)
+    by_view = {v: choose([x for x in train if x["view"] == v]) for v in ("AP", "PA")} if per_view else {}
+    called = np.array([x["probability"] >= (by_view.get(x["view"]) or overall) for x in test])
     labels = np.array([x["label"] for x in test])
-    called = np.array(called)
     pa = np.array([x["view"] == "PA" for x in test])
     hard = np.array([x["finding"] == "not-normal" for x in test])
     return {"sensitivity_pa": float(called[pa & (labels == 1)].mean()),
@@ -190,15 +199,14 @@ def summarize(results: list[dict]) -> dict:
         probs, labels = np.array([x["probability"] for x in items]), np.array([x["label"] for x in items])
         per_fold.append({"auroc": _auroc(items), "auroc_ap": _auroc(items, "AP"), "auroc_pa": _auroc(items, "PA"),
                          "ece": expected_calibration_error(probs, labels), "children_auroc": r["children_auroc"],
-                         "overall_threshold": operating_point_scores(others, items, per_view=False),
-                         "per_view_thresholds": operating_point_scores(others, items, per_view=True),
+                         **{rule: operating_point_scores(others, items, *how) for rule, how in RULES.items()},
                          "pointing_game": r["localization"]["pointing_game"],
                          "box_prior": r["localization"]["box_prior"], "margin": r["localization"]["margin"],
                          "margin_ci95": r["localization"]["margin_ci95"], "wall_s": r["wall_s"]})
     keys = ("auroc", "auroc_ap", "auroc_pa", "ece", "children_auroc", "pointing_game", "box_prior", "margin",
             "wall_s")
     summary = {k: summarize_folds([f[k] for f in per_fold]) for k in keys}
-    for rule in ("overall_threshold", "per_view_thresholds"):
+    for rule in RULES:
         summary[rule] = {k: summarize_folds([f[rule][k] for f in per_fold])
                          for k in ("sensitivity_pa", "sensitivity", "specificity", "not_normal_called")}
     pooled = [x for r in results for x in r["adults"]]
@@ -211,17 +219,22 @@ def _cell(stats: dict) -> str:
 
 
 def print_table(table: dict) -> None:
-    print(f"\n{'recipe':<16}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'ECE':>16}{'children':>16}"
-          f"{'PA sens (view thr)':>20}{'spec':>16}{'Not Normal called':>20}{'pointing - prior':>18}{'min/fold':>10}")
+    print(f"\n{'recipe':<18}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'ECE':>16}{'children AUROC':>16}"
+          f"{'pointing - prior':>18}{'min/fold':>10}")
     for name, entry in table["recipes"].items():
         s = entry["summary"]
-        v = s["per_view_thresholds"]
         wall = s["wall_s"]["mean"] / 60 if s["wall_s"]["mean"] is not None else 0
-        print(f"{name:<16}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
-              f"{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}{_cell(v['sensitivity_pa']):>20}"
-              f"{_cell(v['specificity']):>16}{_cell(v['not_normal_called']):>20}{_cell(s['margin']):>18}"
-              f"{wall:>10.1f}")
-    print(f"\nmean ± sd over {table['k']} folds; machine: {table['machine']}")
+        print(f"{name:<18}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
+              f"{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}{_cell(s['margin']):>18}{wall:>10.1f}")
+    print(f"\n{'recipe':<18}{'operating rule':<28}{'PA sensitivity':>16}{'sensitivity':>16}{'specificity':>16}"
+          f"{'Not Normal called':>20}")
+    for name, entry in table["recipes"].items():
+        for rule in RULES:
+            r = entry["summary"][rule]
+            print(f"{name:<18}{rule:<28}{_cell(r['sensitivity_pa']):>16}{_cell(r['sensitivity']):>16}"
+                  f"{_cell(r['specificity']):>16}{_cell(r['not_normal_called']):>20}")
+    print(f"\nmean ± sd over {table['k']} folds; thresholds chosen on the other folds' out-of-fold predictions; "
+          f"machine: {table['machine']}")
 
 
 def main() -> None:
