@@ -70,3 +70,25 @@ def test_balance_by_groups_gives_every_group_the_same_weighted_prevalence():
     # unbalanced, the groups' prevalences differ: the test above is not true of equal weights
     assert labels[:100].mean() != pytest.approx(labels[100:200].mean())
     assert single_class_groups(np.array([1, 1, 0, 1]), [("a",), ("a",), ("b",), ("b",)]) == [("a",)]
+
+
+def test_source_shares_set_each_sources_weight_and_balance_within_it():
+    import numpy as np
+
+    from pneumocam.data import parse_shares, sample_weights
+
+    # 300 children (75% pneumonia, view unknown) and 100 adults (AP 40% / PA 10%)
+    labels = np.array([1] * 225 + [0] * 75 + [1] * 20 + [0] * 30 + [1] * 5 + [0] * 45)
+    sources = ["kermany224"] * 300 + ["rsna_1000"] * 100
+    groups = [("",)] * 300 + [("AP",)] * 50 + [("PA",)] * 50
+    shares = parse_shares("kermany224=1,rsna_1000=3")
+    weights = sample_weights(labels, groups, False, sources, shares).numpy()
+    adults = np.array(sources) == "rsna_1000"
+    assert weights[adults].sum() / weights.sum() == pytest.approx(0.75)
+    for view in ("AP", "PA"):  # within the adults, both views at the adults' prevalence
+        inside = np.array([g == (view,) for g in groups])
+        assert np.average(labels[inside], weights=weights[inside]) == pytest.approx(labels[adults].mean())
+    with pytest.raises(PneumocamError, match="no share for source"):
+        sample_weights(labels, None, False, sources, {"kermany224": 1.0})
+    with pytest.raises(PneumocamError, match="positive share"):
+        parse_shares("kermany224=0")

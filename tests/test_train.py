@@ -326,3 +326,39 @@ def test_balance_by_an_unknown_attribute_is_a_clear_error(phantom_data):
     datamodule.setup()
     with pytest.raises(PneumocamError, match="--balance-by: unknown attribute"):
         datamodule.train_dataloader()
+
+
+def test_source_shares_need_a_multi_source_data_set(phantom_data):
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.errors import PneumocamError
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, source_shares="a=1", in_memory="off"))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    with pytest.raises(PneumocamError, match="not prepared from several sources"):
+        datamodule.train_dataloader()
+
+
+def test_source_shares_set_the_drawn_share_of_each_source(phantom_source, tmp_path):
+    import numpy as np
+
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.config import PrepareConfig
+    from pneumocam.data import dataset_files
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    (tmp_path / "children").symlink_to(phantom_source)
+    (tmp_path / "adults").symlink_to(phantom_source)
+    data = tmp_path / "joint"
+    prepare([tmp_path / "children", tmp_path / "adults"], data, PrepareConfig(val_fraction=0.25, workers=1))
+    config = resolve_runtime(TrainConfig(batch_size=4, source_shares="children=0.2,adults=0.8", in_memory="off"))
+    datamodule = PneumoniaDataModule(data, Normalization(), config)
+    datamodule.setup()
+    sources = np.array([f.split("/")[-1].split("__")[0] for f in dataset_files(datamodule.train_set, data)])
+    sampler = datamodule.train_dataloader().sampler
+    drawn = np.concatenate([list(sampler) for _ in range(200)])
+    assert abs((sources[drawn] == "adults").mean() - 0.8) < 0.03

@@ -136,6 +136,10 @@ class TrainConfig:
                                              "prevalence, each group keeping its size: the label no longer "
                                              "tells the attribute (an unknown value is a group of its own)",
                                          parse="comma", choices=BALANCE_ATTRIBUTES, shown="none")
+    source_shares: str | None = option(None, "share of the drawn training images per source folder of a "
+                                             "multi-source prepare, e.g. kermany224=0.3,rsna_1000=0.7 (normalised "
+                                             "to sum 1; --balance-by and --balanced-sampling then act within each "
+                                             "source)", shown="in proportion to their sizes")
     augment: str = option("original", "original: affine ±5°, translate 5%, scale 0.9-1.1 + random resized crop "
                                       "0.35-1; shift: affine ±5°, translate 10%, scale 0.9-1.1, no crop",
                           choices=AUGMENTATIONS)

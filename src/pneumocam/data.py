@@ -208,8 +208,8 @@ def load_split_in_memory(data_dir: str | Path, split: str, boxes: torch.Tensor |
     return InMemorySplit(images, torch.from_numpy(dataset_labels(dataset)), boxes)
 
 
-def sample_weights(labels: np.ndarray, groups: list[tuple] | None = None,
-                   balance_classes: bool = True) -> torch.Tensor:
+def sample_weights(labels: np.ndarray, groups: list[tuple] | None = None, balance_classes: bool = True,
+                   sources: list[str] | None = None, shares: dict[str, float] | None = None) -> torch.Tensor:
     """Per-sample weights for a sampler drawn with replacement.
 
     Without `groups`: 1 / count(class), so both classes are drawn equally often. With `groups` (one tuple of
@@ -218,24 +218,57 @@ def sample_weights(labels: np.ndarray, groups: list[tuple] | None = None,
     from what the model is fed); with `balance_classes` also divided by P(label), making that prevalence 0.5.
     A group holding one class only cannot be balanced: it keeps weight 1 (times the class weight), and
     `single_class_groups` names it.
+    With `sources` and `shares` ({source: share}): the balancing above happens within each source, and each
+    source is then drawn with its share, so neither population is traded for the other by its size.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    if sources is None:
+        return torch.from_numpy(_balanced_weights(labels, groups, balance_classes))
+    shares = shares or {}
+    sources_array = np.asarray(sources)
+    if missing := sorted(set(sources) - set(shares)):
+        raise PneumocamError(f"--source-shares names no share for source(s) {', '.join(missing)} of the training "
+                             f"split (its sources: {', '.join(sorted(set(sources)))})")
+    total = sum(shares[s] for s in set(sources))
+    weights = np.zeros(labels.size)
+    for source in set(sources):
+        inside = sources_array == source
+        members = [g for g, keep in zip(groups, inside, strict=True) if keep] if groups is not None else None
+        within = _balanced_weights(labels[inside], members, balance_classes)
+        weights[inside] = within / within.sum() * shares[source] / total
+    return torch.from_numpy(weights)
+
+
+def _balanced_weights(labels: np.ndarray, groups: list[tuple] | None, balance_classes: bool) -> np.ndarray:
     counts = np.bincount(labels, minlength=2).astype(np.float64)
-    class_weight = 1.0 / counts[labels] if balance_classes else np.ones(labels.size)
+    class_weight = 1.0 / np.maximum(counts[labels], 1) if balance_classes else np.ones(labels.size)
     if groups is None:
-        return torch.from_numpy(class_weight)
+        return class_weight
     prevalence = labels.mean()
     within = {}
     for g in set(groups):
-        members = np.array([x == g for x in groups])
-        within[g] = labels[members].mean()
+        within[g] = labels[np.array([x == g for x in groups])].mean()
     weights = np.ones(labels.size)
     for i, (g, y) in enumerate(zip(groups, labels, strict=True)):
         p_group = within[g] if y == 1 else 1 - within[g]
         p_all = prevalence if y == 1 else 1 - prevalence
         if 0 < within[g] < 1:
             weights[i] = p_all / p_group
-    return torch.from_numpy(weights * class_weight)
+    return weights * class_weight
+
+
+def parse_shares(text: str) -> dict[str, float]:
+    """"kermany224=0.3,rsna_1000=0.7" -> {"kermany224": 0.3, "rsna_1000": 0.7} (positive numbers, any sum)."""
+    shares = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            shares[name.strip()] = -1.0
+        if not name.strip() or shares[name.strip()] <= 0:
+            raise PneumocamError(f"--source-shares entries must look like SOURCE=0.5 (a positive share), got {part!r}")
+    return shares
 
 
 def single_class_groups(labels: np.ndarray, groups: list[tuple]) -> list[tuple]:

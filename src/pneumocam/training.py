@@ -30,6 +30,7 @@ from pneumocam.data import (
     dataset_files,
     dataset_labels,
     load_split_in_memory,
+    parse_shares,
     positive_weight,
     sample_groups,
     sample_weights,
@@ -191,11 +192,22 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def _sampler(self, dataset, train: bool):
         generator = torch.Generator().manual_seed(self.config.seed)
-        if train and (self.config.balanced_sampling or self.config.balance_by):
+        if train and (self.config.balanced_sampling or self.config.balance_by or self.config.source_shares):
             labels = np.asarray(dataset.labels) if hasattr(dataset, "labels") else dataset_labels(dataset)
-            weights = sample_weights(labels, self._groups(), self.config.balanced_sampling)
+            sources = self._sources() if self.config.source_shares else None
+            weights = sample_weights(labels, self._groups(), self.config.balanced_sampling, sources,
+                                     parse_shares(self.config.source_shares) if sources else None)
             return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
         return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+
+    def _sources(self) -> list[str]:
+        """The source folder of each training image (a multi-source prepare's patient prefix)."""
+        train = split_dataset(self.data_dir, "train")
+        sources = [g[0] for g in sample_groups(self.data_dir, dataset_files(train, self.data_dir), ("source",))]
+        if not all(sources):
+            raise PneumocamError(f"--source-shares: {self.data_dir} was not prepared from several sources (pneumocam "
+                                 "prepare SOURCE SOURCE ... OUT names each image's source)")
+        return sources
 
     def _groups(self) -> list[tuple] | None:
         """The training images' --balance-by groups, from the manifest (None when not balancing by any)."""
