@@ -145,3 +145,20 @@ def test_sc_keeps_the_sources_orientation_or_assumes_the_conventional_one(tmp_pa
     assert display_orientation(source) == ("L", "F")
     source.PatientOrientation = ["R", "F"]
     assert display_orientation(source) == ("R", "F")
+
+
+def test_the_results_carry_the_threshold_of_the_films_view(tmp_path):
+    from pneumocam.dicom_results import THRESHOLD, result_objects
+    from pneumocam.inference import Prediction
+
+    path = _phantom_dicom(tmp_path / "a.dcm")
+    source = pydicom.dcmread(path)
+    model = ModelIdentity("pneumocam-cxr", "pneumocam 0.1.0 data abc", 0.288, "Youden's J on val")
+    image = np.zeros((224, 224), np.float32)
+    prediction = Prediction("a.dcm", 0.2, -1.0, 1, 0.15, image, cam=image, view="AP", threshold_basis="view AP")
+    _, sr = result_objects(source, image, prediction, model)
+    thresholds = [float(item.MeasuredValueSequence[0].NumericValue) for item in _items(sr)
+                  if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == THRESHOLD.value]
+    assert thresholds == [pytest.approx(0.15)]
+    texts = [str(item.get("TextValue", "")) for item in _items(sr)]
+    assert any(text.startswith("threshold 0.1500 (view AP threshold applied; Youden's J on val") for text in texts)

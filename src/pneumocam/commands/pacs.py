@@ -122,7 +122,8 @@ def process_study(client, predictor: Predictor, model: ModelIdentity, study: str
             sc, sr = result_objects(source, read_image(path), prediction, model, predictor.contract.resize_mode)
             client.store_instances([sc, sr])
             results.append({"sop_instance_uid": str(source.SOPInstanceUID), "probability": prediction.probability,
-                            "predicted": prediction.predicted, "ood": prediction.ood,
+                            "predicted": prediction.predicted, "threshold": prediction.threshold,
+                            "threshold_basis": prediction.threshold_basis, "ood": prediction.ood,
                             "sc": str(sc.SOPInstanceUID), "sr": str(sr.SOPInstanceUID)})
     return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "images": len(results),
             "skipped": skipped, "results": results}
