@@ -62,6 +62,10 @@ def calibrate(args, config) -> int:
     print(f"ECE {before['ece']:.4f} -> {report['after_in_sample']['ece']:.4f} in sample{crossed}; Brier "
           f"{before['brier']:.4f} -> {report['after_in_sample']['brier']:.4f} in sample")
     print(f"threshold {report['threshold']:.4f}: {report['threshold_rule']}")
+    for view, row in report["thresholds_by_view"].items():
+        print(f"  view {view}: threshold {row['threshold']:.4f} ({row['n']} images, {row['n_positive']} pneumonia; "
+              f"in sample sensitivity {row['sensitivity_in_sample']:.2f}, specificity "
+              f"{row['specificity_in_sample']:.2f})")
     print(f"out-of-range: distance > {report['ood']['threshold']:.1f} is flagged (held-out false-flag rate "
           f"{report['ood']['held_out_false_flag_rate']:.3f})")
     print(f"wrote {Path(args.out) / 'calibrated.ckpt'} (use it with evaluate, predict, cam, serve), calibration.json, "

@@ -64,6 +64,8 @@ COMMANDS = (
              "pneumocam train data/ run2/ --config run/config.yaml --seed 1   # a run's settings, one changed",
              "pneumocam train data/ run/ --box-loss-weight 1  # RSNA boxes steer the CAM",
              "pneumocam train data/ run/ --pretrained pneumocam-cxr   # continue from the bundled model",
+             "pneumocam train rsna-data/ run/ --balance-by view   # the label no longer tells AP from PA films",
+             "pneumocam train joint/ run/ --source-shares kermany224=0.3,rsna_1000=0.7   # each source's share",
              "pneumocam train data/ run/ --resume            # after an interruption",
              "pneumocam train data/ run/ --devices 4 --strategy ddp   # several GPUs"),
             TrainConfig, (("data", {"help": "prepared data folder (with Processed/train and Processed/val)"}),
@@ -82,6 +84,7 @@ COMMANDS = (
             ("pneumocam calibrate run/checkpoints/best.ckpt data/ cal/",
              "pneumocam calibrate pneumocam-cxr rsna-data/ cal/ --rule youden --ood-data both-data/",
              "pneumocam calibrate run/checkpoints/best.ckpt data/ cal/ --prevalence 0.1 --target-sensitivity 0.95",
+             "pneumocam calibrate run/checkpoints/best.ckpt rsna-data/ cal/ --rule youden --per-view  # AP and PA",
              "pneumocam evaluate cal/calibrated.ckpt data/ eval/ --split test"),
             CalibrateConfig, (CHECKPOINT, DATA, ("out", {"help": "output folder (calibrated.ckpt, calibration.json, "
                                                                  "reliability.png)"}))),
