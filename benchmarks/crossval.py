@@ -33,12 +33,12 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from real_data import finished_epochs, run  # this folder's script: the same command runner and resume check
 
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
 from pneumocam.data import manifest_rows
@@ -59,24 +59,12 @@ RECIPES = {
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
 
 
-def run(command: list[str]) -> None:
-    print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
-
-
 def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
     out = work / name
     if not (out / "stats.json").exists():
         run(["pneumocam", "prepare", *(str(shared / s) for s in sources), str(out), "--val-fraction", "0.1",
              "--seed", "0"])
     return out
-
-
-def finished_epochs(run_dir: Path) -> int:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return 0
-    return int(torch.load(last, map_location="cpu", weights_only=True)["pneumocam"]["epoch"]) + 1
 
 
 def trained(data: Path, run_dir: Path, arguments: list[str], epochs: int) -> Path:
