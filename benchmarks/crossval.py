@@ -52,8 +52,8 @@ BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--e
 RECIPES = {
     # name: (extra train arguments, epochs; None = the base model itself, no fine-tuning)
     "base": (None, 0),
-    "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 3),
-    "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 3),
+    "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 2),
+    "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 2),
 }
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
