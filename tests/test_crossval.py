@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
-from pneumocam.data import dataset_labels, manifest_rows, split_dataset
+from pneumocam.data import dataset_files, dataset_labels, manifest_rows, split_dataset
 from pneumocam.errors import PneumocamError
 
 
@@ -48,6 +48,7 @@ def test_a_fold_folder_is_a_prepared_data_set_with_that_fold_as_validation(phant
     in_val = {f for f, k in folds.items() if k == 1}
     assert len(val) == len(in_val) and len(train) == len(folds) - len(in_val)
     assert set(dataset_labels(val).tolist()) <= {0, 1}
+    assert sorted(dataset_files(val, out)) == sorted(f for f in manifest_rows(out) if f.startswith("Processed/val/"))
     fold_rows = manifest_rows(out)
     assert {Path(f).name for f in fold_rows if fold_rows[f]["split"] == "val"} == {Path(f).name for f in in_val}
     assert write_fold(phantom_data, tmp_path / "fold1", folds, 1) == out  # finished: left as it is

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,9 +112,10 @@ def dataset_labels(dataset: DatasetFolder) -> np.ndarray:
 
 
 def dataset_files(dataset: DatasetFolder, data_dir: str | Path) -> list[str]:
-    """Paths of the samples relative to the data folder (as in manifest.csv)."""
-    base = Path(data_dir).resolve()
-    return [str(Path(path).resolve().relative_to(base)) for path, _ in dataset.samples]
+    """Paths of the samples relative to the data folder (as in manifest.csv). Links are not followed: a fold
+    folder's files are links into another data set, and are named by where they lie."""
+    base = Path(os.path.abspath(data_dir))
+    return [str(Path(os.path.abspath(path)).relative_to(base)) for path, _ in dataset.samples]
 
 
 def manifest_rows(data_dir: str | Path) -> dict[str, dict]:
