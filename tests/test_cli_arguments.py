@@ -80,3 +80,11 @@ def test_a_bad_config_file_exits_with_one_line(tmp_path, capsys):
     path.write_text("epoch: 3\n")
     assert main(["train", "d", "r", "--config", str(path)]) == 1
     assert "unknown setting(s) epoch" in capsys.readouterr().err
+
+
+def test_balance_by_and_source_shares_read_as_written():
+    _, config = parse_args(["train", "d", "r", "--balance-by", "view,sex", "--source-shares",
+                            "kermany224=0.3,rsna_1000=0.7"])
+    assert config.balance_by == ("view", "sex") and config.source_shares == "kermany224=0.3,rsna_1000=0.7"
+    _, config = parse_args(["pacs", "c", "u", "--modalities", "cr,dx"])
+    assert config.modalities == ("CR", "DX")  # DICOM codes, upper case

@@ -135,7 +135,7 @@ class TrainConfig:
                                              "sex, age_band, source; comma-separated) has the same pneumonia "
                                              "prevalence, each group keeping its size: the label no longer "
                                              "tells the attribute (an unknown value is a group of its own)",
-                                         parse="comma", choices=BALANCE_ATTRIBUTES, shown="none")
+                                         parse="names", choices=BALANCE_ATTRIBUTES, shown="none")
     source_shares: str | None = option(None, "share of the drawn training images per source folder of a "
                                              "multi-source prepare, e.g. kermany224=0.3,rsna_1000=0.7 (normalised "
                                              "to sum 1; --balance-by and --balanced-sampling then act within each "

@@ -32,10 +32,16 @@ def _attributes(text: str) -> tuple[str, ...] | None:
 
 
 def _comma(text: str) -> tuple[str, ...]:
+    """DICOM codes such as --modalities cr,dx -> ("CR", "DX")."""
     return tuple(item.strip().upper() for item in text.split(",") if item.strip())
 
 
-PARSERS = {"attributes": _attributes, "comma": _comma}
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names as written: --balance-by view,sex -> ("view", "sex")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+PARSERS = {"attributes": _attributes, "comma": _comma, "names": _names}
 
 
 def _base_type(annotation: Any) -> type:
