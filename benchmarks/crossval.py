@@ -43,6 +43,7 @@ from real_data import finished_epochs, run  # this folder's script: the same com
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
 from pneumocam.data import manifest_rows
 from pneumocam.metrics import expected_calibration_error, fast_auroc, threshold_for_sensitivity, youden_threshold
+from pneumocam.subgroups import calls_by_view
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -168,14 +169,11 @@ def operating_point_scores(train: list[dict], test: list[dict], per_view: bool, 
 
     overall = choose(train)
     by_view = {v: choose([x for x in train if x["view"] == v]) for v in ("AP", "PA")} if per_view else {}
-    called = np.array([x["probability"] >= (by_view.get(x["view"]) or overall) for x in test])
-    labels = np.array([x["label"] for x in test])
-    pa = np.array([x["view"] == "PA" for x in test])
-    hard = np.array([x["finding"] == "not-normal" for x in test])
-    return {"sensitivity_pa": float(called[pa & (labels == 1)].mean()),
-            "sensitivity": float(called[labels == 1].mean()),
-            "specificity": float((~called[labels == 0]).mean()),
-            "not_normal_called": float(called[hard].mean()),
+    thresholds = np.array([overall if by_view.get(x["view"]) is None else by_view[x["view"]] for x in test])
+    calls = calls_by_view(np.array([x["probability"] for x in test]), np.array([x["label"] for x in test]),
+                          thresholds, [x["view"] for x in test], [x["finding"] for x in test])
+    return {"sensitivity_pa": calls["by_view"]["PA"]["sensitivity"], "sensitivity": calls["all"]["sensitivity"],
+            "specificity": calls["all"]["specificity"], "not_normal_called": calls["not_normal_called"],
             "thresholds": {"overall": overall, **by_view}}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from pneumocam.data import data_fingerprint, manifest_rows, read_fingerprint
 from pneumocam.errors import PneumocamError
-from pneumocam.files import write_csv, write_json
+from pneumocam.files import read_csv, write_csv, write_json
 
 FOLDS_FILE = "fold.json"
 
@@ -101,8 +101,6 @@ def write_fold(data_dir: str | Path, out_dir: str | Path, folds: dict[str, int],
 
 
 def _read_boxes(data_dir: Path) -> list[dict]:
-    from pneumocam.files import read_csv
-
     path = data_dir / "boxes.csv"
     return read_csv(path) if path.exists() else []
 

@@ -263,13 +263,14 @@ def parse_shares(text: str) -> dict[str, float]:
     """"kermany224=0.3,rsna_1000=0.7" -> {"kermany224": 0.3, "rsna_1000": 0.7} (positive numbers, any sum)."""
     shares = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
+        name, _, value = (x.strip() for x in part.partition("="))
         try:
-            shares[name.strip()] = float(value)
+            share = float(value)
         except ValueError:
-            shares[name.strip()] = -1.0
-        if not name.strip() or shares[name.strip()] <= 0:
+            share = 0.0
+        if not name or not share > 0:
             raise PneumocamError(f"--source-shares entries must look like SOURCE=0.5 (a positive share), got {part!r}")
+        shares[name] = share
     return shares
 
 

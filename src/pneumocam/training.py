@@ -200,10 +200,14 @@ class PneumoniaDataModule(L.LightningDataModule):
             return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
         return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
 
+    def _training_values(self, attributes: tuple[str, ...]) -> tuple[list[tuple], np.ndarray]:
+        """The training images' values of `attributes` (data.sample_groups) and their labels, in sampler order."""
+        train = split_dataset(self.data_dir, "train")
+        return sample_groups(self.data_dir, dataset_files(train, self.data_dir), attributes), dataset_labels(train)
+
     def _sources(self) -> list[str]:
         """The source folder of each training image (a multi-source prepare's patient prefix)."""
-        train = split_dataset(self.data_dir, "train")
-        sources = [g[0] for g in sample_groups(self.data_dir, dataset_files(train, self.data_dir), ("source",))]
+        sources = [g[0] for g in self._training_values(("source",))[0]]
         if not all(sources):
             raise PneumocamError(f"--source-shares: {self.data_dir} was not prepared from several sources (pneumocam "
                                  "prepare SOURCE SOURCE ... OUT names each image's source)")
@@ -217,9 +221,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         if unknown := [a for a in attributes if a not in BALANCE_ATTRIBUTES]:
             raise PneumocamError(f"--balance-by: unknown attribute(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(BALANCE_ATTRIBUTES)}")
-        train = split_dataset(self.data_dir, "train")
-        groups = sample_groups(self.data_dir, dataset_files(train, self.data_dir), attributes)
-        labels = dataset_labels(train)
+        groups, labels = self._training_values(attributes)
         if not any(any(g) for g in groups):
             raise PneumocamError(f"--balance-by {','.join(attributes)}: no training image under {self.data_dir} "
                                  "has a known value in manifest.csv")
