@@ -299,14 +299,16 @@ class ServeConfig:
 class PacsConfig:
     """The DICOMweb loop of `pneumocam pacs`."""
 
-    state: str = option("pneumocam-pacs-state.json", "file recording the studies done, so none is processed twice")
+    state: str = option("pneumocam-pacs-state.json", "file recording the images done, so none is processed twice "
+                                                      "(readable by its owner only; one process per file)")
     once: bool = option(False, "one pass, then exit (--no-once: watch until interrupted)")
     interval_s: float = option(60.0, "seconds between passes when watching", flag="--interval")
     modalities: tuple[str, ...] = option(("CR", "DX"), "modalities of the series to read, comma-separated",
                                          parse="comma")
-    max_attempts: int = option(3, "passes a failing study is tried before it is left alone")
+    max_attempts: int = option(3, "passes a failing image (or study) is tried before it is left alone")
     token_env: str | None = _token_env()
     timeout_s: float = option(60.0, "seconds per HTTP request", flag="--timeout")
+    insecure: bool = option(False, "allow sending the bearer token over plain http:// to another machine")
     limit: int = option(1000, "studies per query page")
     device: str = option("cpu", _DEVICE)
     backend: str = _backend()

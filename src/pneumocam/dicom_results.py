@@ -151,15 +151,23 @@ def display_orientation(source: Dataset) -> tuple[str, str]:
     return (orientation[0], orientation[1]) if len(orientation) == 2 and all(orientation) else ("L", "F")
 
 
-def secondary_capture(source: Dataset, panel: np.ndarray, model: ModelIdentity, series_uid: str | None = None):
+def result_uid(source: Dataset, model: ModelIdentity, kind: str) -> str:
+    """The UID of one result object (or its series) derived from the source image's SOP Instance UID, the model
+    and the kind of object: the same result made twice gets the same UID, so a retried store replaces instead of
+    adding a duplicate (a PACS keeps one instance per SOP Instance UID)."""
+    return generate_uid(entropy_srcs=[MANUFACTURER, str(source.SOPInstanceUID), model.name, model.version, kind])
+
+
+def secondary_capture(source: Dataset, panel: np.ndarray, model: ModelIdentity):
     """The Secondary Capture of `panel` (uint8 RGB) in the source's Study."""
     hd = _highdicom()
     source = patient_study_source(source)
+    uids = result_uid(source, model, "sc-series"), result_uid(source, model, "sc")
     number, description = SC_SERIES
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=panel, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=series_uid or hd.UID(), series_number=number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        coordinate_system="PATIENT", series_instance_uid=uids[0], series_number=number,
+        sop_instance_uid=uids[1], instance_number=1, manufacturer=MANUFACTURER,
         patient_orientation=display_orientation(source), transfer_syntax_uid="1.2.840.10008.1.2.1",
         contributing_equipment=[_equipment(model)], series_description=description,
         manufacturer_model_name=model.name, software_versions=model.version)
@@ -169,15 +177,15 @@ def secondary_capture(source: Dataset, panel: np.ndarray, model: ModelIdentity, 
     return sc
 
 
-def structured_report(source: Dataset, probability: float, predicted: int, model: ModelIdentity,
-                      series_uid: str | None = None):
+def structured_report(source: Dataset, probability: float, predicted: int, model: ModelIdentity):
     """The Comprehensive SR (TID 1500) of one prediction, referencing `source`."""
     hd = _highdicom()
     source = patient_study_source(source)
+    uids = [result_uid(source, model, kind) for kind in ("sr-series", "sr", "sr-tracking")]
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                               parameters=model.parameters(), manufacturer=MANUFACTURER)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="pneumonia classification"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids[2], identifier="pneumonia classification"),
         finding_type=PNEUMONIA, algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(PNEUMONIA, PRESENT if predicted else ABSENT)],
@@ -192,8 +200,8 @@ def structured_report(source: Dataset, probability: float, predicted: int, model
         procedure_reported=PLAIN_CHEST_XRAY, imaging_measurements=[group])
     number, description = SR_SERIES
     return hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=series_uid or hd.UID(), series_number=number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
+        evidence=[source], content=report[0], series_instance_uid=uids[0], series_number=number,
+        sop_instance_uid=uids[1], instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
         contributing_equipment=[_equipment(model)], series_description=description)
 
 

@@ -60,16 +60,17 @@ _EXCLUSIVE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it to `path`, on error delete it.
 
-    The temporary file is created with mode 0666 minus the umask, like an ordinary new file
-    (mkstemp's 0600 would make every output unreadable to other users).
+    The temporary file is created with `mode` minus the umask: by default like an ordinary new file
+    (mkstemp's 0600 would make every output unreadable to other users); 0o600 for files that hold
+    patient-related data.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _temporary_beside(path)
-    os.close(os.open(tmp_path, _EXCLUSIVE_CREATE, 0o666))
+    os.close(os.open(tmp_path, _EXCLUSIVE_CREATE, mode))
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -78,13 +79,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+def atomic_open(path: str | Path, mode: str = "w", permissions: int = 0o666, **kwargs: Any) -> Iterator[IO]:
+    with atomic_path(path, permissions) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+def write_json(path: str | Path, data: Any, permissions: int = 0o666) -> None:
+    with atomic_open(path, "w", permissions, encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
         f.write("\n")
 

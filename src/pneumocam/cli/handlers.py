@@ -190,7 +190,7 @@ def pacs(args, config) -> int:
     from pneumocam.commands.pacs import watch
 
     counts = watch(args.checkpoint, args.url, config)
-    print(f"{counts['new_studies']} new studies: {counts['done']} done ({counts['images']} images), "
+    print(f"{counts['studies']} studies: {counts['images']} new images done, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; state in {config.state}")
     return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
