@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import RSNA_SAMPLE, SHARED_DATA, bomb_png, require
-from pneumocam.io import ImageReadError, expand_inputs, read_image, read_size
+from pneumocam.inputs import expand_inputs
+from pneumocam.io import ImageReadError, read_image, read_size
 
 
 def _write_dicom(path, pixels, photometric="MONOCHROME2", bits=8, **extra):

@@ -23,9 +23,14 @@ def predictor(tiny_checkpoint):
     return Predictor.from_checkpoint(tiny_checkpoint)
 
 
+def _client(app) -> TestClient:
+    """A test client addressing the server as a browser on this machine does (Host: localhost)."""
+    return TestClient(app, base_url="http://localhost")
+
+
 @pytest.fixture(scope="module")
 def client(predictor):
-    return TestClient(create_app(predictor, ServeConfig(max_upload_mb=2)))
+    return _client(create_app(predictor, ServeConfig(max_upload_mb=2)))
 
 
 def _post(client, name, data, **kwargs):
@@ -39,7 +44,7 @@ def _decodes(b64: str) -> tuple[int, int]:
 
 
 def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
-    client = TestClient(create_app(predictor, ServeConfig(max_upload_mb=32)))
+    client = _client(create_app(predictor, ServeConfig(max_upload_mb=32)))
     files = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[:3]
     files.append(sorted(require(SHARED_DATA / "kermany_sample" / "val" / "PNEUMONIA").glob("*.jpeg"))[0])
     for path in files:
@@ -91,7 +96,7 @@ def test_missing_file_field_and_wrong_content_type(client):
 
 
 def test_token_is_required_when_configured(predictor):
-    client = TestClient(create_app(predictor, ServeConfig(), token="s3cret"))
+    client = _client(create_app(predictor, ServeConfig(), token="s3cret"))
     image = io.BytesIO()
     Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
     assert _post(client, "a.png", image.getvalue()).status_code == 401
@@ -110,7 +115,14 @@ def test_page_health_model_and_openapi(client):
     assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64 and model["api_version"] == 2
     assert model["detects_out_of_range"] is False and model["calibration"]["temperature"] == 1.0
     spec = client.get("/openapi.json").json()
-    assert "/v1/predict" in spec["paths"] and client.get("/docs").status_code == 200
+    assert "/v1/predict" in spec["paths"] and {"413", "415", "422"} <= set(spec["paths"]["/v1/predict"]["post"]
+                                                                          ["responses"])
+    assert client.get("/docs").status_code == 404  # Swagger UI's assets come from a CDN: off unless asked for
+
+
+def test_api_docs_on_request(predictor):
+    docs = _client(create_app(predictor, ServeConfig(api_docs=True))).get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
 def test_uploads_leave_no_temporary_files(client, tmp_path, monkeypatch):
@@ -135,7 +147,7 @@ def test_logs_carry_no_file_names(client, caplog):
 
 
 def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ray():
-    client = TestClient(create_app(Predictor.from_checkpoint("pneumocam-cxr")))
+    client = _client(create_app(Predictor.from_checkpoint("pneumocam-cxr")))
     example = sorted((Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples").glob("*.jpeg"))[0]
     xray = _post(client, example.name, example.read_bytes()).json()
     assert xray["ood"] is False and "Youden" in xray["threshold_rule"] and xray["threshold"] < 0.5
@@ -158,7 +170,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(pred
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
             async def post(image):
                 buffer = io.BytesIO()
                 np.save(buffer, image)
@@ -169,3 +181,129 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(pred
     assert [r.status_code for r in responses] == [200] * 6
     assert [r.json()["probability"] for r in responses] == pytest.approx(expected, abs=1e-5)
     assert max(app.state.batcher.batch_sizes) > 1 and sum(app.state.batcher.batch_sizes) == 6
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _encoded(width: int, height: int, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _npy_header_only(shape: tuple, dtype: str = "<f8") -> bytes:
+    """A .npy whose header asks for `shape` and whose data is missing: only a reader that allocates first fails
+    with MemoryError; one that reads the header first refuses it."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\0" * 64
+
+
+def _dicom_with_wrong_rows(tmp_path) -> bytes:
+    import pydicom
+
+    from pneumocam.synthetic import write_dicom_jpeg
+
+    write_dicom_jpeg(tmp_path / "x.dcm", (np.arange(4096) % 200).reshape(64, 64).astype(np.uint8), "p")
+    ds = pydicom.dcmread(tmp_path / "x.dcm")
+    ds.Rows = 16  # the header says 64 x 16; the JPEG inside is 64 x 64
+    ds.save_as(tmp_path / "y.dcm")
+    return (tmp_path / "y.dcm").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "status", "message"),
+    [
+        ("thin.png", lambda tmp: _png(20_000, 40), 413, "too large"),
+        ("wide.png", lambda tmp: _png(40, 60_000), 413, "too large"),
+        ("strip.png", lambda tmp: _png(5_000, 40), 422, "too elongated"),
+        ("thin.jpg", lambda tmp: _encoded(40, 20_000, "JPEG"), 413, "too large"),
+        ("thin.tif", lambda tmp: _encoded(20_000, 40, "TIFF"), 413, "too large"),
+        ("huge.npy", lambda tmp: _npy_header_only((1, 2_000_000)), 413, "too large"),
+        ("cube.npy", lambda tmp: _npy_header_only((60_000, 60_000)), 413, "too large"),
+        ("three.npy", lambda tmp: _npy_header_only((2, 64, 64)), 422, "2-D"),
+        ("text.npy", lambda tmp: _npy_header_only((64, 64), "<U8"), 422, "numeric"),
+        ("rows.dcm", _dicom_with_wrong_rows, 422, "the embedded image is 64x64"),
+    ],
+)
+def test_what_a_decode_would_allocate_is_judged_from_the_header(client, tmp_path, name, make, status, message):
+    response = _post(client, name, make(tmp_path))
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_messages_name_no_server_path(client):
+    import tempfile
+
+    response = _post(client, "broken.jpg", b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 10)
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "cannot read the uploaded JPG file" in detail
+    assert tempfile.gettempdir() not in detail and "pneumocam-upload" not in detail and "the upload" in detail
+
+
+def test_the_bundled_models_description_carries_no_machine_path():
+    import json
+
+    model = _client(create_app(Predictor.from_checkpoint("pneumocam-cxr"))).get("/v1/model").json()
+    text = json.dumps(model)
+    assert model["config"]["pretrained"] == ".../rsna-kermany-box/checkpoints/best.ckpt"
+    assert "/work/" not in text and "/home/" not in text
+
+
+def test_a_chunked_body_is_stopped_at_the_limit(predictor):
+    """Spoken to as uvicorn does (ASGI): a body without Content-Length in 256 kB pieces; the server must answer
+    413 having read little more than the 2 MB limit, not the 12.5 MB sent."""
+    import asyncio
+    import json
+
+    app = create_app(predictor, ServeConfig(max_upload_mb=2))
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n\x89PNG\r\n\x1a\n'
+    pieces = [head] + [b"\0" * 256 * 1024] * 50 + [b"\r\n--b--\r\n"]
+    read, sent = [], []
+
+    async def receive():
+        if len(read) < len(pieces):
+            read.append(pieces[len(read)])
+            return {"type": "http.request", "body": read[-1], "more_body": len(read) < len(pieces)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "root_path": "", "query_string": b"",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+             "headers": [(b"host", b"localhost"), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"multipart/form-data; boundary=b")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and "larger than 2 MB" in json.loads(sent[1]["body"])["detail"]
+    assert sum(map(len, read)) < 2 * 1024 * 1024 + 64 * 1024 + 256 * 1024  # the limit, the form's margin, a piece
+
+
+def test_out_of_memory_while_decoding_is_a_413(predictor, monkeypatch):
+    client = _client(create_app(predictor))
+
+    def exhausted(path):
+        raise MemoryError
+
+    monkeypatch.setattr(predictor, "load_with_view", exhausted)
+    response = _post(client, "a.png", _png(64, 64))
+    assert response.status_code == 413 and "memory" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("host", "status"), [("localhost", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200),
+                                              ("attacker.example", 421), ("attacker.example:8000", 421)])
+def test_on_loopback_without_a_token_only_requests_addressed_to_this_machine(predictor, host, status):
+    client = _client(create_app(predictor))
+    assert client.get("/v1/health", headers={"host": host}).status_code == status
+
+
+def test_with_a_token_or_on_another_address_any_host_is_served(predictor):
+    with_token = _client(create_app(predictor, token="s3cret"))
+    assert with_token.get("/v1/health", headers={"host": "pneumocam.hospital.example"}).status_code == 200
+    public = _client(create_app(predictor, ServeConfig(host="0.0.0.0")))
+    assert public.get("/v1/health", headers={"host": "pneumocam.hospital.example"}).status_code == 200

@@ -293,6 +293,8 @@ class ServeConfig:
                                       "never waits)")
     device: str = option("cpu", _DEVICE)
     backend: str = _backend()
+    api_docs: bool = option(False, "serve interactive API docs at /docs and /redoc (the browser fetches Swagger UI "
+                                   "from the jsDelivr CDN, so they need internet; /openapi.json is always served)")
 
 
 @dataclass(frozen=True)

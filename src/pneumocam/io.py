@@ -8,7 +8,6 @@ depth the file declares, not by the image's own min/max (so a dark image stays d
 
 from __future__ import annotations
 
-import glob
 import io
 import warnings
 from pathlib import Path
@@ -17,16 +16,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pneumocam.errors import PneumocamError
+from pneumocam.limits import embedded_frame_size, npy_header, size_problem
 from pneumocam.metadata import HEADER_KEYWORDS
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 NPY_SUFFIXES = {".npy"}
 SUPPORTED_SUFFIXES = DICOM_SUFFIXES | RASTER_SUFFIXES | NPY_SUFFIXES
-
-# Pillow's own default guard is ~89 Mpx with a warning and 2x that as an error; chest X-rays are at
-# most ~4k x 5k, so anything above this is either a mistake or a decompression bomb.
-MAX_PIXELS = 64_000_000
 
 
 class ImageReadError(PneumocamError):
@@ -150,6 +146,15 @@ def read_npy(path: Path) -> np.ndarray:
     """A 2-D (or (H, W, 1)) numeric array. Integers are scaled by their dtype's maximum; floats must
     already lie in [0, 1] (that is what `pneumocam prepare` writes)."""
     try:
+        shape, dtype = npy_header(path)  # judged before numpy allocates what the header asks for
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ImageReadError(path, f"not a readable .npy array ({exc})") from exc
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] != 1):
+        raise ImageReadError(path, f"expected a 2-D image array, got shape {shape}")
+    if dtype == np.bool_ or not np.issubdtype(dtype, np.number) or dtype.itemsize > 8:
+        raise ImageReadError(path, f"expected a numeric array, got dtype {dtype}")
+    _check_size(path, shape[0], shape[1])
+    try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise ImageReadError(path, f"not a readable .npy array ({exc})") from exc
@@ -171,6 +176,12 @@ def read_npy(path: Path) -> np.ndarray:
     if low < -1e-6 or high > 1 + 1e-6:
         raise ImageReadError(path, f"float array values must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
     return np.clip(arr, 0.0, 1.0)
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    problem = size_problem(height, width)
+    if problem:
+        raise ImageReadError(path, problem)
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
@@ -195,8 +206,7 @@ def read_raster(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tu
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(path, f"image too large: {width}x{height} pixels exceeds {MAX_PIXELS}")
+                _check_size(path, height, width)
                 full_size = _oriented_size(img)
                 draft = _draft_size(width, height, min_side)
                 if draft and img.format == "JPEG":
@@ -262,10 +272,12 @@ def read_dicom(path: Path, min_side: int | None = None,
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames) is not a single radiograph")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > MAX_PIXELS:
-        raise ImageReadError(path, f"image too large: {cols}x{rows} pixels exceeds {MAX_PIXELS}")
+    _check_size(path, rows, cols)
     try:
+        _check_embedded_frame(path, ds, rows, cols)
         arr = _decode_pixels(ds, min_side)
+    except ImageReadError:
+        raise
     except Exception as exc:  # decoders raise many unrelated types; report them all with the file
         raise ImageReadError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -277,6 +289,19 @@ def read_dicom(path: Path, min_side: int | None = None,
     if arr.ndim != 2:
         raise ImageReadError(path, f"expected a 2-D grayscale image, got shape {arr.shape}")
     return _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric), (rows, cols)
+
+
+def _check_embedded_frame(path: Path, ds, rows: int, cols: int) -> None:
+    """An encapsulated frame must be the size the header says: the decoder allocates what the frame says."""
+    from pydicom.encaps import generate_frames
+
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_encapsulated:
+        return
+    size = embedded_frame_size(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    if size is not None and size != (rows, cols):
+        raise ImageReadError(path, f"the embedded image is {size[1]}x{size[0]} pixels but the DICOM header says "
+                                   f"{cols}x{rows} (Columns x Rows)")
 
 
 def _has_pointwise_luts(ds) -> bool:
@@ -342,42 +367,3 @@ def _scale_dicom(ds, arr, apply_modality_lut, apply_voi_lut, photometric: str) -
     if photometric == "MONOCHROME1":
         np.subtract(np.float32(1.0), out, out=out)
     return out
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files stay as given; folders expand (recursively, sorted) to the supported image files inside.
-
-    A missing input raises ImageReadError; an empty folder contributes nothing.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            paths += sorted(
-                p for p in item.rglob("*")
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES - {""}
-            )
-        elif item.exists():
-            paths.append(item)
-        else:
-            raise ImageReadError(item, "file or folder not found")
-    return paths
-
-
-def resolve_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[dict]]:
-    """The image files that command-line inputs name: files as given, folders and glob patterns expanded
-    (`expand_inputs`); a missing path or a pattern matching nothing is a failure row {source, reason}."""
-    paths, failures = [], []
-    for item in inputs:
-        if not Path(item).exists() and glob.has_magic(str(item)):
-            matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                failures.append({"source": str(item), "reason": "no files match this pattern"})
-            for match in matches:
-                paths += expand_inputs([match])
-            continue
-        try:
-            paths += expand_inputs([item])
-        except ImageReadError as exc:
-            failures.append({"source": str(item), "reason": exc.reason})
-    return paths, failures

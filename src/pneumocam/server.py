@@ -1,9 +1,12 @@
 """The web service: upload an X-ray, get the pneumonia probability and its CAM (FastAPI, pneumocam[serve]).
 
 Safety, because uploads can carry patient data and can be hostile:
-- binds to 127.0.0.1 unless told otherwise; an optional bearer token guards the /v1 endpoints;
-- uploads over the size limit get 413 (checked on Content-Length and while reading); images over
-  the pixel limit (decompression bombs) and unreadable or unsupported files get 4xx JSON messages;
+- binds to 127.0.0.1 unless told otherwise; an optional bearer token guards the /v1 endpoints; bound to
+  loopback without a token, a request whose Host header names another host is refused (DNS rebinding);
+- every request body is counted as it arrives (chunked uploads too) and answered 413 once it passes the
+  upload limit, before more is read or spooled to disk; what a decode would allocate (longer side, aspect
+  ratio, .npy shape and dtype, an embedded JPEG's own size) is judged from the header first (limits.py);
+  a MemoryError is a 413; unreadable or unsupported files get 4xx JSON messages naming no server path;
 - an upload lives only in memory and in a temporary file that is deleted in a `finally`;
 - logs carry sizes, timings and status codes only: no file names, pixel data or DICOM fields;
 - at most `max_concurrency` uploads are decoded at once, and at most `max_queue` more wait; the rest get 503.
@@ -28,14 +31,23 @@ from starlette.concurrency import run_in_threadpool
 
 from pneumocam.batching import DynamicBatcher
 from pneumocam.config import ServeConfig, resolve_token
+from pneumocam.http_guards import BodyLimit, LoopbackHostOnly, is_loopback
 from pneumocam.inference import LoadedImage, Prediction, Predictor
 from pneumocam.io import ImageReadError
+from pneumocam.limits import TOO_LARGE
 from pneumocam.overlay import overlay_cam, to_png
+from pneumocam.provenance import without_machine_paths
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 # 2: /v1/predict answers "predicted" (the model's 0/1 call) where version 1 said "label" (see CHANGELOG.md)
 API_VERSION = 2
+MULTIPART_OVERHEAD = 64 * 1024  # the form's boundaries and part headers around the file's bytes
+# what /v1/predict answers besides 200 (the OpenAPI schema lists them, so a fuzzer checks them too)
+ERRORS = {400: "empty or malformed request", 401: "missing or wrong bearer token", 413: "upload or image too large",
+          415: "not a DICOM, PNG, JPEG, BMP, TIFF or .npy file",
+          421: "addressed to another host than this loopback server",
+          422: "the file cannot be read as a chest X-ray", 503: "server busy"}
 # what the upload's first bytes say it is -> the suffix the reader needs
 MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"BM", ".bmp"),
          (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
@@ -76,8 +88,12 @@ def decode_upload(predictor: Predictor, data: bytes) -> LoadedImage:
         try:
             return predictor.load_with_view(file.name)  # the checkpoint's preprocessing, as `predict` applies it
         except ImageReadError as exc:
-            status = 413 if "too large" in exc.reason else 422
-            raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {exc.reason}") from exc
+            status = 413 if exc.reason.startswith(TOO_LARGE) else 422
+            reason = exc.reason.replace(file.name, "the upload").replace(str(Path(file.name).parent), "...")
+            raise UploadError(status, f"cannot read the uploaded {suffix[1:].upper()} file: {reason}") from exc
+        except MemoryError as exc:
+            raise UploadError(413, f"the uploaded {suffix[1:].upper()} file needs more memory to decode than "
+                                   "this server has") from exc
 
 
 def answer(predictor: Predictor, prediction: Prediction) -> dict:
@@ -99,6 +115,11 @@ def answer(predictor: Predictor, prediction: Prediction) -> dict:
     }
 
 
+def _error_schema(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}}
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
@@ -113,7 +134,8 @@ def _authorised(request: Request, token: str | None) -> bool:
 def model_description(predictor: Predictor) -> dict:
     """GET /v1/model: what answers, with which settings, threshold and provenance."""
     meta = predictor.metadata
-    return {"api_version": API_VERSION, "config": meta.get("config"), "normalization": meta.get("normalization"),
+    return {"api_version": API_VERSION, "config": without_machine_paths(meta.get("config")),
+            "normalization": without_machine_paths(meta.get("normalization")),
             "threshold": predictor.threshold, "thresholds_by_view": predictor.thresholds_by_view,
             "threshold_rule": meta.get("threshold_rule"),
             "calibration": predictor.calibration.to_metadata(),
@@ -133,9 +155,6 @@ class UploadReader:
         self.in_progress = 0
 
     async def read(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limit + 64 * 1024:
-            raise UploadError(413, f"upload larger than {self.max_mb:g} MB")
         form = await request.form(max_files=1, max_fields=4, max_part_size=self.limit + 1)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
@@ -159,8 +178,13 @@ class UploadReader:
 def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token: str | None = None) -> FastAPI:
     """The app around a loaded predictor; with `token`, the /v1 endpoints want "Authorization: Bearer TOKEN"."""
     app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
-                  description="Pneumonia probability and Class Activation Map for one chest X-ray.")
+                  description="Pneumonia probability and Class Activation Map for one chest X-ray.",
+                  docs_url="/docs" if config.api_docs else None, redoc_url="/redoc" if config.api_docs else None)
     uploads = UploadReader(predictor, config)
+    app.add_middleware(BodyLimit, limit=uploads.limit + MULTIPART_OVERHEAD,
+                       message=f"upload larger than {config.max_upload_mb:g} MB")
+    if is_loopback(config.host) and token is None:
+        app.add_middleware(LoopbackHostOnly)
 
     def run_batch(loaded: list[LoadedImage]) -> list[Prediction]:
         return predictor.predict_arrays([x.image for x in loaded], ["upload"] * len(loaded), cam=True,
@@ -184,7 +208,8 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
             return _error(401, "missing or wrong bearer token")
         return model_description(predictor)
 
-    @app.post("/v1/predict", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+    @app.post("/v1/predict", responses={status: _error_schema(text) for status, text in ERRORS.items()},
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string",
                                                                                     "format": "binary"}}}}}}})
     async def predict(request: Request):
@@ -204,6 +229,9 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         except ValueError as exc:  # malformed multipart bodies
             log.info("predict: 400 malformed request")
             return _error(400, f"malformed multipart request ({type(exc).__name__})")
+        except MemoryError:
+            log.info("predict: 413 out of memory")
+            return _error(413, "the upload needs more memory than this server has")
         finally:
             waiting["n"] -= 1
         log.info("predict: 200, %d bytes, %d ms", size, 1000 * (time.perf_counter() - start))
@@ -216,7 +244,7 @@ def serve(checkpoint: str | Path, config: ServeConfig = ServeConfig()) -> None:
     import uvicorn
 
     token = resolve_token(config.token_env)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+    if not is_loopback(config.host) and token is None:
         log.warning("serving on %s without a token: anyone who can reach this address can upload images", config.host)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, backend=config.backend)
     # no access log: its lines would carry query strings

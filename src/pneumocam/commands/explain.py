@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pneumocam.config import CamConfig, workers_or_cores
 from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
-from pneumocam.io import expand_inputs
+from pneumocam.inputs import expand_inputs, require_images
 from pneumocam.localization import peak
 from pneumocam.overlay import SideBySideJob, save_side_by_side
 
@@ -96,7 +96,7 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
 def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path,
                   config: CamConfig = CamConfig()) -> CamReport:
     out_dir = Path(out_dir)
-    paths = expand_inputs(inputs)
+    paths = require_images(expand_inputs(inputs), inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import logging
 import tempfile
@@ -33,6 +32,7 @@ from pneumocam.config import PacsConfig, resolve_token
 from pneumocam.dicom_results import MANUFACTURER, ModelIdentity, result_objects
 from pneumocam.errors import PneumocamError
 from pneumocam.files import write_json
+from pneumocam.http_guards import is_loopback
 from pneumocam.inference import Predictor
 from pneumocam.io import ImageReadError, read_image
 
@@ -117,22 +117,13 @@ def study_key(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
-def _loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 def connect(url: str, token: str | None = None, timeout_s: float = 60.0, insecure: bool = False):
     """A DICOMweb client; a bearer token is never sent in clear text (http://) beyond this machine unless
     `insecure`."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PneumocamError(f"{url}: not a DICOMweb URL (expected http://HOST[:PORT]/PATH or https://...)")
-    if token and parts.scheme == "http" and not _loopback(parts.hostname) and not insecure:
+    if token and parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
         raise PneumocamError(f"refusing to send the bearer token in clear text to {parts.hostname} over http://: "
                              "use https://, or pass --insecure on a network you trust")
     try:

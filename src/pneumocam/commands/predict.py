@@ -21,7 +21,8 @@ from pneumocam.config import PredictConfig
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, unique_stems, write_csv, write_json
 from pneumocam.inference import Predictor, batches
-from pneumocam.io import is_dicom, resolve_inputs
+from pneumocam.inputs import require_images, resolve_inputs
+from pneumocam.io import is_dicom
 from pneumocam.localization import peak
 from pneumocam.overlay import overlay_cam, to_png
 
@@ -33,9 +34,11 @@ FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold
 def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path | None,
                 config: PredictConfig = PredictConfig()) -> tuple[list[dict], list[dict], str]:
     """Returns (rows, failures, text): text is the formatted table when there is no output folder."""
+    paths, failures = resolve_inputs(inputs)
+    if not failures:
+        require_images(paths, inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold,
                                           backend=config.backend)
-    paths, failures = resolve_inputs(inputs)
     stem_of = dict(zip(map(str, paths), unique_stems(paths), strict=True))  # overlay names, unique over all inputs
     dicom = _DicomWriter(predictor, checkpoint, config.dicom_out) if config.dicom_out else None
     rows = []
