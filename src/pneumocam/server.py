@@ -175,16 +175,22 @@ class UploadReader:
             self.in_progress -= 1
 
 
-def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token: str | None = None) -> FastAPI:
-    """The app around a loaded predictor; with `token`, the /v1 endpoints want "Authorization: Bearer TOKEN"."""
+def _guarded_app(predictor: Predictor, config: ServeConfig, token: str | None) -> FastAPI:
+    """The FastAPI app with the request guards (http_guards) and, if asked for, the interactive docs."""
     app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
                   description="Pneumonia probability and Class Activation Map for one chest X-ray.",
                   docs_url="/docs" if config.api_docs else None, redoc_url="/redoc" if config.api_docs else None)
-    uploads = UploadReader(predictor, config)
-    app.add_middleware(BodyLimit, limit=uploads.limit + MULTIPART_OVERHEAD,
+    app.add_middleware(BodyLimit, limit=int(config.max_upload_mb * 1024 * 1024) + MULTIPART_OVERHEAD,
                        message=f"upload larger than {config.max_upload_mb:g} MB")
     if is_loopback(config.host) and token is None:
         app.add_middleware(LoopbackHostOnly)
+    return app
+
+
+def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token: str | None = None) -> FastAPI:
+    """The app around a loaded predictor; with `token`, the /v1 endpoints want "Authorization: Bearer TOKEN"."""
+    app = _guarded_app(predictor, config, token)
+    uploads = UploadReader(predictor, config)
 
     def run_batch(loaded: list[LoadedImage]) -> list[Prediction]:
         return predictor.predict_arrays([x.image for x in loaded], ["upload"] * len(loaded), cam=True,
