@@ -135,3 +135,67 @@ def test_train_writes_the_settings_it_ran_with_and_they_read_back(phantom_data, 
     _, config = parse_args(["train", "d", "r", "--config", str(run / "config.yaml")])
     assert (config.lr, config.batch_size, config.augment, config.fast_dev_run) == (3e-4, 4, "none", True)
     assert config.precision == "auto"  # the settings as given; the checkpoint records what "auto" became
+
+
+def test_pneumocam_alone_lists_the_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["train", "data/", "run/", "--learning-rate", "1e-3"], "did you mean --lr?"),
+    (["train", "data/", "run/", "--epoch", "3"], "did you mean --epochs?"),  # abbreviations are not accepted
+    (["predict", "pneumocam-cxr", "x.dcm", "--formt", "json"], "did you mean --format?"),
+    (["serve", "pneumocam-cxr", "--max-upload", "10"], "did you mean --max-upload-mb?"),
+])
+def test_an_unknown_flag_gets_the_commands_usage_and_the_closest_flag(argv, hint, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"usage: pneumocam {argv[0]}" in err and hint in err
+
+
+@pytest.mark.parametrize("port", ["80808", "0", "-1", "http"])
+def test_ports_are_validated(port, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "pneumocam-cxr", "--port", port])
+    assert info.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+def test_a_port_in_a_settings_file_is_validated_too(tmp_path, capsys):
+    (tmp_path / "serve.yaml").write_text("port: 80808\n")
+    assert main(["serve", "pneumocam-cxr", "--config", str(tmp_path / "serve.yaml")]) == 1
+    assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "module", "extra"), [
+    (["serve", "pneumocam-cxr"], "fastapi", "serve"),
+    (["pacs", "pneumocam-cxr", "http://127.0.0.1:8042/dicom-web", "--once"], "dicomweb_client", "pacs"),
+    (["export", "pneumocam-cxr", "model.onnx"], "onnx", "export"),
+])
+def test_a_missing_extra_is_one_line_with_an_install_command(argv, module, extra, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without the extra looks like to import
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f'pip install ".[{extra}]"' in err
+
+
+def test_a_missing_fast_backend_is_one_line_too(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    image = Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples"
+    assert main(["predict", "pneumocam-cxr", str(image), "--backend", "onnxruntime"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install ".[fast]"' in err
+
+
+@pytest.mark.parametrize("command", ["predict", "cam"])
+def test_a_folder_without_images_is_an_error_saying_what_was_looked_for(command, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    argv = [command, "pneumocam-cxr", str(tmp_path / "empty")] + (["--out", str(tmp_path / "out")]
+                                                                   if command == "cam" else [])
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no images found" in err and "*.dcm" in err and "*.png" in err

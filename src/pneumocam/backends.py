@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pneumocam.config import BACKENDS
-from pneumocam.errors import PneumocamError
+from pneumocam.errors import PneumocamError, missing_extra
 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,7 +28,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor | 
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError as exc:
-        raise PneumocamError("ONNX export needs onnx: pip install 'pneumocam[export]'") from exc
+        raise missing_extra("ONNX export", "onnx", "export") from exc
     example = torch.zeros(2, 1, 224, 224) if example is None else example
     axes = {"image": {0: "batch"}, "logit": {0: "batch"}, "feature_map": {0: "batch"}}
     torch.onnx.export(net.eval(), (example,), str(path), input_names=["image"],
@@ -40,7 +40,7 @@ def onnxruntime_session(path: str | Path):
     try:
         import onnxruntime
     except ImportError as exc:
-        raise PneumocamError("the onnxruntime backend needs onnxruntime: pip install 'pneumocam[fast]'") from exc
+        raise missing_extra("the onnxruntime backend", "onnxruntime", "fast") from exc
     options = onnxruntime.SessionOptions()
     # no busy-waiting between operators: in `serve`, decoding and PNG encoding need those cores meanwhile
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -51,7 +51,7 @@ def openvino_model(path: str | Path):
     try:
         import openvino
     except ImportError as exc:
-        raise PneumocamError("the openvino backend needs openvino: pip install 'pneumocam[fast]'") from exc
+        raise missing_extra("the openvino backend", "openvino", "fast") from exc
     # latency hint: one request uses every core, which is what a batch of any size wants here
     return openvino.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
 

@@ -53,7 +53,7 @@ class DynamicBatcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
+            except TimeoutError:  # what asyncio.wait_for raises from Python 3.11 on (pyproject requires it)
                 break
         return [(item, future) for item, future in batch if not future.done()]  # callers gone: skip
 

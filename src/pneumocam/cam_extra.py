@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pneumocam.errors import PneumocamError
+from pneumocam.errors import PneumocamError, missing_extra
 
 # the -lib entries are the library's versions of methods pneumocam computes itself, kept to check one against the other
 LIBRARY_METHODS = {"scorecam": "ScoreCAM", "eigencam": "EigenCAM", "layercam": "LayerCAM", "gradcam-lib": "GradCAM",
@@ -41,9 +41,7 @@ def _import_library():
     try:
         import pytorch_grad_cam
     except ImportError as exc:
-        raise PneumocamError(
-            "this CAM method needs the pytorch-grad-cam library: pip install 'pneumocam[cam-extra]'"
-        ) from exc
+        raise missing_extra("this CAM method", "grad-cam", "cam-extra") from exc
     return pytorch_grad_cam
 
 

@@ -283,7 +283,7 @@ class ServeConfig:
     """The web service of `pneumocam serve`."""
 
     host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
-    port: int = option(8000, "port")
+    port: int = option(8000, "port (1-65535)", parse="port")
     token_env: str | None = _token_env()
     max_upload_mb: float = option(32.0, "largest accepted upload in MB")
     max_concurrency: int = option(2, "uploads decoded at once")

@@ -27,7 +27,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pneumocam import __version__
-from pneumocam.errors import PneumocamError
+from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import atomic_path
 from pneumocam.io import read_dicom_dataset, read_image
 from pneumocam.overlay import overlay_cam
@@ -81,7 +81,7 @@ def _highdicom():
     try:
         import highdicom
     except ImportError as exc:
-        raise PneumocamError("DICOM output needs highdicom: pip install 'pneumocam[dicom]'") from exc
+        raise missing_extra("DICOM output", "highdicom", "dicom") from exc
     return highdicom
 
 

@@ -54,6 +54,9 @@ def _write_settings(args, config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not (sys.argv[1:] if argv is None else argv):  # `pneumocam` alone: what it can do
+        build_parser().print_help()
+        return EXIT_OK
     try:
         args, config = parse_args(argv)
     except PneumocamError as exc:

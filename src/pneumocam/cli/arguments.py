@@ -41,7 +41,18 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-PARSERS = {"attributes": _attributes, "comma": _comma, "names": _names}
+def _port(text: str) -> int:
+    """A TCP port: 1-65535 (the operating system would otherwise silently take the number modulo 65536)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+PARSERS = {"attributes": _attributes, "comma": _comma, "names": _names, "port": _port}
 
 
 def _base_type(annotation: Any) -> type:
@@ -113,6 +124,11 @@ def _coerce(field: dataclasses.Field, base: type, value: Any, source: str) -> An
         if not isinstance(value, list):
             raise PneumocamError(f"{where}: expected a list, got {value!r}")
         value = tuple(str(v) for v in value)
+    elif parse in PARSERS:
+        try:
+            value = PARSERS[parse](str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise PneumocamError(f"{where}: {exc}") from exc
     else:
         try:
             value = base(value)

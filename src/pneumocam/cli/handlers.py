@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pneumocam.errors import require_extra
+
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
 
@@ -180,6 +182,7 @@ def predict(args, config) -> int:
 
 
 def serve(args, config) -> int:
+    require_extra("pneumocam serve", "serve", "fastapi", "uvicorn", "multipart")
     from pneumocam.server import serve
 
     serve(args.checkpoint, config)
@@ -187,6 +190,7 @@ def serve(args, config) -> int:
 
 
 def pacs(args, config) -> int:
+    require_extra("pneumocam pacs", "pacs", "dicomweb_client", "highdicom")
     from pneumocam.commands.pacs import watch
 
     counts = watch(args.checkpoint, args.url, config)
@@ -196,6 +200,7 @@ def pacs(args, config) -> int:
 
 
 def export(args, config) -> int:
+    require_extra("pneumocam export", "export", "onnx", "onnxruntime")
     from pneumocam.commands.export import export_model
 
     report = export_model(args.checkpoint, args.out, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -145,17 +146,42 @@ def _examples(lines: tuple[str, ...]) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def closest_flag(flag: str, options: list[str]) -> str | None:
+    """The flag a mistyped one most likely meant: a near spelling (--epoch -> --epochs), or the flag made of its
+    words' initials (--learning-rate -> --lr)."""
+    name = flag.split("=", 1)[0]
+    near = difflib.get_close_matches(name, options, n=1, cutoff=0.7)
+    if near:
+        return near[0]
+    initials = "--" + "".join(word[0] for word in name.lstrip("-").split("-") if word)
+    return initials if len(initials) > 3 and initials in options else None
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: an unknown flag is reported with this command's usage and the closest flag it has
+    (argparse would hand it up to the top-level parser, whose usage lists only the commands)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            unknown = next((item for item in extras if item.startswith("-")), extras[0])
+            hint = closest_flag(unknown, list(self._option_string_actions)) if unknown.startswith("-") else None
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" (did you mean {hint}?)" if hint else ""))
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pneumocam", description="Pneumonia detection on chest X-rays with a ResNet18 and Class Activation Maps.",
+        prog="pneumocam", allow_abbrev=False,
+        description="Pneumonia detection on chest X-rays with a ResNet18 and Class Activation Maps.",
         epilog=_examples(("pneumocam demo pneumocam-demo", "pneumocam prepare rsna/ data/",
                           "pneumocam train data/ run/ --pretrained none")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pneumocam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.summary, description=command.summary,
+        p = sub.add_parser(command.name, help=command.summary, description=command.summary, allow_abbrev=False,
                            epilog=_examples(command.examples), formatter_class=argparse.RawDescriptionHelpFormatter)
         for name, kwargs in command.arguments:
             p.add_argument(name, **kwargs)

@@ -23,14 +23,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import PacsConfig, resolve_token
 from pneumocam.dicom_results import MANUFACTURER, ModelIdentity, result_objects
-from pneumocam.errors import PneumocamError
+from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import write_json
 from pneumocam.http_guards import is_loopback
 from pneumocam.inference import Predictor
@@ -129,8 +129,7 @@ def connect(url: str, token: str | None = None, timeout_s: float = 60.0, insecur
     try:
         from dicomweb_client import DICOMwebClient
     except ImportError as exc:
-        raise PneumocamError('the PACS connection needs dicomweb-client: pip install "pneumocam[pacs]" '
-                             '(from a clone: pip install ".[pacs]")') from exc
+        raise missing_extra("the PACS connection", "dicomweb-client", "pacs") from exc
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return DICOMwebClient(url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
@@ -168,7 +167,7 @@ def process_image(client, predictor: Predictor, model: ModelIdentity, uids: tupl
     study, series, sop = uids
     # as stored ("*"): a server's transcoding decodes JPEG with another decoder than `predict` uses
     source = client.retrieve_instance(study, series, sop, media_types=AS_STORED)
-    record = {"study": study_key(study), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {"study": study_key(study), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     if str(source.get("Manufacturer", "")) == MANUFACTURER:
         return {**record, "skipped": "a pneumocam result"}
     path = folder / "source.dcm"
