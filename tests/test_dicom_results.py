@@ -112,14 +112,23 @@ def test_malformed_patient_age_is_rewritten_in_a_copy_only(tmp_path):
     assert "PatientAge" not in patient_study_source(source)
 
 
-def test_panel_shows_image_and_overlay_with_a_banner():
-    image = np.linspace(0, 1, 300 * 200, dtype=np.float32).reshape(300, 200)
-    panel = result_panel(image, np.zeros((224, 224), np.float32), 0.5, 1, 0.3)
-    assert panel.dtype == np.uint8 and panel.shape == (512 + 72, 1024, 3)
-    assert panel[512:].max() == 255  # text is drawn in the banner
-    assert panel[:512, :512].std() > 0  # the image, padded to a square
-    assert np.array_equal(panel[:512, :512, 0], panel[:512, :512, 1])  # left: gray; right: the overlay
-    assert not np.array_equal(panel[:512, 512:, 0], panel[:512, 512:, 2])
+def test_panel_draws_a_known_map_where_it_lies_with_its_colour_bar_beside_the_banner():
+    from pneumocam.overlay import ShownMap
+
+    image = np.full((300, 300), 0.5, dtype=np.float32)
+    evidence = np.full((224, 224), -4.0, np.float32)
+    evidence[:112, :56] = 4.0  # above the threshold in a tall block at the top left only
+    panel = result_panel(image, ShownMap(evidence, "absolute", 0.3, "coolwarm"), 0.5, 1, 0.3).astype(int)
+    assert panel.shape == (512 + 72, 1024, 3)
+    assert np.array_equal(panel[:512, :512, 0], panel[:512, :512, 1])  # left: the gray image
+    overlay = panel[:512, 512:]
+    warm, cool = overlay[..., 0] > overlay[..., 2] + 40, overlay[..., 2] > overlay[..., 0] + 40
+    assert warm[:240, :112].all() and cool[272:, :].all() and cool[:, 144:].all()  # where the map put them
+    assert not warm[272:, :].any() and not warm[:, 144:].any()
+    banner = panel[512:]
+    assert banner[:, :512].max() == 255  # the text, left
+    bar_row = banner[6, 512 + 40 : 1024 - 40]  # the colour bar, right, under the overlay: blue to red
+    assert bar_row[0, 2] > bar_row[0, 0] + 60 and bar_row[-1, 0] > bar_row[-1, 2] + 60
 
 
 def test_non_dicom_inputs_are_reported_and_patient_names_stay_out_of_logs(tmp_path, caplog, capsys):

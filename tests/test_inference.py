@@ -128,3 +128,34 @@ def test_per_view_thresholds_are_applied_from_the_dicom_header_and_fall_back_wit
     fallback = predictions[-1]
     assert fallback.view == "" and fallback.threshold_basis == "overall (view unknown)"
     assert fallback.threshold == predictor.threshold
+
+
+def test_the_absolute_map_carries_the_answer_on_real_x_rays(rsna_sample):
+    """Prediction.evidence at each cell's centre (receptive-field placement: cell p at pixel 32 p) is that cell as
+    the whole image's calibrated logit minus the threshold's; the cells' mean is the image's own margin."""
+    from pneumocam.calibration import logit
+
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    examples = sorted((Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples").glob("*.jpeg"))
+    dicoms = sorted((rsna_sample / "stage_2_train_images").glob("*.dcm"))[:4]
+    predictions, _ = predictor.predict_files(examples + dicoms)
+    bias = float(predictor.net.fc.bias.detach())
+    warm_negatives, warm_positives = [], []
+    for p in predictions:
+        at_cells = p.evidence[::32, ::32]  # (7, 7)
+        cells = predictor.calibration.apply(p.cam_raw + bias) - logit(p.threshold)
+        assert np.allclose(at_cells, cells, atol=1e-4)
+        assert at_cells.mean() == pytest.approx(logit(p.probability) - logit(p.threshold), abs=1e-4)
+        if p.probability < 0.1 or p.probability > 0.5:
+            (warm_positives if p.probability > 0.5 else warm_negatives).append(float((p.evidence > 0).mean()))
+    # a confident negative is mostly cool, a confident positive mostly warm (not all over: the cells vary around
+    # their mean by several logits, so a negative keeps warm patches; measured 7-21% of its pixels)
+    assert len(warm_negatives) >= 2 and len(warm_positives) >= 2
+    assert max(warm_negatives) < 0.3 and min(warm_positives) > 0.6
+
+
+def test_a_constant_added_to_every_cell_moves_the_evidence_by_it_over_the_temperature():
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    cells = np.random.default_rng(0).normal(0, 2, (1, 7, 7)).astype(np.float32)
+    moved = predictor.evidence_maps(cells + 3, [0.3]) - predictor.evidence_maps(cells, [0.3])
+    assert np.allclose(moved, 3 / predictor.calibration.temperature, atol=1e-5)

@@ -52,6 +52,16 @@ def test_browser_uploads_a_real_dicom_and_sees_probability_and_overlay(live_serv
             assert cam_src.startswith("data:image/png;base64,")
             assert page.evaluate("document.getElementById('cam').naturalWidth") == 224
             assert page.inner_text("#error") == ""
+            # the colour bar with its ticks and units, an opacity slider and an on/off switch for the map
+            bar = page.evaluate("getComputedStyle(document.getElementById('bar')).backgroundImage")
+            assert "linear-gradient" in bar
+            assert page.locator("#ticks span").count() == 5 and "threshold" in page.inner_text("#scale-label")
+            page.fill("#opacity", "0.3")
+            page.dispatch_event("#opacity", "input")
+            assert page.evaluate("document.getElementById('cam').style.opacity") == "0.3"
+            page.uncheck("#show")
+            assert page.evaluate("document.getElementById('cam').style.opacity") == "0"
+            page.check("#show")
             # kept for a person to look at: PNEUMOCAM_SCREENSHOT=page.png python -m pytest tests/test_live_server.py
             page.screenshot(path=os.environ.get("PNEUMOCAM_SCREENSHOT", str(tmp_path / "page.png")), full_page=True)
         finally:

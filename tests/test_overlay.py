@@ -2,7 +2,16 @@ import matplotlib
 import numpy as np
 import pytest
 
-from pneumocam.overlay import overlay_cam, side_by_side
+from pneumocam.overlay import (
+    EVIDENCE_SPAN,
+    ShownMap,
+    colour_bar_description,
+    colour_bar_strip,
+    overlay_cam,
+    overlay_evidence,
+    overlay_layer,
+    side_by_side,
+)
 
 
 def test_overlay_pixels_are_the_alpha_blend():
@@ -32,10 +41,54 @@ def test_overlay_rejects_mismatched_shapes_and_alpha():
         overlay_cam(np.zeros((2, 2)), np.zeros((2, 2)), alpha=2)
 
 
-def test_side_by_side_has_original_and_overlay():
-    figure = side_by_side(np.zeros((8, 8)), np.ones((8, 8)), title="x", boxes=[(1, 1, 3, 3)])
-    assert [ax.get_title() for ax in figure.axes] == ["original", "CAM (jet, alpha 0.5)"]
+def test_side_by_side_has_original_overlay_and_a_colour_bar_in_probabilities():
+    shown = ShownMap(np.linspace(-5, 5, 64).reshape(8, 8), "absolute", 0.288, "coolwarm")
+    figure = side_by_side(np.zeros((8, 8)), shown, title="x", boxes=[(1, 1, 3, 3)])
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[:2] == ["original", "CAM, absolute scale"] and len(figure.axes) == 3  # the third: the colour bar
+    bar = figure.axes[2]
+    assert [t.get_text() for t in bar.get_yticklabels()][2] == "0.288" and "threshold 0.288" in bar.get_ylabel()
     assert len(figure.axes[1].patches) == 1
+    relative = side_by_side(np.zeros((8, 8)), ShownMap(np.ones((8, 8))))
+    assert "not evidence" in relative.axes[2].get_ylabel()
+
+
+def test_evidence_is_warm_above_the_boundary_cool_below_and_the_xray_at_it():
+    image = np.full((3, 3), 0.5, np.float32)
+    evidence = np.array([[-8, -4, -1], [0, 0, 0], [1, 4, 8]], np.float32)
+    out = overlay_evidence(image, evidence, alpha=0.6)
+    assert np.allclose(out[1], 0.5)  # at the threshold: the X-ray itself
+    assert (out[0, :, 2] > out[0, :, 0]).all() and (out[2, :, 0] > out[2, :, 2]).all()  # cool below, warm above
+    assert np.allclose(out[0, 0], out[0, 1]) and np.allclose(out[2, 1], out[2, 2])  # clipped at the span's ends
+    strength = np.linalg.norm(out - 0.5, axis=-1)  # the colour's strength grows with the distance
+    assert strength[2, 1] > strength[2, 0] + 0.1 and strength[0, 1] > strength[0, 2] + 0.1
+
+
+def test_a_constant_added_to_every_cell_changes_the_absolute_overlay_not_the_relative():
+    import torch
+
+    from pneumocam.cam import upsample_and_normalize
+
+    rng = np.random.default_rng(0)
+    image, cells = rng.random((224, 224)).astype(np.float32), rng.normal(0, 2, (1, 7, 7)).astype(np.float32)
+    relative = [overlay_cam(image, upsample_and_normalize(torch.from_numpy(c))[0].numpy()) for c in (cells, cells + 3)]
+    assert np.allclose(relative[0], relative[1], atol=1e-5)
+    evidence = [np.kron(c[0], np.ones((32, 32), np.float32)) - 1 for c in (cells, cells + 3)]
+    absolute = [overlay_evidence(image, e) for e in evidence]
+    assert np.abs(absolute[0] - absolute[1]).max() > 0.1
+
+
+def test_the_colour_bar_as_pixels_and_as_data():
+    shown = ShownMap(np.zeros((4, 4)), "absolute", 0.5, "coolwarm")
+    strip = colour_bar_strip(224, shown)
+    assert strip.shape == (44, 224, 3)
+    left, right = strip[6, 20], strip[6, 203]  # the bar's two ends: blue, then red
+    assert left[2] > left[0] and right[0] > right[2]
+    described = colour_bar_description(shown)
+    assert described["ticks"][2] == {"at": 0.5, "label": "0.5"} and described["span_logit"] == EVIDENCE_SPAN
+    assert described["colours"][0].startswith("#") and len(described["colours"]) == 11
+    layer = overlay_layer(ShownMap(np.array([[-EVIDENCE_SPAN, 0.0, EVIDENCE_SPAN / 2]]), "absolute", 0.5, "coolwarm"))
+    assert layer.shape == (1, 3, 4) and np.allclose(layer[0, :, 3], [1.0, 0.0, 0.5])
 
 
 @pytest.mark.slow
@@ -47,7 +100,7 @@ def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
     images = [(rng.random((32, 32)), rng.random((32, 32))) for _ in range(2 * MIN_IMAGES_PER_WORKER)]
 
     def jobs(folder):
-        return [SideBySideJob(tmp_path / folder / f"{i}.png", image, cam, f"image {i}", boxes=((2, 2, 9, 9),))
+        return [SideBySideJob(tmp_path / folder / f"{i}.png", image, ShownMap(cam), f"image {i}", boxes=((2, 2, 9, 9),))
                 for i, (image, cam) in enumerate(images)]
 
     (tmp_path / "serial").mkdir()

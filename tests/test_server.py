@@ -47,11 +47,16 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
     client = _client(create_app(predictor, ServeConfig(max_upload_mb=32)))
     files = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[:3]
     files.append(sorted(require(SHARED_DATA / "kermany_sample" / "val" / "PNEUMONIA").glob("*.jpeg"))[0])
+    offline = {Path(p.source).name: p for p in predictor.predict_files(files)[0]}
     for path in files:
         response = _post(client, path.name, path.read_bytes())
         assert response.status_code == 200, response.text
         body = response.json()
-        assert 0 <= body["probability"] <= 1 and body["predicted"] in (0, 1) and body["threshold"] == 0.5
+        assert body["probability"] == pytest.approx(offline[path.name].probability, abs=1e-6)  # what predict says
+        assert body["predicted"] == offline[path.name].predicted and body["threshold"] == 0.5
+        assert body["cam_scale"]["scale"] == "absolute" and body["cam_scale"]["ticks"][2]["label"] == "0.5"
+        with Image.open(io.BytesIO(base64.b64decode(body["cam_layer_png_base64"]))) as layer:
+            assert layer.mode == "RGBA" and layer.size == (224, 224)
         assert "label" not in body  # the model's call is "predicted"; "label" means the truth
         assert body["ood"] is None and body["ood_reason"] == ""  # an uncalibrated checkpoint has no detector
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)

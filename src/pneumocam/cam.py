@@ -6,7 +6,9 @@ that is a global average pool followed by one linear layer,
     M(i, j) = sum_k w_k A_k(i, j)        and        logit = mean_ij M(i, j) + b,
 
 so the raw map explains the pneumonia logit exactly. Sign convention: positive values push towards
-pneumonia; the raw map keeps its sign, only the displayed map is min-max normalised.
+pneumonia. The raw map keeps its sign and units: `upsample` keeps them (overlays draw it on an absolute
+scale, see overlay.py); `upsample_and_normalize` gives the min-max normalised map that the localisation
+scores and the relative overlay use.
 """
 
 from __future__ import annotations
@@ -93,16 +95,23 @@ def upsample_and_normalize(maps: torch.Tensor, size: tuple[int, int] = (224, 224
       draws every map about 16 pixels right of and below where the evidence is.
     Bilinear interpolation stays inside the input range, so the clamp only removes rounding error.
     """
-    normalized = normalize_maps(maps)[:, None]  # (B, 1, h, w)
+    return upsample(normalize_maps(maps), size, alignment).clamp_(0.0, 1.0)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int] = (224, 224),
+             alignment: str = "receptive-field") -> torch.Tensor:
+    """(B, h, w) maps -> (B, H, W) by bilinear interpolation, values and units kept; cells placed by `alignment`
+    (see upsample_and_normalize)."""
+    maps = maps[:, None]  # (B, 1, h, w)
     if alignment == "block-centre":
-        resized = F.interpolate(normalized, size=size, mode="bilinear", align_corners=False)
+        resized = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     elif alignment == "receptive-field":
-        grid = _receptive_field_grid(maps.shape[-2:], size, maps.device, normalized.dtype)
-        resized = F.grid_sample(normalized, grid.expand(maps.shape[0], -1, -1, -1), mode="bilinear",
+        grid = _receptive_field_grid(maps.shape[-2:], size, maps.device, maps.dtype)
+        resized = F.grid_sample(maps, grid.expand(maps.shape[0], -1, -1, -1), mode="bilinear",
                                 padding_mode="border", align_corners=True)
     else:
         raise ValueError(f"unknown alignment {alignment!r}; choose from {ALIGNMENTS}")
-    return resized[:, 0].clamp_(0.0, 1.0)
+    return resized[:, 0]
 
 
 def _receptive_field_grid(cells: tuple[int, int], size: tuple[int, int], device, dtype) -> torch.Tensor:

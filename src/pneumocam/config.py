@@ -62,6 +62,15 @@ def _backend() -> Any:
                            "start-up (same logit and CAM within 1e-4; pneumocam[fast])", choices=BACKENDS)
 
 
+CAM_SCALES = ("absolute", "relative")
+
+
+def _cam_scale() -> Any:
+    return option("absolute", "overlay scale: absolute (the model's evidence, white at the threshold, warm above it, "
+                              "cool below, a colour bar in probabilities) or relative (min-max per image in jet: "
+                              "where the model looked most, not evidence)", choices=CAM_SCALES)
+
+
 def _token_env() -> Any:
     return option(None, "name of an environment variable holding a bearer token")
 
@@ -194,6 +203,7 @@ class EvalConfig:
                               "with CIs, deletion/insertion curves, randomisation check, worst misses)")
     maps_images: int = option(100, "boxed images the maps section scores at most, a seeded sample (pneumocam "
                                    "localize scores them all)")
+    cam_scale: str = _cam_scale()
 
 
 @dataclass(frozen=True)
@@ -229,7 +239,8 @@ class CamConfig:
     """The maps and overlays of `pneumocam cam`."""
 
     alpha: float = option(0.5, "heatmap opacity in [0, 1]")
-    colormap: str = option("jet", "matplotlib colour map")
+    colormap: str = option("jet", "matplotlib colour map of the relative scale")
+    cam_scale: str = _cam_scale()
     batch_size: int = option(32, _BATCH)
     device: str = option("cpu", _DEVICE)
     method: str = option("cam", "cam (from the forward pass), gradcam or gradcam++ (one backward pass); scorecam, "
@@ -252,6 +263,7 @@ class LocalizeConfig:
     randomize_check: bool = option(False, "model-randomisation sanity check: re-initialise layer4+fc, maps must "
                                           "change (exit code 3 if a method fails)")
     grid_images: int = option(16, "images in localization_grid.png")
+    cam_scale: str = _cam_scale()
     faithfulness: bool = option(False, "deletion and insertion curves and ROAD (MoRF, LeRF) of the pneumonia logit "
                                        "and probability, for every method and baseline")
     road: bool = option(True, "with --faithfulness, include ROAD (its imputation is the slow part)")
@@ -271,6 +283,7 @@ class PredictConfig:
     batch_size: int = option(32, _BATCH)
     device: str = option("cpu", _DEVICE)
     overlays: bool = option(False, "also write CAM overlay PNGs to OUT/overlays/ (needs --out)")
+    cam_scale: str = _cam_scale()
     output_format: str = option("csv", "table format", choices=("csv", "json"), flag="--format")
     backend: str = _backend()
     dicom_out: str | None = option(None, "for DICOM inputs, also write a Secondary Capture (image + CAM overlay) and "
@@ -293,6 +306,7 @@ class ServeConfig:
                                       "never waits)")
     device: str = option("cpu", _DEVICE)
     backend: str = _backend()
+    cam_scale: str = _cam_scale()
     api_docs: bool = option(False, "serve interactive API docs at /docs and /redoc (the browser fetches Swagger UI "
                                    "from the jsDelivr CDN, so they need internet; /openapi.json is always served)")
 
@@ -314,6 +328,7 @@ class PacsConfig:
     limit: int = option(1000, "studies per query page")
     device: str = option("cpu", _DEVICE)
     backend: str = _backend()
+    cam_scale: str = _cam_scale()
 
 
 @dataclass(frozen=True)

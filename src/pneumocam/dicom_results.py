@@ -30,7 +30,7 @@ from pneumocam import __version__
 from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import atomic_path
 from pneumocam.io import read_dicom_dataset, read_image
-from pneumocam.overlay import overlay_cam
+from pneumocam.overlay import ShownMap, colour_bar_strip, overlay_map
 from pneumocam.preprocess import to_model_input
 
 MANUFACTURER = "pneumocam"
@@ -101,16 +101,18 @@ def _equipment(model: ModelIdentity):
         contribution_description="pneumonia classification and class activation map")
 
 
-def result_panel(image: np.ndarray, cam: np.ndarray, probability: float, predicted: int, threshold: float,
+def result_panel(image: np.ndarray, shown: ShownMap, probability: float, predicted: int, threshold: float,
                  resize_mode: str = "pad") -> np.ndarray:
-    """(H, W) source image in [0, 1] and the model's (224, 224) CAM -> (H', W', 3) uint8: the image beside
-    its overlay at PANEL_SIDE pixels, the text banner below. The CAM is drawn on the image as the network saw it."""
+    """(H, W) source image in [0, 1] and the model's (224, 224) map -> (H', W', 3) uint8: the image beside
+    its overlay at PANEL_SIDE pixels, the text banner below, the overlay's colour bar beside the banner. The map
+    is drawn on the image as the network saw it."""
     gray = to_model_input(image, PANEL_SIDE, resize_mode)
-    heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((PANEL_SIDE, PANEL_SIDE),
-                                                                                Image.Resampling.BILINEAR))
-    overlay = overlay_cam(gray, np.clip(heat, 0, 1))
+    values = np.asarray(Image.fromarray(shown.values.astype(np.float32), mode="F").resize(
+        (PANEL_SIDE, PANEL_SIDE), Image.Resampling.BILINEAR))
+    overlay = overlay_map(gray, replace(shown, values=values if shown.scale == "absolute" else np.clip(values, 0, 1)))
     pixels = np.concatenate([np.repeat(gray[..., None], 3, axis=-1), overlay], axis=1)
     banner = np.zeros((72, pixels.shape[1], 3), dtype=np.float32)
+    banner[:, PANEL_SIDE:] = colour_bar_strip(PANEL_SIDE, shown, height=72)  # under the overlay it explains
     canvas = Image.fromarray(np.round(np.concatenate([pixels, banner]) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=22)
@@ -221,12 +223,12 @@ def _content_items(node: Dataset):
 
 
 def result_objects(source: Dataset, image: np.ndarray, prediction, model: ModelIdentity,
-                   resize_mode: str = "pad") -> tuple[Dataset, Dataset]:
+                   resize_mode: str = "pad", scale: str = "absolute") -> tuple[Dataset, Dataset]:
     """(Secondary Capture, Comprehensive SR) of one prediction (inference.Prediction) on `source`, whose
     pixels are `image` (H, W) in [0, 1]."""
     model = model.applied(prediction.threshold, prediction.threshold_basis)
-    panel = result_panel(image, prediction.cam, prediction.probability, prediction.predicted, prediction.threshold,
-                         resize_mode)
+    panel = result_panel(image, ShownMap.of(prediction, scale), prediction.probability, prediction.predicted,
+                         prediction.threshold, resize_mode)
     with _quiet_about_patients():
         return (secondary_capture(source, panel, model),
                 structured_report(source, prediction.probability, prediction.predicted, model))
@@ -240,8 +242,9 @@ def save_dicom(dataset: Dataset, path: str | Path) -> Path:
 
 
 def write_results(source_path: str | Path, prediction, model: ModelIdentity, out_dir: str | Path, stem: str,
-                  resize_mode: str = "pad") -> tuple[Path, Path]:
+                  resize_mode: str = "pad", scale: str = "absolute") -> tuple[Path, Path]:
     """Write OUT/STEM_sc.dcm and OUT/STEM_sr.dcm for a prediction on the DICOM file `source_path`."""
-    sc, sr = result_objects(read_dicom_dataset(source_path), read_image(source_path), prediction, model, resize_mode)
+    sc, sr = result_objects(read_dicom_dataset(source_path), read_image(source_path), prediction, model, resize_mode,
+                            scale)
     out_dir = Path(out_dir)
     return save_dicom(sc, out_dir / f"{stem}_sc.dcm"), save_dicom(sr, out_dir / f"{stem}_sr.dcm")

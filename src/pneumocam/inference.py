@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from pneumocam.backends import make_runner
-from pneumocam.calibration import Calibration, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
-from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample_and_normalize
+from pneumocam.calibration import Calibration, logit, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
+from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample, upsample_and_normalize
 from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 from pneumocam.checkpoints import load_checkpoint, network_state
 from pneumocam.config import ALIGNMENTS
@@ -50,6 +50,9 @@ class Prediction:
     ood_reason: str = ""
     view: str = ""  # the film's view position (DICOM ViewPosition), "" where unknown
     threshold_basis: str = "overall"  # which operating point gave `threshold`: "view PA", or "overall (...why)"
+    # (224, 224), CAM only: the calibrated logit the image would get if every cell were like this pixel's, minus
+    # the logit of `threshold`: > 0 above the decision boundary, < 0 below (what absolute overlays draw)
+    evidence: np.ndarray | None = None
 
     def ood_fields(self) -> dict:
         """The out-of-range flag as a table row carries it: ood 1/0, "" when the checkpoint has no detector."""
@@ -208,17 +211,28 @@ class Predictor:
             logits, raw, maps, pooled = self._saliency(chunk, method) if cam else self._forward(chunk)
             probabilities = self.probabilities(logits)
             distances = self.out_of_range.distances(pooled) if self.out_of_range else [None] * len(chunk)
+            points = [self.operating_point(view) for view in views[start : start + len(chunk)]]
+            evidence = self.evidence_maps(raw, [t for t, _ in points]) if cam and method == "cam" else None
             for i, image in enumerate(chunk):
                 probability = float(probabilities[i])
                 distance = None if distances[i] is None else float(distances[i])
-                threshold, basis = self.operating_point(views[start + i])
+                threshold, basis = points[i]
                 out.append(Prediction(
                     sources[start + i], probability, float(logits[i]), int(probability >= threshold),
                     threshold, image, maps[i] if cam else None, raw[i] if cam and raw is not None else None,
                     method, None if distance is None else distance > self.out_of_range.threshold, distance,
                     self.out_of_range.reason(distance) if distance is not None else "", views[start + i], basis,
+                    None if evidence is None else evidence[i],
                 ))
         return out
+
+    def evidence_maps(self, raw: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+        """(B, 7, 7) raw CAMs -> (B, 224, 224) Prediction.evidence: each cell as the whole image's logit (cell +
+        bias, since logit = mean of the cells + bias), calibrated, minus the logit of each image's threshold."""
+        size = (self.contract.image_size, self.contract.image_size)
+        cells = upsample(torch.from_numpy(np.asarray(raw, dtype=np.float32)), size, self.alignment).numpy()
+        boundary = np.array([logit(min(max(t, 1e-6), 1 - 1e-6)) for t in thresholds])[:, None, None]
+        return (self.calibration.apply(cells + float(self.net.fc.bias.detach())) - boundary).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,
                       method: str = "cam") -> tuple[list[Prediction], list[dict]]:

@@ -1,4 +1,15 @@
-"""CAM overlays: a colour-mapped heatmap blended on the gray image, and the side-by-side figure."""
+"""CAM overlays: a colour-mapped map blended on the gray image, with a colour bar, and the figures around it.
+
+Two scales (ShownMap.scale):
+- "absolute" (the default): the CAM in the model's own units. Each pixel is coloured by Prediction.evidence,
+  the calibrated logit the image would get if every cell were like this one, minus the threshold's logit, on a
+  fixed span of +-EVIDENCE_SPAN: warm above the decision boundary, cool below, the X-ray itself where a cell
+  sits at the boundary (the colour's weight grows with the distance from it). The map's mean is the image's own
+  calibrated logit minus the threshold's, so the picture carries the model's answer. Colour map: coolwarm
+  (Moreland's diverging map, designed for even perceptual steps and a light centre; its red-blue ends stay apart
+  for the common red-green colour blindness).
+- "relative": the seed's picture, min-max per image in jet: where the model looked most, not evidence.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +23,130 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from pneumocam.config import CAM_SCALES
 from pneumocam.files import save_figure
+
+EVIDENCE_SPAN = 4.0  # calibrated logit units from the threshold to either end of the scale (odds x 55)
+EVIDENCE_COLORMAP = "coolwarm"
+RELATIVE_LABEL = "relative: where the model looked most, not evidence"
+
+
+@dataclass(frozen=True)
+class ShownMap:
+    """A map as an overlay shows it: `values` are evidence (absolute) or a min-max map in [0, 1] (relative)."""
+
+    values: np.ndarray
+    scale: str = "relative"
+    threshold: float | None = None  # absolute: the probability at the boundary (the colour bar's centre)
+    colormap: str = "jet"
+
+    @classmethod
+    def of(cls, prediction, scale: str = "absolute", colormap: str = "jet") -> ShownMap:
+        """The map of an inference.Prediction on `scale`; only CAM has logit units, so the other methods (and a
+        relative request) give the relative map."""
+        if scale not in CAM_SCALES:
+            raise ValueError(f"unknown CAM scale {scale!r}; choose from {CAM_SCALES}")
+        if scale == "absolute" and prediction.evidence is not None:
+            return cls(prediction.evidence, "absolute", prediction.threshold, EVIDENCE_COLORMAP)
+        return cls(prediction.cam, "relative", None, colormap)
+
+    def label(self) -> str:
+        if self.scale == "relative":
+            return RELATIVE_LABEL
+        at = f" (threshold {self.threshold:.3f})" if self.threshold is not None else ""
+        return f"p(pneumonia) if the whole image looked like this region; white = the threshold{at}"
+
+    def ticks(self) -> tuple[list[float], list[str]]:
+        """Colour-bar positions (in `values` units) and their labels: probabilities where a threshold is known."""
+        if self.scale == "relative":
+            return [0.0, 1.0], ["least", "most"]
+        positions = [-EVIDENCE_SPAN, -EVIDENCE_SPAN / 2, 0.0, EVIDENCE_SPAN / 2, EVIDENCE_SPAN]
+        if self.threshold is None:
+            return positions, [f"{p:+g}" for p in positions]
+        centre = np.log(self.threshold / (1 - self.threshold))
+        return positions, [f"{1 / (1 + np.exp(-(centre + p))):.3g}" for p in positions]
+
+
+def _lookup(colormap: str) -> np.ndarray:
+    cmap = matplotlib.colormaps[colormap]
+    return cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
+
+
+def overlay_evidence(image: np.ndarray, evidence: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The absolute overlay: colour from coolwarm at evidence / EVIDENCE_SPAN, blended with weight
+    alpha * |evidence| / EVIDENCE_SPAN (clipped at the span's ends); (H, W, 3) float32 RGB in [0, 1]."""
+    if image.shape != evidence.shape:
+        raise ValueError(f"image {image.shape} and evidence {evidence.shape} must have the same shape")
+    scaled = np.clip(np.asarray(evidence, dtype=np.float32) / EVIDENCE_SPAN, -1, 1)
+    table = _lookup(EVIDENCE_COLORMAP)
+    heat = table[np.minimum(((scaled + 1) / 2 * len(table)).astype(np.intp), len(table) - 1)]
+    weight = alpha * np.abs(scaled)[..., None]
+    return ((1 - weight) * np.clip(image, 0, 1)[..., None] + weight * heat).astype(np.float32)
+
+
+def overlay_map(image: np.ndarray, shown: ShownMap, alpha: float = 0.5) -> np.ndarray:
+    """The overlay of `shown` on `image` by its scale."""
+    if shown.scale == "absolute":
+        return overlay_evidence(image, shown.values, min(1.0, alpha + 0.1))
+    return overlay_cam(image, shown.values, alpha, shown.colormap)
+
+
+def overlay_layer(shown: ShownMap) -> np.ndarray:
+    """The colour layer alone as (H, W, 4) RGBA in [0, 1], for a viewer that blends it itself (the web page's
+    opacity slider): absolute, the colour's weight is |evidence| / span as in overlay_evidence; relative, 1."""
+    table = _lookup(shown.colormap)
+    if shown.scale == "absolute":
+        scaled = np.clip(np.asarray(shown.values, dtype=np.float32) / EVIDENCE_SPAN, -1, 1)
+        index, weight = (scaled + 1) / 2, np.abs(scaled)
+    else:
+        index, weight = np.clip(shown.values, 0, 1), np.ones(shown.values.shape, np.float32)
+    heat = table[np.minimum((index * len(table)).astype(np.intp), len(table) - 1)]
+    return np.concatenate([heat, weight[..., None]], axis=-1).astype(np.float32)
+
+
+def colour_bar_description(shown: ShownMap, stops: int = 11) -> dict:
+    """The colour bar as data, for a viewer that draws its own (the web page): colour stops, ticks, label."""
+    table = _lookup(shown.colormap)
+    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    colours = [matplotlib.colors.to_hex(table[int(i)]) for i in np.linspace(0, len(table) - 1, stops)]
+    positions, labels = shown.ticks()
+    return {"scale": shown.scale, "label": shown.label(), "colours": colours,
+            "ticks": [{"at": (position - low) / (high - low), "label": label}
+                      for position, label in zip(positions, labels, strict=True)],
+            "span_logit": EVIDENCE_SPAN if shown.scale == "absolute" else None}
+
+
+def colour_bar_strip(width: int, shown: ShownMap, height: int = 44) -> np.ndarray:
+    """A colour bar with its tick labels and units as pixels, (height, width, 3) float32 RGB, to burn in below an
+    overlay that has no figure around it (predict --overlays, the Secondary Capture)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    margin = max(8, width // 16)
+    table = _lookup(shown.colormap)
+    positions = np.linspace(0, len(table) - 1, width - 2 * margin).astype(np.intp)
+    canvas = np.zeros((height, width, 3), np.float32)
+    canvas[2:12, margin : width - margin] = table[positions][None]
+    picture = Image.fromarray(np.round(canvas * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(9, min(14, width // 40)))
+    for position, text in zip(*shown.ticks(), strict=True):
+        x = margin + (position - low) / (high - low) * (width - 2 * margin - 1)
+        draw.line([(x, 12), (x, 15)], fill=(255, 255, 255))
+        draw.text((x, 15), text, fill=(255, 255, 255), font=font, anchor="ma")
+    draw.text((width / 2, 29), shown.label(), fill=(255, 255, 255), font=font, anchor="ma")
+    return np.asarray(picture, dtype=np.float32) / 255
+
+
+def add_colour_bar(fig: Figure, axes, shown: ShownMap) -> None:
+    """A matplotlib colour bar for `shown` beside `axes`, with its ticks and label."""
+    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), shown.colormap)
+    bar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.02)
+    positions, labels = shown.ticks()
+    bar.set_ticks(positions, labels=labels)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(shown.label(), fontsize=7)
 
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM",
                 "eigencam": "Eigen-CAM", "layercam": "LayerCAM", "gradcam-lib": "Grad-CAM (pytorch-grad-cam)",
@@ -28,11 +162,10 @@ def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap
         raise ValueError(f"image {image.shape} and cam {cam.shape} must have the same shape")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    cmap = matplotlib.colormaps[colormap]
     # the colormap's own lookup table, indexed as matplotlib indexes it for floats, in float32: same colours,
     # a third of the time of calling the colormap (serve draws one overlay per request)
-    table = cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
-    heat = table[np.minimum((np.clip(cam, 0, 1) * cmap.N).astype(np.intp), cmap.N - 1)]
+    table = _lookup(colormap)
+    heat = table[np.minimum((np.clip(cam, 0, 1) * len(table)).astype(np.intp), len(table) - 1)]
     return ((1 - alpha) * np.clip(image, 0, 1)[..., None] + alpha * heat).astype(np.float32)
 
 
@@ -57,14 +190,15 @@ def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:
         ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="white", linewidth=1.5, linestyle="--"))
 
 
-def side_by_side(image: np.ndarray, cam: np.ndarray, title: str = "", alpha: float = 0.5,
-                 colormap: str = "jet", boxes: Sequence = (), method: str = "cam") -> Figure:
-    """The original (left) and the CAM overlay (right); ground-truth boxes dashed on both if given."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.3), constrained_layout=True)
+def side_by_side(image: np.ndarray, shown: ShownMap, title: str = "", alpha: float = 0.5, boxes: Sequence = (),
+                 method: str = "cam") -> Figure:
+    """The original (left) and the overlay with its colour bar (right); ground-truth boxes dashed on both."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.6, 4.3), constrained_layout=True)
     left.imshow(image, cmap="gray", vmin=0, vmax=1)
     left.set_title("original")
-    right.imshow(overlay_cam(image, cam, alpha, colormap))
-    right.set_title(f"{METHOD_NAMES.get(method, method)} ({colormap}, alpha {alpha})")
+    right.imshow(overlay_map(image, shown, alpha))
+    right.set_title(f"{METHOD_NAMES.get(method, method)}, {shown.scale} scale")
+    add_colour_bar(fig, right, shown)
     for ax in (left, right):
         _draw_boxes(ax, boxes)
         ax.axis("off")
@@ -79,17 +213,16 @@ class SideBySideJob:
 
     path: Path
     image: np.ndarray
-    cam: np.ndarray
+    shown: ShownMap
     title: str
     alpha: float = 0.5
-    colormap: str = "jet"
     boxes: tuple = ()
     method: str = "cam"
 
 
 def save_side_by_side(job: SideBySideJob) -> Path:
     """Draw a side_by_side figure and save it atomically as a 100-dpi PNG at job.path."""
-    figure = side_by_side(job.image, job.cam, job.title, job.alpha, job.colormap, job.boxes, job.method)
+    figure = side_by_side(job.image, job.shown, job.title, job.alpha, job.boxes, job.method)
     try:
         save_figure(job.path, figure, dpi=100)
     finally:
@@ -97,15 +230,21 @@ def save_side_by_side(job: SideBySideJob) -> Path:
     return job.path
 
 
-def overlay_grid(items: Sequence[tuple[np.ndarray, np.ndarray, str, Sequence]], columns: int = 4,
-                 alpha: float = 0.5, colormap: str = "jet") -> Figure:
-    """A grid of overlays, each item (image, cam, caption, boxes)."""
+def overlay_grid(items: Sequence[tuple[np.ndarray, ShownMap, str, Sequence]], columns: int = 4,
+                 alpha: float = 0.5) -> Figure:
+    """A grid of overlays, each item (image, shown map, caption, boxes), with one colour bar: in probabilities
+    where every absolute map has the same threshold, else in logit units from each image's threshold."""
     rows = max(1, -(-len(items) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns + 0.8, 3.2 * rows), constrained_layout=True,
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (image, cam, caption, boxes) in zip(axes.flat, items, strict=False):
-        ax.imshow(overlay_cam(image, cam, alpha, colormap))
+    for ax, (image, shown, caption, boxes) in zip(axes.flat, items, strict=False):
+        ax.imshow(overlay_map(image, shown, alpha))
         _draw_boxes(ax, boxes)
         ax.set_title(caption, fontsize=9)
+    if items:
+        first = items[0][1]
+        same = len({shown.threshold for _, shown, _, _ in items}) == 1
+        add_colour_bar(fig, axes, first if same else ShownMap(first.values, first.scale, None, first.colormap))
     return fig

@@ -35,7 +35,7 @@ from pneumocam.http_guards import BodyLimit, LoopbackHostOnly, is_loopback
 from pneumocam.inference import LoadedImage, Prediction, Predictor
 from pneumocam.io import ImageReadError
 from pneumocam.limits import TOO_LARGE
-from pneumocam.overlay import overlay_cam, to_png
+from pneumocam.overlay import ShownMap, colour_bar_description, overlay_layer, overlay_map, to_png
 from pneumocam.provenance import without_machine_paths
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def sniff_suffix(data: bytes) -> str | None:
 
 
 def png_base64(rgb_or_gray: np.ndarray) -> str:
-    """(H, W) or (H, W, 3) float in [0, 1] -> base64 PNG."""
+    """(H, W), (H, W, 3) or (H, W, 4) float in [0, 1] -> base64 PNG."""
     return base64.b64encode(to_png(rgb_or_gray)).decode("ascii")
 
 
@@ -96,8 +96,9 @@ def decode_upload(predictor: Predictor, data: bytes) -> LoadedImage:
                                    "this server has") from exc
 
 
-def answer(predictor: Predictor, prediction: Prediction) -> dict:
+def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute") -> dict:
     """One prediction as the JSON answer of /v1/predict."""
+    shown = ShownMap.of(prediction, scale)
     return {
         "probability": prediction.probability,
         "predicted": prediction.predicted,
@@ -110,7 +111,9 @@ def answer(predictor: Predictor, prediction: Prediction) -> dict:
         "ood_distance": prediction.ood_distance,
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
-        "cam_png_base64": png_base64(overlay_cam(prediction.image, prediction.cam, 0.5, "jet")),
+        "cam_png_base64": png_base64(overlay_map(prediction.image, shown)),  # the overlay, blended
+        "cam_layer_png_base64": png_base64(overlay_layer(shown)),  # its colours alone (RGBA), for the page's slider
+        "cam_scale": colour_bar_description(shown),  # what the colours mean: stops, ticks, label
         "image_png_base64": png_base64(prediction.image),
     }
 
@@ -228,7 +231,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         try:
             loaded, size = await uploads.image(request)
             prediction = await batcher.submit(loaded)
-            body = await run_in_threadpool(answer, predictor, prediction)
+            body = await run_in_threadpool(answer, predictor, prediction, config.cam_scale)
         except UploadError as exc:
             log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))
             return _error(exc.status, exc.message)

@@ -320,7 +320,7 @@ def _write_plots(out_dir: Path, metrics: dict, preds: SplitPredictions, config: 
 def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
                    config: EvalConfig) -> dict:
     """The most and least confident calls of each kind, drawn with their CAM; indexed in gallery.csv."""
-    from pneumocam.overlay import side_by_side
+    from pneumocam.overlay import ShownMap, side_by_side
 
     gallery, rows = {}, []
     for category, indices in gallery_indices(preds, config.threshold, config.gallery_size).items():
@@ -330,7 +330,8 @@ def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor,
         for rank, (i, prediction) in enumerate(zip(indices, predictions, strict=True)):
             caption = f"{Path(preds.files[i]).stem[:16]}  p = {prediction.probability:.3f}  label {preds.labels[i]}"
             name = f"gallery/{category.replace(' ', '_')}_{rank}.png"
-            png = _write_png(out_dir, name, side_by_side(prediction.image, prediction.cam, caption))
+            png = _write_png(out_dir, name, side_by_side(prediction.image, ShownMap.of(prediction, config.cam_scale),
+                                                         caption))
             gallery[category].append((caption, png))
             rows.append({"category": category, "rank": rank, "file": preds.files[i], "label": int(preds.labels[i]),
                          "probability": f"{prediction.probability:.6f}", "png": name})
@@ -338,9 +339,9 @@ def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor,
     return gallery
 
 
-def _write_worst_misses(out_dir: Path, assessment) -> list[tuple[str, bytes]]:
+def _write_worst_misses(out_dir: Path, assessment, predictor: Predictor, scale: str) -> list[tuple[str, bytes]]:
     """The boxed images whose CAM peak lies farthest from a box, drawn with their boxes."""
-    from pneumocam.overlay import side_by_side
+    from pneumocam.overlay import ShownMap, side_by_side
 
     misses, rows = [], []
     for rank, i in enumerate(worst_misses(assessment)):
@@ -348,8 +349,9 @@ def _write_worst_misses(out_dir: Path, assessment) -> list[tuple[str, bytes]]:
         caption = f"{Path(assessment.files[i]).stem[:16]}  p = {assessment.probabilities[i]:.3f}  " \
                   f"peak {distance:.0f} px from a box"
         name = f"worst_misses/{rank}.png"
+        shown = ShownMap.of(predictor.predict_arrays([assessment.images[i]])[0], scale)
         misses.append((caption, _write_png(out_dir, name, side_by_side(
-            assessment.images[i], assessment.maps["cam"][i], caption, boxes=tuple(assessment.boxes[i])))))
+            assessment.images[i], shown, caption, boxes=tuple(assessment.boxes[i])))))
         rows.append({"rank": rank, "file": assessment.files[i], "probability": float(assessment.probabilities[i]),
                      "peak_distance_px": round(distance, 2), "png": name})
     if rows:
@@ -364,7 +366,7 @@ def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predicto
 
     plots = _write_plots(out_dir, metrics, preds, config, assessment)
     gallery = _write_gallery(out_dir, preds, predictor, data_dir, config)
-    misses = _write_worst_misses(out_dir, assessment) if assessment is not None else []
+    misses = _write_worst_misses(out_dir, assessment, predictor, config.cam_scale) if assessment is not None else []
     provenance = {"checkpoint": metrics["checkpoint"], "data": metrics["data_dir"], "split": config.split,
                   "data fingerprint": metrics["data_fingerprint"],
                   "training data fingerprint": metrics["train_data_fingerprint"], "git commit": metrics["git_commit"],

@@ -21,12 +21,12 @@ from pneumocam.files import save_npy, unique_stems, write_csv
 from pneumocam.inference import Prediction, Predictor
 from pneumocam.inputs import expand_inputs, require_images
 from pneumocam.localization import peak
-from pneumocam.overlay import SideBySideJob, save_side_by_side
+from pneumocam.overlay import ShownMap, SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
 
 CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason", "method",
-              "peak_x", "peak_y", "png", "cam7x7", "cam224"]
+              "peak_x", "peak_y", "png", "scale", "cam7x7", "cam224", "evidence224"]
 
 
 # drawing in parallel pays off once the workers' start-up (about half a second) is covered
@@ -66,7 +66,7 @@ class CamReport:
 
 
 def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float, colormap: str,
-                      boxes: list | None = None, workers: int | None = None) -> list[dict]:
+                      boxes: list | None = None, workers: int | None = None, scale: str = "absolute") -> list[dict]:
     """Write the overlay PNG and the maps for each prediction; returns the cams.csv rows.
 
     boxes: optional ground-truth boxes per prediction (224-px space), drawn dashed on the figure.
@@ -77,18 +77,22 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
     for index, (prediction, name) in enumerate(named):
         verdict = "pneumonia" if prediction.predicted else "no pneumonia"
         title = f"{Path(prediction.source).name}\np(pneumonia) = {prediction.probability:.3f} -> {verdict}"
-        jobs.append(SideBySideJob(out_dir / f"{name}_cam.png", prediction.image, prediction.cam, title, alpha,
-                                  colormap, tuple(boxes[index]) if boxes else (), prediction.method))
+        shown = ShownMap.of(prediction, scale, colormap)
+        jobs.append(SideBySideJob(out_dir / f"{name}_cam.png", prediction.image, shown, title, alpha,
+                                  tuple(boxes[index]) if boxes else (), prediction.method))
         if prediction.cam_raw is not None:  # library methods have no raw low-resolution map
             save_npy(out_dir / f"{name}_cam7x7.npy", prediction.cam_raw.astype(np.float32))
         save_npy(out_dir / f"{name}_cam224.npy", prediction.cam.astype(np.float32))
+        if prediction.evidence is not None:
+            save_npy(out_dir / f"{name}_evidence224.npy", prediction.evidence.astype(np.float32))
         peak_y, peak_x = peak(prediction.cam)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
                      "logit": f"{prediction.logit:.6f}", "predicted": prediction.predicted,
                      "threshold": prediction.threshold, **prediction.ood_fields(), "method": prediction.method,
                      "peak_x": peak_x, "peak_y": peak_y, "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
-                     "cam224": f"{name}_cam224.npy"})
+                     "cam224": f"{name}_cam224.npy", "scale": shown.scale,
+                     "evidence224": f"{name}_evidence224.npy" if prediction.evidence is not None else ""})
     draw_side_by_sides(jobs, workers)
     return rows
 
@@ -100,7 +104,8 @@ def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
     predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap, workers=config.workers)
+    rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap, workers=config.workers,
+                             scale=config.cam_scale)
     write_csv(out_dir / "cams.csv", CAM_FIELDS, rows)
     if failures:
         write_csv(out_dir / "failed.csv", ["source", "reason"], failures)

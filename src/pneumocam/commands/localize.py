@@ -24,7 +24,7 @@ from pneumocam.files import save_figure, write_csv, write_json
 from pneumocam.inference import METHODS, Predictor
 from pneumocam.localization import THRESHOLDS
 from pneumocam.map_assessment import assess_maps
-from pneumocam.overlay import overlay_grid
+from pneumocam.overlay import ShownMap, overlay_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     write_json(out_dir / "localization.json", result)
     files, per_image = assessment.files, {m: assessment.per_image[m] for m in assessment.maps}
     write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, assessment.probabilities, per_image))
-    _write_grid(out_dir / "localization_grid.png", assessment.images, assessment.maps[result["method"]], files,
-                assessment.boxes, config.grid_images)
+    _write_grid(out_dir / "localization_grid.png", predictor, result["method"], assessment, config)
     if config.export == "chexlocalize":
         from pneumocam.chexlocalize import export_chexlocalize
 
@@ -83,10 +82,14 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     return result
 
 
-def _write_grid(path: Path, images, maps, files, boxes, n: int) -> None:
+def _write_grid(path: Path, predictor: Predictor, method: str, assessment, config: LocalizeConfig) -> None:
+    """The first images with their boxes and the method's maps, on the chosen scale (absolute for CAM)."""
     import matplotlib.pyplot as plt
 
-    items = [(images[i], maps[i], Path(files[i]).stem[:12], boxes[i]) for i in range(min(n, len(images)))]
+    n = min(config.grid_images, len(assessment.images))
+    predictions = predictor.predict_arrays(assessment.images[:n], method=method) if n else []
+    items = [(assessment.images[i], ShownMap.of(predictions[i], config.cam_scale), Path(assessment.files[i]).stem[:12],
+              assessment.boxes[i]) for i in range(n)]
     figure = overlay_grid(items, columns=4)
     save_figure(path, figure, dpi=90)
     plt.close(figure)

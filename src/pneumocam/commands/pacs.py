@@ -161,7 +161,7 @@ def source_images(client, study: str, modalities: tuple[str, ...]) -> list[tuple
 
 
 def process_image(client, predictor: Predictor, model: ModelIdentity, uids: tuple[str, str, str],
-                  folder: Path) -> dict:
+                  folder: Path, scale: str = "absolute") -> dict:
     """Retrieve one source image (study, series, SOP Instance UIDs), predict, store its SC and SR; its record.
     An unreadable image is recorded as skipped (with the reason), so it is not fetched again on every pass."""
     study, series, sop = uids
@@ -178,7 +178,8 @@ def process_image(client, predictor: Predictor, model: ModelIdentity, uids: tupl
         log.warning("image %s of study %s skipped: %s", study_key(sop), study_key(study), exc.reason)
         return {**record, "skipped": exc.reason}
     prediction = predictor.predict_arrays([loaded.image], [study_key(sop)], views=[loaded.view])[0]
-    sc, sr = result_objects(source, read_image(path), prediction, model, predictor.contract.resize_mode)
+    sc, sr = result_objects(source, read_image(path), prediction, model, predictor.contract.resize_mode,
+                            scale)
     client.store_instances([sc, sr])
     return {**record, "probability": prediction.probability, "predicted": prediction.predicted,
             "threshold": prediction.threshold, "threshold_basis": prediction.threshold_basis, "ood": prediction.ood,
@@ -211,7 +212,7 @@ def run_pass(client, predictor: Predictor, model: ModelIdentity, state: PacsStat
 def _process(client, predictor, model, state: PacsState, uids: tuple[str, str, str], folder: Path, counts: dict,
              config: PacsConfig) -> None:
     try:
-        record = process_image(client, predictor, model, uids, folder)
+        record = process_image(client, predictor, model, uids, folder, config.cam_scale)
     except Exception as exc:  # network, server or encoding trouble: record it, go on with the next image
         _failed(state, uids[2], exc, counts, config.max_attempts)
         return

@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from pneumocam.checkpoints import checkpoint_label
@@ -24,7 +25,7 @@ from pneumocam.inference import Predictor, batches
 from pneumocam.inputs import require_images, resolve_inputs
 from pneumocam.io import is_dicom
 from pneumocam.localization import peak
-from pneumocam.overlay import overlay_cam, to_png
+from pneumocam.overlay import ShownMap, colour_bar_strip, overlay_map, to_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold_basis", "view", "ood", "ood_distance",
@@ -40,14 +41,14 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold,
                                           backend=config.backend)
     stem_of = dict(zip(map(str, paths), unique_stems(paths), strict=True))  # overlay names, unique over all inputs
-    dicom = _DicomWriter(predictor, checkpoint, config.dicom_out) if config.dicom_out else None
+    dicom = _DicomWriter(predictor, checkpoint, config.dicom_out, config.cam_scale) if config.dicom_out else None
     rows = []
     with tqdm(total=len(paths), desc="predict", unit="img", disable=len(paths) < 2 * config.batch_size) as bar:
         for chunk in batches(paths, config.batch_size):
             predictions, chunk_failures = predictor.predict_files(chunk, cam=True, batch_size=config.batch_size)
             failures += chunk_failures
             for prediction in predictions:
-                overlay = _write_overlay(prediction, stem_of[prediction.source], out_dir) \
+                overlay = _write_overlay(prediction, stem_of[prediction.source], out_dir, config.cam_scale) \
                     if config.overlays and out_dir else ""
                 peak_y, peak_x = peak(prediction.cam)
                 rows.append({"source": prediction.source, "probability": round(prediction.probability, 6),
@@ -83,12 +84,12 @@ class _DicomWriter:
     """Writes the Secondary Capture and SR of each DICOM input; a non-DICOM input or a failed write is a
     failure row (its prediction stays in the table)."""
 
-    def __init__(self, predictor: Predictor, checkpoint: str | Path, out_dir: str | Path):
+    def __init__(self, predictor: Predictor, checkpoint: str | Path, out_dir: str | Path, scale: str = "absolute"):
         from pneumocam.dicom_results import ModelIdentity
 
         self.model = ModelIdentity.from_predictor(predictor, checkpoint_label(checkpoint))
         self.out_dir = Path(out_dir)
-        self.resize_mode = predictor.contract.resize_mode
+        self.resize_mode, self.scale = predictor.contract.resize_mode, scale
 
     def write(self, prediction, stem: str, row: dict) -> dict | None:
         from pneumocam.dicom_results import write_results
@@ -96,17 +97,21 @@ class _DicomWriter:
         if not is_dicom(prediction.source):
             return {"source": prediction.source, "reason": "not a DICOM file: no DICOM results written for it"}
         try:
-            sc, sr = write_results(prediction.source, prediction, self.model, self.out_dir, stem, self.resize_mode)
+            sc, sr = write_results(prediction.source, prediction, self.model, self.out_dir, stem, self.resize_mode,
+                                   self.scale)
         except (PneumocamError, ValueError, AttributeError, KeyError, TypeError) as exc:
             return {"source": prediction.source, "reason": f"DICOM results not written ({type(exc).__name__}: {exc})"}
         row["dicom_sc"], row["dicom_sr"] = str(sc), str(sr)
         return None
 
 
-def _write_overlay(prediction, stem: str, out_dir: Path) -> str:
+def _write_overlay(prediction, stem: str, out_dir: Path, scale: str = "absolute") -> str:
+    """The overlay with its colour bar burned in below it."""
     name = f"overlays/{stem}_cam.png"
+    shown = ShownMap.of(prediction, scale)
+    overlay = overlay_map(prediction.image, shown)
     with atomic_open(Path(out_dir) / name, "wb") as f:
-        f.write(to_png(overlay_cam(prediction.image, prediction.cam)))
+        f.write(to_png(np.concatenate([overlay, colour_bar_strip(overlay.shape[1], shown)])))
     return name
 
 
