@@ -145,3 +145,67 @@ def test_cluster_bootstrap_resamples_whole_patients_and_widens_the_ci_of_copies(
     assert one_each == bootstrap_ci(probs[::5], labels[::5], config=Bootstrap(50, 3))  # no repeats: by image
     hits = bootstrap_mean_ci(labels, patients, Bootstrap(200, 0))
     assert hits["ci_method"].startswith("cluster") and hits["ci95"][0] < labels.mean() < hits["ci95"][1]
+
+
+def test_paired_auroc_ci_resamples_patients_as_the_other_cis_do():
+    """80 patients x 5 strongly correlated images: resampling images treats 400 images as independent; resampling
+    patients sees 80. The paired difference's CI must widen as the unpaired AUROC CI does."""
+    from pneumocam.metrics import bootstrap_auroc_ci, paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    patient_labels = np.repeat([0, 1], 40)
+    labels, groups = np.repeat(patient_labels, 5), np.repeat(np.arange(80), 5)
+    shared_a, shared_b = rng.normal(0, 1, 80), rng.normal(0, 1, 80)
+    probs_a = 1 / (1 + np.exp(-(1.2 * labels + np.repeat(shared_a, 5) + rng.normal(0, 0.2, 400))))
+    probs_b = 1 / (1 + np.exp(-(0.6 * labels + np.repeat(shared_b, 5) + rng.normal(0, 0.2, 400))))
+
+    def width(interval):
+        return interval[1] - interval[0]
+
+    boot = Bootstrap(400, 0)
+    paired_images = paired_auroc_difference(probs_a, probs_b, labels, boot)
+    paired_patients = paired_auroc_difference(probs_a, probs_b, labels, boot, groups)
+    unpaired_ratio = width(bootstrap_auroc_ci(probs_a, labels, groups, boot)) / width(
+        bootstrap_auroc_ci(probs_a, labels, None, boot))
+    paired_ratio = width(paired_patients["ci95"]) / width(paired_images["ci95"])
+    assert unpaired_ratio > 1.5 and paired_ratio > 1.5 and abs(paired_ratio - unpaired_ratio) < 0.6
+    assert paired_patients["ci_method"].startswith("cluster bootstrap")
+    assert paired_patients["auroc_difference"] == paired_images["auroc_difference"]
+
+
+def test_one_binning_rule_for_the_ece_the_diagram_and_the_csv(tmp_path):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pneumocam.commands.calibrate import write_reliability
+    from pneumocam.metrics import expected_calibration_error, reliability_bins
+    from pneumocam.plots import calibration_figure
+
+    probs, labels = np.array([0.3, 0.3, 0.25, 0.25]), np.array([1, 1, 0, 0])
+    bins = [row for row in reliability_bins(probs, labels) if row["n"]]
+    assert [(row["bin_low"], row["n"], row["observed_frequency"]) for row in bins] == [(0.2, 2, 0.0), (0.3, 2, 1.0)]
+    assert expected_calibration_error(probs, labels) == pytest.approx((2 * 0.7 + 2 * 0.25) / 4)
+    write_reliability(tmp_path, probs, probs, labels)
+    with open(tmp_path / "reliability.csv", newline="") as f:
+        written = [row for row in csv.DictReader(f) if row["probabilities"] == "after" and row["n"] != "0"]
+    assert [(float(r["bin_low"]), int(r["n"]), float(r["observed_frequency"])) for r in written] == \
+        [(0.2, 2, 0.0), (0.3, 2, 1.0)]
+    line = calibration_figure({"model": probs}, labels).axes[0].lines[1]
+    assert list(line.get_xdata()) == [0.25, 0.3] and list(line.get_ydata()) == [0.0, 1.0]
+    assert "ECE = 0.475" in line.get_label()
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([1, 0])) == 0.0  # p = 1 in the last bin
+
+
+def test_the_ece_is_torchmetrics_away_from_bin_edges():
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from pneumocam.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0, 1, 500)
+    labels = (rng.uniform(0, 1, 500) < probs ** 1.5).astype(int)
+    expected = float(binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=10))
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-6)

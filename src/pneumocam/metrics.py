@@ -172,13 +172,28 @@ def bootstrap_auroc_ci(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
-    """ECE with equal-width bins (torchmetrics' binary calibration error, L1 norm)."""
-    import torch
-    from torchmetrics.functional.classification import binary_calibration_error
-
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """The one binning rule of the ECE, the reliability diagram and reliability.csv: n_bins equal-width bins,
+    bin k = [k/n, (k+1)/n), the last one closed at 1; per bin its count, mean probability and observed
+    frequency (None where empty)."""
     probs, labels = _check(probs, labels)
-    return float(binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=n_bins))
+    index = np.minimum(np.floor(probs * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for k in range(n_bins):
+        inside = index == k
+        rows.append({"bin_low": k / n_bins, "bin_high": (k + 1) / n_bins, "n": int(inside.sum()),
+                     "mean_predicted": float(probs[inside].mean()) if inside.any() else None,
+                     "observed_frequency": float(labels[inside].mean()) if inside.any() else None})
+    return rows
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
+    """ECE (L1) over reliability_bins: the count-weighted mean of |mean probability - observed frequency|; the
+    same as torchmetrics' binary calibration error wherever no probability sits on a bin edge (tested)."""
+    rows = reliability_bins(probs, labels, n_bins)
+    total = sum(row["n"] for row in rows)
+    return float(sum(row["n"] * abs(row["mean_predicted"] - row["observed_frequency"]) for row in rows if row["n"])
+                 / total)
 
 
 def calibration_scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict[str, float]:
@@ -224,21 +239,25 @@ def operating_points(probs: np.ndarray, labels: np.ndarray, thresholds: dict[str
 
 
 def paired_auroc_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
-                            config: Bootstrap = Bootstrap()) -> dict:
-    """AUROC(a) - AUROC(b) on the same images, with a stratified paired-bootstrap 95% CI and a
-    two-sided bootstrap p-value (twice the share of resampled differences on the other side of 0)."""
+                            config: Bootstrap = Bootstrap(), groups: np.ndarray | None = None) -> dict:
+    """AUROC(a) - AUROC(b) on the same images, with a paired-bootstrap 95% CI and a two-sided bootstrap p-value
+    (twice the share of resampled differences on the other side of 0). Resampled as every other CI here
+    (resampler): whole patients when `groups` repeat, else images, stratified by label."""
     probs_a, labels = _check(probs_a, labels)
     probs_b, _ = _check(probs_b, labels)
-    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    if not pos.size or not neg.size:
+    if len(set(labels.tolist())) < 2:
         raise ValueError("a paired AUROC comparison needs both classes")
     rng = np.random.default_rng(config.seed)
-    diffs = np.empty(config.n_resamples)
-    for i in range(config.n_resamples):
-        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        diffs[i] = fast_auroc(probs_a[idx], labels[idx]) - fast_auroc(probs_b[idx], labels[idx])
+    draw, method = resampler(labels, groups)
+    diffs = []
+    for _ in range(config.n_resamples):
+        idx = draw(rng)
+        a, b = fast_auroc(probs_a[idx], labels[idx]), fast_auroc(probs_b[idx], labels[idx])
+        if a is not None and b is not None:  # a patient resample can, rarely, hold one class only
+            diffs.append(a - b)
+    diffs = np.asarray(diffs)
     point = skm.roc_auc_score(labels, probs_a) - skm.roc_auc_score(labels, probs_b)
     p_value = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     return {"auroc_difference": float(point), "ci95": [float(np.percentile(diffs, 2.5)),
                                                         float(np.percentile(diffs, 97.5))],
-            "p_value": float(p_value), "n_resamples": config.n_resamples}
+            "p_value": float(p_value), "n_resamples": config.n_resamples, "ci_method": method}

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 MARKERS = ("o", "s", "^", "D", "v")
@@ -71,13 +70,15 @@ def calibration_figure(curves: dict[str, np.ndarray], labels: np.ndarray, n_bins
     """Reliability diagram (observed frequency vs mean predicted probability), one curve per set of
     probabilities (e.g. before and after calibration, each with its Brier score and ECE in the legend),
     over a histogram of the first set."""
-    from pneumocam.metrics import calibration_scores
+    from pneumocam.metrics import calibration_scores, reliability_bins
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), height_ratios=(3, 1.2), sharex=True,
                                       constrained_layout=True)
     top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
     for (name, probs), marker in zip(curves.items(), MARKERS, strict=False):
-        observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
+        filled = [row for row in reliability_bins(probs, labels, n_bins) if row["n"]]
+        observed = [row["observed_frequency"] for row in filled]
+        predicted = [row["mean_predicted"] for row in filled]
         score = calibration_scores(probs, labels, n_bins)
         top.plot(predicted, observed, f"{marker}-", lw=2,
                  label=f"{name} (Brier = {score['brier']:.3f}, ECE = {score['ece']:.3f})")

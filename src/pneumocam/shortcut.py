@@ -55,7 +55,7 @@ def header_baseline(train_rows: list[dict], eval_rows: list[dict], model_probs: 
         return {"available": False, "reason": "the training or evaluated split has one class only"}
     model = header_model().fit(header_matrix(train_rows), y_train)
     probs = model.predict_proba(header_matrix(eval_rows))[:, 1]
-    difference = paired_auroc_difference(np.asarray(model_probs), probs, y_eval, bootstrap) \
+    difference = paired_auroc_difference(np.asarray(model_probs), probs, y_eval, bootstrap, groups) \
         if bootstrap.n_resamples else {"auroc_difference": fast_auroc(model_probs, y_eval) - fast_auroc(probs, y_eval),
                                        "ci95": None}
     return {"available": True, "fields_known_in_train": known, "n_train": len(train_rows), "n": len(eval_rows),

@@ -39,6 +39,7 @@ from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
 from pneumocam.inference import Predictor, batches
 from pneumocam.metrics import calibration_scores as scores
+from pneumocam.metrics import reliability_bins
 from pneumocam.ood import OutOfRange, fit_out_of_range
 from pneumocam.preprocess import load_file
 
@@ -220,14 +221,8 @@ def write_reliability(out_dir: Path, before: np.ndarray, after: np.ndarray, labe
     with atomic_open(out_dir / "reliability.png", "wb") as f:
         figure.savefig(f, format="png", dpi=90)
     plt.close(figure)
-    edges = np.linspace(0, 1, n_bins + 1)
     rows = []
     for name, probs in (("before", before), ("after", after)):
-        bins = np.clip(np.searchsorted(edges, probs, side="right") - 1, 0, n_bins - 1)
-        for k in range(n_bins):
-            inside = bins == k
-            rows.append({"probabilities": name, "bin_low": edges[k], "bin_high": edges[k + 1],
-                         "n": int(inside.sum()),
-                         "mean_predicted": float(probs[inside].mean()) if inside.any() else "",
-                         "observed_frequency": float(labels[inside].mean()) if inside.any() else ""})
+        for row in reliability_bins(probs, labels, n_bins):  # the bins of the ECE and of the diagram
+            rows.append({"probabilities": name, **{k: "" if v is None else v for k, v in row.items()}})
     write_csv(out_dir / "reliability.csv", list(rows[0]), rows)
