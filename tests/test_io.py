@@ -81,16 +81,38 @@ def test_window_is_applied(tmp_path):
     assert 0.4 < image[0, 1] < 0.6  # the centre maps to the middle
 
 
-def test_png_modes_become_one_gray_channel(tmp_path):
-    Image.fromarray(np.full((4, 6), 65535, np.uint16)).save(tmp_path / "g16.png")
-    Image.fromarray(np.full((4, 6, 3), 255, np.uint8)).save(tmp_path / "rgb.png")
-    rgba = np.zeros((4, 6, 4), np.uint8)
-    rgba[..., :3], rgba[..., 3] = 255, 0  # white but fully transparent -> black
+def test_png_modes_become_one_gray_channel_with_their_values(tmp_path):
+    g16 = np.array([[0, 1000, 32768, 65535]], np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    rgb = np.array([[[200, 100, 50], [0, 255, 0], [10, 20, 30]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    rgba = np.zeros((1, 3, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 200, [0, 128, 255]  # transparent parts are air: composited on black
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
-    assert np.allclose(read_image(tmp_path / "g16.png"), 1.0)
-    assert np.allclose(read_image(tmp_path / "rgb.png"), 1.0)
-    assert np.allclose(read_image(tmp_path / "rgba.png"), 0.0)
-    assert read_image(tmp_path / "rgb.png").shape == (4, 6)
+    assert np.allclose(read_image(tmp_path / "g16.png"), g16 / 65535, atol=1e-6)
+    luma = rgb.astype(float) @ [0.299, 0.587, 0.114]  # ITU-R 601-2, as Pillow converts
+    assert np.allclose(read_image(tmp_path / "rgb.png"), np.round(luma) / 255, atol=1 / 255)
+    assert np.allclose(read_image(tmp_path / "rgba.png"), [[0, 200 * 128 / 255 / 255, 200 / 255]], atol=1.5 / 255)
+    assert read_image(tmp_path / "rgb.png").shape == (1, 3)
+
+
+def test_a_32_bit_tiff_is_scaled_by_its_declared_depth_not_its_maximum(tmp_path):
+    pixels = np.full((4, 4), 200, np.int32)
+    Image.fromarray(pixels).save(tmp_path / "a.tif")
+    pixels[0, 0] = 256  # one pixel over 255 must not change how the others read
+    Image.fromarray(pixels).save(tmp_path / "b.tif")
+    a, b = read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tif")
+    assert a[1, 1] == b[1, 1] == pytest.approx(200 / (2**32 - 1))
+    Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(tmp_path / "c.tif")  # 16-bit: by 65535
+    assert read_image(tmp_path / "c.tif")[0, 0] == pytest.approx(1000 / 65535)
+
+
+def test_a_float_tiff_outside_the_unit_range_is_refused_not_clipped(tmp_path):
+    Image.fromarray(np.array([[0.2, 0.7]], np.float32)).save(tmp_path / "ok.tif")
+    assert np.allclose(read_image(tmp_path / "ok.tif"), [[0.2, 0.7]])
+    Image.fromarray(np.array([[0.2, 1.5]], np.float32)).save(tmp_path / "bright.tif")
+    with pytest.raises(ImageReadError, match=r"must lie in \[0, 1\], found \[0.2, 1.5\]"):
+        read_image(tmp_path / "bright.tif")
 
 
 @pytest.mark.parametrize(

@@ -221,15 +221,27 @@ def read_raster(path: Path, min_side: int | None = None) -> tuple[np.ndarray, tu
         raise ImageReadError(path, f"not a readable image ({exc})") from exc
 
 
+def _declared_bits(img: Image.Image) -> int:
+    """Bits per sample a 32-bit-integer ("I") image declares: TIFF's BitsPerSample; 16 for PNG (its deepest)."""
+    bits = getattr(img, "tag_v2", {}).get(258) if img.format == "TIFF" else None
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return int(bits) if bits else (16 if img.format == "PNG" else 32)
+
+
 def _pil_to_gray(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L"):
         return (np.asarray(img, dtype=np.float64) / 65535.0).astype(np.float32)
-    if img.mode == "I":
+    if img.mode == "I":  # 32-bit integers: scaled by the bit depth the file declares, never by its own maximum
         arr = np.asarray(img, dtype=np.float64)
-        high = 65535.0 if arr.max() > 255 else 255.0
-        return np.clip(arr / high, 0, 1).astype(np.float32)
-    if img.mode == "F":
+        if arr.size and arr.min() < 0:
+            raise ValueError("negative pixel values in an integer image")
+        return (arr / (2.0 ** _declared_bits(img) - 1)).astype(np.float32)
+    if img.mode == "F":  # floats: must already lie in [0, 1], like a .npy
         arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError("float image contains NaN or infinite values")
+        if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
+            raise ValueError(f"float image values must lie in [0, 1], found [{arr.min():.4g}, {arr.max():.4g}]")
         return np.clip(arr, 0, 1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels carry no X-ray signal: composite on black (air).
