@@ -19,3 +19,25 @@ def test_randomization_check_resetting_layer4_changes_the_cam_and_fails_a_model_
     monkeypatch.setattr(loc, "randomized_predictor", lambda predictor, seed: predictor)
     result = loc.randomization_check(predictor, images, ["cam", "gradcam"], LocalizeConfig())
     assert result["cam"]["mean_rank_correlation"] == pytest.approx(1.0) and result["cam"]["passed"] is False
+
+
+def test_deletion_curves_follow_the_calibrated_probability_and_report_their_end_points(rsna_sample):
+    """The bundled model is calibrated: the curves must start at the probability predict reports, not at the raw
+    sigmoid, and the summary must say which and where the all-replaced images end."""
+    from pneumocam.config import LocalizeConfig
+    from pneumocam.inference import Predictor
+    from pneumocam.map_assessment import faithfulness_summary, random_maps
+
+    predictor = Predictor.from_checkpoint("pneumocam-cxr")
+    files = sorted((rsna_sample / "stage_2_train_images").glob("*.dcm"))[:3]
+    predictions, _ = predictor.predict_files(files)
+    images = [p.image for p in predictions]
+    maps = {"cam": np.stack([p.cam for p in predictions]), "random": random_maps(3, 0)}
+    summary = faithfulness_summary(predictor, images, maps, LocalizeConfig(road=False), np.arange(3))
+    calibrated = np.mean([p.probability for p in predictions])
+    raw = np.mean(1 / (1 + np.exp(-np.array([p.logit for p in predictions]))))
+    assert abs(calibrated - raw) > 0.01  # the two differ on these images, so the check below can fail
+    assert summary["original_probability"] == pytest.approx(calibrated, abs=1e-5)
+    assert summary["maps"]["cam"]["deletion"]["curve"]["probability"][0] == pytest.approx(calibrated, abs=1e-5)
+    assert summary["probability"].startswith("calibrated (temperature 1.674")
+    assert 0 <= summary["all_replaced_probability"] <= 1

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from pneumocam.boxes import box_mask, load_boxes
+from pneumocam.calibration import Calibration
 from pneumocam.cam import upsample_and_normalize
 from pneumocam.config import LocalizeConfig
 from pneumocam.data import manifest_patients, read_fingerprint
@@ -199,15 +200,24 @@ def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: Locali
     return MapAssessment(result, files, boxes, images, maps, per_image, probabilities)
 
 
+def _which_probability(predictor: Predictor) -> str:
+    calibration = predictor.calibration
+    if calibration == Calibration():
+        return "the raw sigmoid (the checkpoint is not calibrated)"
+    return (f"calibrated (temperature {calibration.temperature:.3f}, intercept "
+            f"{calibration.intercept + calibration.prevalence_shift:+.3f}), as predict reports it")
+
+
 def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_maps: dict[str, np.ndarray],
                          config: LocalizeConfig, groups: np.ndarray) -> dict:
     """Deletion and insertion areas (logit and probability) and ROAD MoRF / LeRF for every map, each with a
-    patient-level CI, plus the mean curves; timed."""
+    patient-level CI, plus the mean curves; timed. The logit and probability are the calibrated ones where the
+    checkpoint has a calibration (the probability the user sees), and the summary says which."""
     start = time.perf_counter()
 
     def score(batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([predictor.features(list(chunk))[0] for chunk in batches(batch, config.batch_size)])[
-            :, None]
+        raw = np.concatenate([predictor.features(list(chunk))[0] for chunk in batches(batch, config.batch_size)])
+        return predictor.calibration.apply(raw)[:, None]
 
     stack = np.stack(images)
     boot = Bootstrap(1000, config.seed)
@@ -235,7 +245,12 @@ def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_m
                     kind: {"probability": float(np.mean(a - areas["random"][kind])),
                            "ci95": bootstrap_mean_ci(a - areas["random"][kind], groups, boot)["ci95"]}
                     for kind, a in kinds.items()}
-    return {"replacement": config.replacement, "replacement_value": (
+    ends = next(iter(out.values()), {}).get("deletion", {}).get("curve", {}).get("probability") or [None]
+    return {"probability": _which_probability(predictor),
+            # the mean probability of the images as they are, and with every pixel replaced: where a deletion
+            # curve starts and ends whatever the map (above the start: the replacement itself reads as pneumonia)
+            "original_probability": ends[0], "all_replaced_probability": ends[-1],
+            "replacement": config.replacement, "replacement_value": (
         f"Gaussian blur, sigma {BLUR_SIGMA:g} px" if config.replacement == "blur"
         else f"the normalisation mean {predictor.normalization.mean:.4f}"),
             "steps": STEPS, "road_percentages": list(ROAD_PERCENTAGES) if config.road else None,

@@ -138,6 +138,19 @@ def _calibration_section(calibration: dict | None, metrics: dict) -> str:
             f"<b>{after['brier']:.3f}</b> (raw &rarr; calibrated). Threshold {metrics['threshold']:.4f}: {rule}.</p>")
 
 
+def _end_points(faithfulness: dict | None) -> str:
+    """Where every deletion curve starts and ends, whatever the map, and what that means for the areas."""
+    if not faithfulness or faithfulness.get("all_replaced_probability") is None:
+        return ""
+    start, end = faithfulness["original_probability"], faithfulness["all_replaced_probability"]
+    meaning = ("the replacement itself reads as pneumonia, so every deletion curve drifts up towards it and the "
+               "areas separate the maps less than they seem; compare each map with the random map"
+               if end > start else "removing everything removes the evidence, as deletion assumes")
+    return (f"<p>Probability: {html.escape(faithfulness.get('probability', 'the sigmoid of the logit'))}. The images "
+            f"as they are: mean p = {start:.3f}; every pixel replaced "
+            f"({html.escape(faithfulness['replacement_value'])}): mean p = {end:.3f}: {meaning}.</p>")
+
+
 def _trust_section(maps: dict | None, misses: Sequence[tuple[str, bytes]]) -> str:
     if not maps:
         return ""
@@ -169,12 +182,13 @@ def _trust_section(maps: dict | None, misses: Sequence[tuple[str, bytes]]) -> st
                          f"<td>{'passed' if r['passed'] else 'FAILED'}</td></tr>" for m, r in check.items())
     figures = "".join(f'<figure><img alt="{html.escape(c)}" src="{png_data_uri(p)}"><figcaption>{html.escape(c)}'
                       "</figcaption></figure>" for c, p in misses)
+    ends = _end_points(maps.get("faithfulness"))
     return (f"<h2>Can you trust these maps?</h2><p>{maps['n_images']} images with boxes ({html.escape(maps['split'])}"
             " split). Localisation with patient-level 95% CIs; the box prior is the mean training-box mask (one "
             "fixed guess of where boxes are), so a map must beat it to show it looks at the image. Deletion and "
             f"insertion: areas under the pneumonia probability as pixels are removed or revealed, most salient "
             f"first ({html.escape(maps['faithfulness']['replacement_value']) if maps.get('faithfulness') else ''}); "
-            "deletion lower and insertion higher is more faithful.</p>" + table +
+            "deletion lower and insertion higher is more faithful.</p>" + ends + table +
             (f"<h3>Randomisation check</h3><p>Spearman correlation of each map with the map of the same network "
              f"with layer4 and fc re-initialised; a faithful method's maps change (below 0.5).</p><table><tr><th>"
              f"method</th><th>rank correlation</th><th>check</th></tr>{randomised}</table>" if randomised else "") +
