@@ -91,8 +91,8 @@ def upsample_and_normalize(maps: torch.Tensor, size: tuple[int, int] = (224, 224
       docs/explanations.md).
       Beyond the last cell's centre the map keeps the edge value.
     - "block-centre": cell p at pixel (p + 0.5) s, the middle of its s x s block; what cv2.resize and
-      F.interpolate(align_corners=False) do, hence most CAM code and pytorch-grad-cam. On this network it
-      draws every map about 16 pixels right of and below where the evidence is.
+      F.interpolate(align_corners=False) do, hence most CAM code and pytorch-grad-cam. Scored against real
+      RSNA boxes it localises worse than "receptive-field" (docs/explanations.md has the measurement).
     Bilinear interpolation stays inside the input range, so the clamp only removes rounding error.
     """
     return upsample(normalize_maps(maps), size, alignment).clamp_(0.0, 1.0)
