@@ -34,16 +34,29 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, phantom_data, 
 
 @pytest.mark.slow
 def test_cam_writes_overlay_and_maps_per_image(tiny_checkpoint, phantom_data, tmp_path):
+    import torch
+
+    from pneumocam.calibration import logit
+    from pneumocam.cam import upsample_and_normalize
+    from pneumocam.inference import Predictor
+
     inputs = [phantom_data / "Processed" / "val"]
     report = explain_files(tiny_checkpoint, inputs, tmp_path, CamConfig())
     assert len(report.rows) == 6 and report.failures == []
-    for row in report.rows:
-        assert (tmp_path / row["png"]).stat().st_size > 1000
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    bias = float(predictor.net.fc.bias.detach())
+    with open(tmp_path / "cams.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    for row in rows:  # the files on disk, tied to each other and to the CSV
+        assert (tmp_path / row["png"]).stat().st_size > 1000 and row["scale"] == "absolute"
         raw = np.load(tmp_path / row["cam7x7"])
         up = np.load(tmp_path / row["cam224"])
-        assert raw.shape == (7, 7) and up.shape == (224, 224) and 0 <= up.min() and up.max() <= 1
-    with open(tmp_path / "cams.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        evidence = np.load(tmp_path / row["evidence224"])
+        assert np.allclose(up, upsample_and_normalize(torch.from_numpy(raw)[None])[0].numpy(), atol=1e-6)
+        assert raw.mean() + bias == pytest.approx(float(row["logit"]), abs=1e-4)  # the CAM explains the logit
+        boundary = logit(float(row["threshold"]))
+        assert np.allclose(evidence[::32, ::32], predictor.calibration.apply(raw + bias) - boundary, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -114,13 +127,24 @@ def test_thresholds_from_another_split_have_no_same_data_warning(tiny_checkpoint
 
 @pytest.mark.slow
 def test_compare_two_checkpoints(tiny_checkpoint, phantom_data, tmp_path):
+    import torch
+
     from pneumocam.commands.evaluate import compare
 
-    result = compare([tiny_checkpoint, tiny_checkpoint], phantom_data, tmp_path,
-                     EvalConfig(bootstrap=30, report=False, maps=False))
+    other = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)  # a second model: fc weights moved
+    generator = torch.Generator().manual_seed(1)
+    weight = other["state_dict"]["net.fc.weight"]
+    other["state_dict"]["net.fc.weight"] = weight + 3 * weight.std() * torch.randn(weight.shape, generator=generator)
+    torch.save(other, tmp_path / "other.ckpt")
+    result = compare([tiny_checkpoint, tmp_path / "other.ckpt"], phantom_data, tmp_path / "out",
+                     EvalConfig(bootstrap=200, report=False, maps=False))
     assert [m["model"] for m in result["models"]] == [0, 1]
-    assert result["paired_auroc_differences"][0]["auroc_difference"] == 0
-    assert (tmp_path / "comparison.csv").exists() and (tmp_path / "model_1" / "metrics.json").exists()
+    difference = result["paired_auroc_differences"][0]
+    aurocs = [json.loads((tmp_path / "out" / f"model_{k}" / "metrics.json").read_text())["auroc"] for k in (0, 1)]
+    assert aurocs[0] != aurocs[1] and difference["auroc_difference"] == pytest.approx(aurocs[1] - aurocs[0])
+    low, high = difference["ci95"]
+    assert low <= difference["auroc_difference"] <= high and low < high
+    assert (tmp_path / "out" / "comparison.csv").exists()
 
 
 @pytest.mark.slow
@@ -133,10 +157,15 @@ def test_localize_faithfulness_cis_margins_and_chexlocalize_export(tiny_checkpoi
     result = localize(tiny_checkpoint, phantom_data, tmp_path, LocalizeConfig(
         split="all", methods=("cam", "gradcam"), batch_size=8, faithfulness=True, export="chexlocalize", max_images=3))
     cam = result["methods"]["cam"]
-    for key in ("pointing_game", "pixel_auprc", "chexlocalize_iou", "iou@0.5", "iobb@0.5", "hit_rate_iobb@0.25",
-                "energy_in_boxes"):
+    means = {"pointing_game": cam["pointing_game"], "pixel_auprc": cam["pixel_auprc"],
+             "chexlocalize_iou": cam["chexlocalize_iou"], "iou@0.5": cam["iou"]["0.5"], "iobb@0.5": cam["iobb"]["0.5"],
+             "hit_rate_iobb@0.25": cam["hit_rate_iobb"]["0.25"], "energy_in_boxes": cam["energy_in_boxes"]}
+    for key, mean in means.items():  # each CI around its own estimate
         low, high = cam["ci95"][key]
-        assert low <= high and 0 <= low and high <= 1
+        assert low <= mean <= high, key
+    with open(tmp_path / "localization.csv") as f:  # the estimate, recomputed from the per-image rows
+        hits = [r["pointing_hit"] in ("1", "True") for r in csv.DictReader(f) if r["method"] == "cam"]
+    assert len(hits) == 3 and cam["pointing_game"] == pytest.approx(np.mean(hits))
     margin = cam["margin_over_box_prior"]["pointing_game"]
     assert margin["mean"] == pytest.approx(cam["pointing_game"] - result["baseline_box_prior"]["pointing_game"])
     faithful = result["faithfulness"]
