@@ -102,3 +102,24 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
     pixels = chunk(b"IDAT", zlib.compress(b"\0" * 64))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
+def receptive_field_centres(net) -> list[float]:
+    """Where each last-stage cell is centred in the input, traced through the network's own layers: every conv
+    and pool on the main path maps output index i to the input position i * stride - padding + (k - 1) / 2."""
+    import torch
+
+    layers = [m for name, m in net.feature_map.named_modules()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)) and "downsample" not in name]
+
+    def param(value):
+        return value[0] if isinstance(value, tuple) else value
+
+    centres = []
+    for cell in range(7):
+        position = float(cell)
+        for layer in reversed(layers):
+            k, stride, pad = param(layer.kernel_size), param(layer.stride), param(layer.padding)
+            position = position * stride - pad + (k - 1) / 2
+        centres.append(position)
+    return centres

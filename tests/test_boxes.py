@@ -51,7 +51,12 @@ def test_split_boxes_lines_up_with_the_samples(phantom_data):
 
 
 def test_cell_coverage_follows_the_cam_alignment():
-    mask = _mask(80, 80, 112, 112)  # the 32x32 square centred on pixel 96 = 3 * 32
+    """The box loss must see each cell where the network's layers centre it (traced from the real network)."""
+    from conftest import receptive_field_centres
+    from pneumocam.model import PneumoniaNet
+
+    centre = int(receptive_field_centres(PneumoniaNet("none"))[3])
+    mask = _mask(centre - 16, centre - 16, centre + 16, centre + 16)  # the 32x32 square centred on cell 3
     receptive = cell_coverage(mask, (7, 7), "receptive-field")[0]
     expected = torch.zeros(7, 7)
     expected[3, 3] = 1.0  # cell 3 spans pixels [80, 112) when centred on 32 * 3

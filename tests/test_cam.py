@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import receptive_field_centres
 from pneumocam.cam import class_activation_map, normalize_maps, upsample_and_normalize
 from pneumocam.model import PneumoniaNet
 
@@ -75,29 +76,10 @@ def test_receptive_field_alignment_puts_cell_p_on_pixel_32p():
     assert torch.allclose(up[0, 192:, 192:], torch.ones(32, 32))
 
 
-def _receptive_field_centres(net) -> list[float]:
-    """Where each last-stage cell is centred in the input, traced through the network's own layers: every conv
-    and pool on the main path maps output index i to the input position i * stride - padding + (k - 1) / 2."""
-    layers = [m for name, m in net.feature_map.named_modules()
-              if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)) and "downsample" not in name]
-
-    def param(value):
-        return value[0] if isinstance(value, tuple) else value
-
-    centres = []
-    for cell in range(7):
-        position = float(cell)
-        for layer in reversed(layers):
-            k, stride, pad = param(layer.kernel_size), param(layer.stride), param(layer.padding)
-            position = position * stride - pad + (k - 1) / 2
-        centres.append(position)
-    return centres
-
-
 def test_the_default_placement_is_where_the_networks_own_layers_centre_each_cell(net):
     """Tied to the architecture, not to the convention: if a layer's stride or padding changed, or the upsampling
     put cell p anywhere but at its receptive field's centre, this fails (block-centre does)."""
-    centres = _receptive_field_centres(net)
+    centres = receptive_field_centres(net)
     assert centres == [32.0 * p for p in range(7)]
     for alignment, should_match in (("receptive-field", True), ("block-centre", False)):
         peaks = []
