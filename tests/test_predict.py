@@ -30,7 +30,14 @@ def test_predict_to_folder_with_overlays_and_json(tiny_checkpoint, phantom_data,
                                                                                      output_format="json"))
     saved = json.loads((tmp_path / "predictions.json").read_text())
     assert saved == rows and failures == []
-    assert all((tmp_path / r["overlay"]).stat().st_size > 500 for r in saved)
+    from PIL import Image
+
+    for row in saved:  # the overlay with its colour bar burned in below it: blue at the left end, red at the right
+        with Image.open(tmp_path / row["overlay"]) as png:
+            pixels = np.asarray(png.convert("RGB")).astype(int)
+        assert pixels.shape == (224 + 44, 224, 3)
+        bar = pixels[224 + 6]
+        assert bar[20, 2] > bar[20, 0] + 60 and bar[203, 0] > bar[203, 2] + 60
 
 
 @pytest.mark.slow
