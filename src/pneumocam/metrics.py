@@ -172,12 +172,17 @@ def bootstrap_auroc_ci(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
 
 
+def bin_index(probs: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """The bin of each probability in [0, 1]: k for [k/n, (k+1)/n), the last bin closed at 1."""
+    return np.minimum(np.floor(np.asarray(probs, dtype=np.float64) * n_bins).astype(int), n_bins - 1)
+
+
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> list[dict]:
     """The one binning rule of the ECE, the reliability diagram and reliability.csv: n_bins equal-width bins,
     bin k = [k/n, (k+1)/n), the last one closed at 1; per bin its count, mean probability and observed
     frequency (None where empty)."""
     probs, labels = _check(probs, labels)
-    index = np.minimum(np.floor(probs * n_bins).astype(int), n_bins - 1)
+    index = bin_index(probs, n_bins)
     rows = []
     for k in range(n_bins):
         inside = index == k

@@ -10,13 +10,12 @@ class, sensitivity without positives) is None. Groups smaller than `min_size` ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
 
 from pneumocam.config import MIN_SUBGROUP_SIZE, SUBGROUP_ATTRIBUTES
-from pneumocam.metrics import Bootstrap, fast_auroc, resampler
+from pneumocam.metrics import Bootstrap, bin_index, fast_auroc, resampler
 
 AGE_BANDS = ((0, 17, "0-17"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 79, "60-79"), (80, 10**6, "80+"))
 METRICS = ("prevalence", "auroc", "sensitivity", "specificity", "fnr", "ece")
@@ -63,19 +62,10 @@ def calls_by_view(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray,
 
 
 def calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
-    """Equal-width-bin ECE (L1) with the binning of torchmetrics' binary_calibration_error (which
-    metrics.expected_calibration_error calls): bin k holds [k/n, (k+1)/n), and 1.0 a bin of its own.
-    Written in numpy because the bootstrap calls it thousands of times."""
-    bins = np.searchsorted(_bin_edges(n_bins), probs, side="right") - 1
-    gap = np.bincount(bins, weights=probs - labels, minlength=n_bins + 1)
+    """metrics.expected_calibration_error over the same bins (metrics.bin_index), in a few numpy calls because
+    the bootstrap calls it thousands of times."""
+    gap = np.bincount(bin_index(probs, n_bins), weights=probs - labels, minlength=n_bins)
     return float(np.abs(gap).sum() / labels.size)
-
-
-@lru_cache
-def _bin_edges(n_bins: int) -> np.ndarray:
-    import torch
-
-    return torch.linspace(0, 1, n_bins + 1, dtype=torch.float64).numpy()  # torchmetrics' edges, to the last bit
 
 
 def group_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:

@@ -387,15 +387,13 @@ def compare(checkpoints: list[str | Path], data_dir: str | Path, out_dir: str | 
         metrics = evaluate(checkpoint, data_dir, out_dir / f"model_{k}", config)
         rows = read_csv(out_dir / f"model_{k}" / "predictions.csv")
         probabilities.append(np.array([float(r["probability"]) for r in rows]))
-        labels = np.array([int(r["label"]) for r in rows])
-        patients = np.asarray([r["patient"] for r in rows])
+        labels, patients = np.array([int(r["label"]) for r in rows]), np.asarray([r["patient"] for r in rows])
         results.append({"model": k, "checkpoint": str(checkpoint), **{m: metrics[m] for m in (
             "n", "accuracy", "precision", "recall", "f1", "specificity", "auroc", "auprc", "brier")}})
-    differences = []
-    for k in range(1, len(checkpoints)):
-        diff = paired_auroc_difference(probabilities[k], probabilities[0], labels,
-                                       Bootstrap(config.bootstrap or 1000, config.seed), patients)
-        differences.append({"model": k, "versus": 0, **diff})
+    boot = Bootstrap(config.bootstrap or 1000, config.seed)
+    differences = [{"model": k, "versus": 0, **paired_auroc_difference(probabilities[k], probabilities[0], labels,
+                                                                        boot, patients)}
+                   for k in range(1, len(checkpoints))]
     comparison = {"models": results, "paired_auroc_differences": differences, "split": config.split}
     write_json(out_dir / "comparison.json", comparison)
     write_csv(out_dir / "comparison.csv", list(results[0]), results)
