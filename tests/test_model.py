@@ -65,3 +65,18 @@ def test_offline_imagenet_error_names_alternatives(monkeypatch):
         PneumoniaNet("imagenet")
     message = str(info.value)
     assert "offline" in message and "--pretrained none" in message and "--pretrained PATH" in message
+
+
+def test_the_loading_architecture_is_torchvisions_resnet18_layer_for_layer():
+    """A Predictor builds the network without torchvision (pneumocam.resnet, for start-up time): the same
+    state-dict keys and shapes as the torchvision-built network, and bit-identical outputs for the same weights."""
+    torch.manual_seed(0)
+    reference = PneumoniaNet("none").eval()
+    loading = PneumoniaNet(weights_follow=True).eval()
+    assert [(k, v.shape) for k, v in reference.state_dict().items()] == \
+        [(k, v.shape) for k, v in loading.state_dict().items()]
+    loading.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 1, 224, 224)
+    with torch.no_grad():
+        (logit_a, features_a), (logit_b, features_b) = reference(x), loading(x)
+    assert torch.equal(logit_a, logit_b) and torch.equal(features_a, features_b)

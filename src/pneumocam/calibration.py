@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 from pneumocam.config import THRESHOLD_RULES
-from pneumocam.metrics import threshold_for_sensitivity, youden_threshold
+
+# scipy.optimize and pneumocam.metrics (scikit-learn) are imported where a fit or a threshold rule needs them:
+# every prediction imports this module for Calibration, and they would add about a second to its start
 
 
 def logit(p: float) -> float:
@@ -65,6 +66,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, intercept: bool = Tr
         return float(np.mean(np.logaddexp(0, s) - y * s))  # binary cross-entropy on the logits, stable
 
     start = np.zeros(2 if intercept else 1)
+    from scipy.optimize import minimize
+
     result = minimize(nll, start, method="L-BFGS-B", bounds=[(-5, 5)] + ([(-20, 20)] if intercept else []))
     temperature, b = float(np.exp(result.x[0])), float(result.x[1]) if intercept else 0.0
     prevalence = float(y.mean())
@@ -79,6 +82,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, intercept: bool = Tr
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, rule: str = "sensitivity",
                      target_sensitivity: float = 0.9) -> tuple[float, str]:
     """(threshold, the rule in words) on calibrated probabilities of the calibration split."""
+    from pneumocam.metrics import threshold_for_sensitivity, youden_threshold
+
     if rule == "sensitivity":
         threshold = threshold_for_sensitivity(probs, labels, target_sensitivity)
         text = f"the highest threshold with sensitivity >= {target_sensitivity:g}"

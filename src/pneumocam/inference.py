@@ -113,7 +113,7 @@ class Predictor:
         checkpoint = load_checkpoint(path)
         meta = checkpoint["pneumocam"]
         state = network_state(checkpoint)
-        net = PneumoniaNet("none")
+        net = PneumoniaNet(weights_follow=True)
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from pneumocam.checkpoints import is_pneumocam_checkpoint, load_checkpoint, network_state
 from pneumocam.errors import PneumocamError
+from pneumocam.resnet import resnet18_trunk
 
 FEATURE_CHANNELS = 512
 
@@ -38,6 +38,8 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int = 1) -> torch.Tensor
 
 
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    from torchvision.models import ResNet18_Weights
+
     try:
         return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
     except Exception as exc:  # urllib/SSL/hash errors all mean "could not get the weights"
@@ -69,6 +71,8 @@ def load_pretrained_backbone(pretrained: str) -> tuple[nn.Module, torch.Tensor]:
     if "conv1.weight" not in state:
         raise PretrainedWeightsError(f"{pretrained}: no conv1.weight, not a torchvision resnet18 state dict")
     conv1_weight = adapt_input_conv(state.pop("conv1.weight"))
+    from torchvision.models import resnet18
+
     backbone = resnet18(weights=None)
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("fc.", "conv1."))]
@@ -78,6 +82,11 @@ def load_pretrained_backbone(pretrained: str) -> tuple[nn.Module, torch.Tensor]:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return backbone, conv1_weight
+
+
+def _trunk_of(backbone: nn.Module) -> list[nn.Module]:
+    return [backbone.bn1, backbone.relu, backbone.maxpool, backbone.layer1, backbone.layer2, backbone.layer3,
+            backbone.layer4]
 
 
 class PneumoniaNet(nn.Module):
@@ -90,26 +99,24 @@ class PneumoniaNet(nn.Module):
     trained itself (a .ckpt or a bundled model's name), whose every layer, fc included, is taken over.
     """
 
-    def __init__(self, pretrained: str = "none"):
+    def __init__(self, pretrained: str = "none", weights_follow: bool = False):
+        """weights_follow: the caller loads every weight next (a Predictor), so the layers are built without
+        torchvision (pneumocam.resnet) and their initial values do not matter."""
         super().__init__()
         conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         own = is_pneumocam_checkpoint(pretrained)
-        if pretrained == "none" or own:
-            backbone = resnet18(weights=None)
+        if weights_follow:
+            trunk = resnet18_trunk()
+        elif pretrained == "none" or own:  # torchvision's initialisation, which seeded training runs reproduce
+            from torchvision.models import resnet18
+
+            trunk = _trunk_of(resnet18(weights=None))
         else:
             backbone, conv1_weight = load_pretrained_backbone(pretrained)
             with torch.no_grad():
                 conv1.weight.copy_(conv1_weight)
-        self.feature_map = nn.Sequential(
-            conv1,
-            backbone.bn1,
-            backbone.relu,
-            backbone.maxpool,
-            backbone.layer1,
-            backbone.layer2,
-            backbone.layer3,
-            backbone.layer4,
-        )
+            trunk = _trunk_of(backbone)
+        self.feature_map = nn.Sequential(conv1, *trunk)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(FEATURE_CHANNELS, 1)
         if own:

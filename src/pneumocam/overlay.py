@@ -16,15 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from pneumocam.config import CAM_SCALES
 from pneumocam.files import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EVIDENCE_SPAN = 4.0  # calibrated logit units from the threshold to either end of the scale (odds x 55)
 EVIDENCE_COLORMAP = "coolwarm"
@@ -186,6 +187,8 @@ def to_png(image: np.ndarray) -> bytes:
 
 
 def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:
+    from matplotlib.patches import Rectangle
+
     for x, y, w, h in boxes:
         ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="white", linewidth=1.5, linestyle="--"))
 
@@ -193,6 +196,8 @@ def _draw_boxes(ax, boxes: Sequence[tuple[float, float, float, float]]) -> None:
 def side_by_side(image: np.ndarray, shown: ShownMap, title: str = "", alpha: float = 0.5, boxes: Sequence = (),
                  method: str = "cam") -> Figure:
     """The original (left) and the overlay with its colour bar (right); ground-truth boxes dashed on both."""
+    import matplotlib.pyplot as plt  # figures only: predict and serve draw overlays without pyplot
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.6, 4.3), constrained_layout=True)
     left.imshow(image, cmap="gray", vmin=0, vmax=1)
     left.set_title("original")
@@ -222,6 +227,8 @@ class SideBySideJob:
 
 def save_side_by_side(job: SideBySideJob) -> Path:
     """Draw a side_by_side figure and save it atomically as a 100-dpi PNG at job.path."""
+    import matplotlib.pyplot as plt
+
     figure = side_by_side(job.image, job.shown, job.title, job.alpha, job.boxes, job.method)
     try:
         save_figure(job.path, figure, dpi=100)
@@ -234,6 +241,8 @@ def overlay_grid(items: Sequence[tuple[np.ndarray, ShownMap, str, Sequence]], co
                  alpha: float = 0.5) -> Figure:
     """A grid of overlays, each item (image, shown map, caption, boxes), with one colour bar: in probabilities
     where every absolute map has the same threshold, else in logit units from each image's threshold."""
+    import matplotlib.pyplot as plt
+
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns + 0.8, 3.2 * rows), constrained_layout=True,
                              squeeze=False)

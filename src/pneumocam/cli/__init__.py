@@ -17,7 +17,8 @@ from pneumocam.errors import PneumocamError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL"]
 
-DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "predict", "serve", "demo", "pacs"}
+# commands that draw figures with pyplot (predict, serve and pacs colour overlays without it)
+DRAWING_COMMANDS = {"evaluate", "calibrate", "cam", "localize", "demo"}
 # commands that write their settings to OUT/config.yaml (train writes RUN/config.yaml itself, for library runs too)
 WRITES_SETTINGS = {"prepare", "evaluate", "calibrate", "cam", "localize", "predict", "demo"}
 

@@ -25,7 +25,6 @@ from pneumocam.inference import Predictor, batches
 from pneumocam.inputs import require_images, resolve_inputs
 from pneumocam.io import is_dicom
 from pneumocam.localization import peak
-from pneumocam.overlay import ShownMap, colour_bar_strip, overlay_map, to_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold_basis", "view", "ood", "ood_distance",
@@ -107,6 +106,8 @@ class _DicomWriter:
 
 def _write_overlay(prediction, stem: str, out_dir: Path, scale: str = "absolute") -> str:
     """The overlay with its colour bar burned in below it."""
+    from pneumocam.overlay import ShownMap, colour_bar_strip, overlay_map, to_png  # matplotlib: only when drawing
+
     name = f"overlays/{stem}_cam.png"
     shown = ShownMap.of(prediction, scale)
     overlay = overlay_map(prediction.image, shown)
