@@ -188,13 +188,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(pred
     assert max(app.state.batcher.batch_sizes) > 1 and sum(app.state.batcher.batch_sizes) == 6
 
 
-def _png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (width, height)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _encoded(width: int, height: int, fmt: str) -> bytes:
+def _encoded(width: int, height: int, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (width, height)).save(buffer, format=fmt)
     return buffer.getvalue()
@@ -223,9 +217,9 @@ def _dicom_with_wrong_rows(tmp_path) -> bytes:
 @pytest.mark.parametrize(
     ("name", "make", "status", "message"),
     [
-        ("thin.png", lambda tmp: _png(20_000, 40), 413, "too large"),
-        ("wide.png", lambda tmp: _png(40, 60_000), 413, "too large"),
-        ("strip.png", lambda tmp: _png(5_000, 40), 422, "too elongated"),
+        ("thin.png", lambda tmp: _encoded(20_000, 40), 413, "too large"),
+        ("wide.png", lambda tmp: _encoded(40, 60_000), 413, "too large"),
+        ("strip.png", lambda tmp: _encoded(5_000, 40), 422, "too elongated"),
         ("thin.jpg", lambda tmp: _encoded(40, 20_000, "JPEG"), 413, "too large"),
         ("thin.tif", lambda tmp: _encoded(20_000, 40, "TIFF"), 413, "too large"),
         ("huge.npy", lambda tmp: _npy_header_only((1, 2_000_000)), 413, "too large"),
@@ -296,7 +290,7 @@ def test_out_of_memory_while_decoding_is_a_413(predictor, monkeypatch):
         raise MemoryError
 
     monkeypatch.setattr(predictor, "load_with_view", exhausted)
-    response = _post(client, "a.png", _png(64, 64))
+    response = _post(client, "a.png", _encoded(64, 64))
     assert response.status_code == 413 and "memory" in response.json()["detail"]
 
 

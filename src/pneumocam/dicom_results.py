@@ -109,7 +109,7 @@ def result_panel(image: np.ndarray, shown: ShownMap, probability: float, predict
     gray = to_model_input(image, PANEL_SIDE, resize_mode)
     values = np.asarray(Image.fromarray(shown.values.astype(np.float32), mode="F").resize(
         (PANEL_SIDE, PANEL_SIDE), Image.Resampling.BILINEAR))
-    overlay = overlay_map(gray, replace(shown, values=values if shown.scale == "absolute" else np.clip(values, 0, 1)))
+    overlay = overlay_map(gray, replace(shown, values=values))  # the relative map's colours clip it to [0, 1]
     pixels = np.concatenate([np.repeat(gray[..., None], 3, axis=-1), overlay], axis=1)
     banner = np.zeros((72, pixels.shape[1], 3), dtype=np.float32)
     banner[:, PANEL_SIDE:] = colour_bar_strip(PANEL_SIDE, shown, height=72)  # under the overlay it explains

@@ -158,24 +158,29 @@ def read_npy(path: Path) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise ImageReadError(path, f"not a readable .npy array ({exc})") from exc
-    if arr.ndim == 3 and arr.shape[-1] == 1:
+    if arr.ndim == 3:  # (H, W, 1): the header check above allows no other third axis
         arr = arr[..., 0]
-    if arr.ndim != 2 or min(arr.shape) < 1:
-        raise ImageReadError(path, f"expected a 2-D image array, got shape {arr.shape}")
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
-        raise ImageReadError(path, f"expected a numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
         if info.min < 0 and arr.min() < 0:
             raise ImageReadError(path, "negative pixel values in an integer array")
         return (arr.astype(np.float64) / info.max).astype(np.float32)
     arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ImageReadError(path, "array contains NaN or infinite values")
-    low, high = float(arr.min()), float(arr.max())
-    if low < -1e-6 or high > 1 + 1e-6:
-        raise ImageReadError(path, f"float array values must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
+    problem = _unit_range_problem(arr, "array")
+    if problem:
+        raise ImageReadError(path, problem)
     return np.clip(arr, 0.0, 1.0)
+
+
+def _unit_range_problem(arr: np.ndarray, kind: str) -> str | None:
+    """Why float pixels cannot be read as [0, 1] intensities (NaN, infinity, values outside), or None: a float
+    image must already be in that range, never clipped into it silently."""
+    if not np.isfinite(arr).all():
+        return f"float {kind} contains NaN or infinite values"
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if low < -1e-6 or high > 1 + 1e-6:
+        return f"float {kind} values must lie in [0, 1], found [{low:.4g}, {high:.4g}]"
+    return None
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -238,10 +243,9 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
         return (arr / (2.0 ** _declared_bits(img) - 1)).astype(np.float32)
     if img.mode == "F":  # floats: must already lie in [0, 1], like a .npy
         arr = np.asarray(img, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise ValueError("float image contains NaN or infinite values")
-        if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
-            raise ValueError(f"float image values must lie in [0, 1], found [{arr.min():.4g}, {arr.max():.4g}]")
+        problem = _unit_range_problem(arr, "image")
+        if problem:
+            raise ValueError(problem)
         return np.clip(arr, 0, 1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels carry no X-ray signal: composite on black (air).

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import matplotlib
 import numpy as np
 
+from pneumocam.calibration import logit, sigmoid
 from pneumocam.config import CAM_SCALES
 from pneumocam.files import save_figure
 
@@ -64,8 +65,13 @@ class ShownMap:
         positions = [-EVIDENCE_SPAN, -EVIDENCE_SPAN / 2, 0.0, EVIDENCE_SPAN / 2, EVIDENCE_SPAN]
         if self.threshold is None:
             return positions, [f"{p:+g}" for p in positions]
-        centre = np.log(self.threshold / (1 - self.threshold))
-        return positions, [f"{1 / (1 + np.exp(-(centre + p))):.3g}" for p in positions]
+        centre = logit(self.threshold)
+        return positions, [f"{sigmoid(centre + p):.3g}" for p in positions]
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The values at the colour bar's two ends."""
+        return (0.0, 1.0) if self.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
 
 
 def _lookup(colormap: str) -> np.ndarray:
@@ -73,16 +79,22 @@ def _lookup(colormap: str) -> np.ndarray:
     return cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
 
 
+def _colours(colormap: str, fractions: np.ndarray) -> np.ndarray:
+    """(..., 3) colours of `colormap` at `fractions` in [0, 1]: its own lookup table, indexed as matplotlib indexes
+    it for floats, in float32: the same colours in a third of the time of calling the colormap (serve draws
+    overlays per request)."""
+    table = _lookup(colormap)
+    return table[np.minimum((np.clip(fractions, 0, 1) * len(table)).astype(np.intp), len(table) - 1)]
+
+
 def overlay_evidence(image: np.ndarray, evidence: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """The absolute overlay: colour from coolwarm at evidence / EVIDENCE_SPAN, blended with weight
     alpha * |evidence| / EVIDENCE_SPAN (clipped at the span's ends); (H, W, 3) float32 RGB in [0, 1]."""
     if image.shape != evidence.shape:
         raise ValueError(f"image {image.shape} and evidence {evidence.shape} must have the same shape")
-    scaled = np.clip(np.asarray(evidence, dtype=np.float32) / EVIDENCE_SPAN, -1, 1)
-    table = _lookup(EVIDENCE_COLORMAP)
-    heat = table[np.minimum(((scaled + 1) / 2 * len(table)).astype(np.intp), len(table) - 1)]
-    weight = alpha * np.abs(scaled)[..., None]
-    return ((1 - weight) * np.clip(image, 0, 1)[..., None] + weight * heat).astype(np.float32)
+    layer = overlay_layer(ShownMap(evidence, "absolute", colormap=EVIDENCE_COLORMAP))
+    weight = alpha * layer[..., 3:]
+    return ((1 - weight) * np.clip(image, 0, 1)[..., None] + weight * layer[..., :3]).astype(np.float32)
 
 
 def overlay_map(image: np.ndarray, shown: ShownMap, alpha: float = 0.5) -> np.ndarray:
@@ -95,20 +107,18 @@ def overlay_map(image: np.ndarray, shown: ShownMap, alpha: float = 0.5) -> np.nd
 def overlay_layer(shown: ShownMap) -> np.ndarray:
     """The colour layer alone as (H, W, 4) RGBA in [0, 1], for a viewer that blends it itself (the web page's
     opacity slider): absolute, the colour's weight is |evidence| / span as in overlay_evidence; relative, 1."""
-    table = _lookup(shown.colormap)
     if shown.scale == "absolute":
         scaled = np.clip(np.asarray(shown.values, dtype=np.float32) / EVIDENCE_SPAN, -1, 1)
-        index, weight = (scaled + 1) / 2, np.abs(scaled)
+        fractions, weight = (scaled + 1) / 2, np.abs(scaled)
     else:
-        index, weight = np.clip(shown.values, 0, 1), np.ones(shown.values.shape, np.float32)
-    heat = table[np.minimum((index * len(table)).astype(np.intp), len(table) - 1)]
-    return np.concatenate([heat, weight[..., None]], axis=-1).astype(np.float32)
+        fractions, weight = shown.values, np.ones(shown.values.shape, np.float32)
+    return np.concatenate([_colours(shown.colormap, fractions), weight[..., None]], axis=-1).astype(np.float32)
 
 
 def colour_bar_description(shown: ShownMap, stops: int = 11) -> dict:
     """The colour bar as data, for a viewer that draws its own (the web page): colour stops, ticks, label."""
     table = _lookup(shown.colormap)
-    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    low, high = shown.value_range
     colours = [matplotlib.colors.to_hex(table[int(i)]) for i in np.linspace(0, len(table) - 1, stops)]
     positions, labels = shown.ticks()
     return {"scale": shown.scale, "label": shown.label(), "colours": colours,
@@ -122,7 +132,7 @@ def colour_bar_strip(width: int, shown: ShownMap, height: int = 44) -> np.ndarra
     overlay that has no figure around it (predict --overlays, the Secondary Capture)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    low, high = shown.value_range
     margin = max(8, width // 16)
     table = _lookup(shown.colormap)
     positions = np.linspace(0, len(table) - 1, width - 2 * margin).astype(np.intp)
@@ -141,7 +151,7 @@ def colour_bar_strip(width: int, shown: ShownMap, height: int = 44) -> np.ndarra
 
 def add_colour_bar(fig: Figure, axes, shown: ShownMap) -> None:
     """A matplotlib colour bar for `shown` beside `axes`, with its ticks and label."""
-    low, high = (0.0, 1.0) if shown.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
+    low, high = shown.value_range
     mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), shown.colormap)
     bar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.02)
     positions, labels = shown.ticks()
@@ -163,10 +173,7 @@ def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap
         raise ValueError(f"image {image.shape} and cam {cam.shape} must have the same shape")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    # the colormap's own lookup table, indexed as matplotlib indexes it for floats, in float32: same colours,
-    # a third of the time of calling the colormap (serve draws one overlay per request)
-    table = _lookup(colormap)
-    heat = table[np.minimum((np.clip(cam, 0, 1) * len(table)).astype(np.intp), len(table) - 1)]
+    heat = _colours(colormap, cam)
     return ((1 - alpha) * np.clip(image, 0, 1)[..., None] + alpha * heat).astype(np.float32)
 
 

@@ -118,6 +118,12 @@ def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute"
     }
 
 
+def upload_limit_bytes(config: ServeConfig) -> int:
+    """--max-upload-mb in bytes: the file's own limit (the form reader's) and, with the form's framing, the
+    request body's (the BodyLimit guard's)."""
+    return int(config.max_upload_mb * 1024 * 1024)
+
+
 def _error_schema(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {
         "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}}
@@ -153,7 +159,7 @@ class UploadReader:
 
     def __init__(self, predictor: Predictor, config: ServeConfig):
         self.predictor, self.max_mb = predictor, config.max_upload_mb
-        self.limit = int(config.max_upload_mb * 1024 * 1024)
+        self.limit = upload_limit_bytes(config)
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.in_progress = 0
 
@@ -183,7 +189,7 @@ def _guarded_app(predictor: Predictor, config: ServeConfig, token: str | None) -
     app = FastAPI(title="pneumocam", version=str(predictor.metadata.get("versions", {}).get("pneumocam", "")),
                   description="Pneumonia probability and Class Activation Map for one chest X-ray.",
                   docs_url="/docs" if config.api_docs else None, redoc_url="/redoc" if config.api_docs else None)
-    app.add_middleware(BodyLimit, limit=int(config.max_upload_mb * 1024 * 1024) + MULTIPART_OVERHEAD,
+    app.add_middleware(BodyLimit, limit=upload_limit_bytes(config) + MULTIPART_OVERHEAD,
                        message=f"upload larger than {config.max_upload_mb:g} MB")
     if is_loopback(config.host) and token is None:
         app.add_middleware(LoopbackHostOnly)

@@ -343,15 +343,15 @@ def _write_worst_misses(out_dir: Path, assessment, predictor: Predictor, scale: 
     """The boxed images whose CAM peak lies farthest from a box, drawn with their boxes."""
     from pneumocam.overlay import ShownMap, side_by_side
 
-    misses, rows = [], []
-    for rank, i in enumerate(worst_misses(assessment)):
+    misses, rows, indices = [], [], worst_misses(assessment)
+    predictions = predictor.predict_arrays([assessment.images[i] for i in indices]) if indices else []
+    for rank, (i, prediction) in enumerate(zip(indices, predictions, strict=True)):
         distance = assessment.per_image["cam"][i]["peak_distance"]
         caption = f"{Path(assessment.files[i]).stem[:16]}  p = {assessment.probabilities[i]:.3f}  " \
                   f"peak {distance:.0f} px from a box"
         name = f"worst_misses/{rank}.png"
-        shown = ShownMap.of(predictor.predict_arrays([assessment.images[i]])[0], scale)
         misses.append((caption, _write_png(out_dir, name, side_by_side(
-            assessment.images[i], shown, caption, boxes=tuple(assessment.boxes[i])))))
+            assessment.images[i], ShownMap.of(prediction, scale), caption, boxes=tuple(assessment.boxes[i])))))
         rows.append({"rank": rank, "file": assessment.files[i], "probability": float(assessment.probabilities[i]),
                      "peak_distance_px": round(distance, 2), "png": name})
     if rows:
