@@ -55,6 +55,7 @@ RECIPES = {
     "base": (None, 0),
     "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 2),
     "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 2),
+    "adult-finding": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1"], 2),
 }
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}

@@ -9,7 +9,7 @@ from pneumocam.cli import main
 from pneumocam.cli.parser import build_parser
 
 COMMANDS = ["synth", "prepare", "train", "evaluate", "calibrate", "cam", "localize", "predict", "serve", "pacs",
-            "export", "models", "demo"]
+            "export", "quantize", "models", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -173,6 +173,7 @@ def test_a_port_in_a_settings_file_is_validated_too(tmp_path, capsys):
     (["serve", "pneumocam-cxr"], "fastapi", "serve"),
     (["pacs", "pneumocam-cxr", "http://127.0.0.1:8042/dicom-web", "--once"], "dicomweb_client", "pacs"),
     (["export", "pneumocam-cxr", "model.onnx"], "onnx", "export"),
+    (["quantize", "pneumocam-cxr", "scans/"], "onnxruntime", "fast"),
 ])
 def test_a_missing_extra_is_one_line_with_an_install_command(argv, module, extra, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)

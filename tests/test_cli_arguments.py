@@ -11,7 +11,8 @@ from pneumocam.errors import PneumocamError
 CONFIGS = [c for c in vars(settings).values() if dataclasses.is_dataclass(c)]
 POSITIONALS = {"synth": ["o"], "prepare": ["s", "o"], "train": ["d", "r"], "evaluate": ["c", "d", "o"],
                "calibrate": ["c", "d", "o"], "cam": ["c", "i", "--out", "o"], "localize": ["c", "d", "o"],
-               "predict": ["c", "i"], "serve": ["c"], "pacs": ["c", "u"], "export": ["c", "o"], "demo": []}
+               "predict": ["c", "i"], "serve": ["c"], "pacs": ["c", "u"], "export": ["c", "o"], "quantize": ["c", "i"],
+               "demo": []}
 
 
 def test_every_config_belongs_to_a_command():

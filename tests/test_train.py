@@ -362,3 +362,97 @@ def test_source_shares_set_the_drawn_share_of_each_source(phantom_source, tmp_pa
     sampler = datamodule.train_dataloader().sampler
     drawn = np.concatenate([list(sampler) for _ in range(200)])
     assert abs((sources[drawn] == "adults").mean() - 0.8) < 0.03
+
+
+def _with_findings(phantom_data, out):
+    """A copy of the phantom set whose manifest gives RSNA findings: positives opacity, negatives alternately
+    "not-normal" and "normal", every fifth image unknown."""
+    import csv
+    import shutil
+
+    shutil.copytree(phantom_data, out)
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["finding"] = "" if i % 5 == 0 else "opacity" if row["label"] == "1" else ("not-normal", "normal")[i % 2]
+    with open(out / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out, {r["file"]: r["finding"] for r in rows}
+
+
+def test_finding_targets_follow_the_manifest_and_reach_each_training_batch(phantom_data, tmp_path):
+    import math
+
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import dataset_files, finding_targets
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    data, findings = _with_findings(phantom_data, tmp_path / "data")
+    files = sorted(findings)
+    expected = {"not-normal": 1.0, "normal": 0.0, "opacity": 0.0}
+    for file, target in zip(files, finding_targets(data, files).tolist(), strict=True):
+        assert (math.isnan(target) and not findings[file]) or target == expected[findings[file]]
+    config = resolve_runtime(TrainConfig(batch_size=4, finding_loss_weight=1.0, in_memory="off", seed=0))
+    datamodule = PneumoniaDataModule(data, Normalization(), config)
+    datamodule.setup()
+    train_files = dataset_files(datamodule.train_set, data)
+    loader = datamodule.train_dataloader()
+    state = loader.sampler.generator.get_state()
+    drawn = [train_files[i] for i in list(loader.sampler)[:4]]
+    loader.sampler.generator.set_state(state)  # the loader then draws the same order
+    images, labels, targets = next(iter(loader))
+    assert images.shape[0] == labels.shape[0] == targets.shape[0] == 4
+    assert [findings[f] == "not-normal" for f in drawn] == [t == 1.0 for t in targets.tolist()]
+    assert [not findings[f] for f in drawn] == [math.isnan(t) for t in targets.tolist()]
+    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry no findings
+
+
+def test_finding_loss_counts_only_the_images_whose_finding_is_known():
+    from pneumocam.training import PneumoniaModule
+
+    module = PneumoniaModule({"pretrained": "none", "seed": 0, "compile": False, "finding_loss_weight": 1.0},
+                             1.0, {"mean": 0.5, "std": 0.25}, {})
+    features = torch.randn(6, 512, 7, 7)
+    findings = torch.tensor([1.0, float("nan"), 0.0, float("nan"), 1.0, 0.0])
+    known = ~torch.isnan(findings)
+    head = module.finding_head(features.mean((2, 3)))[:, 0]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(head[known], findings[known])
+    assert torch.allclose(module._finding_loss(features, findings), expected)
+    assert float(module._finding_loss(features, torch.full((6,), float("nan"))).detach()) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", ["off", "on"])
+def test_finding_head_trains_beside_the_logit_and_stays_out_of_the_network(phantom_data, tmp_path, in_memory):
+    from pneumocam.checkpoints import load_checkpoint, network_state
+    from pneumocam.inference import Predictor
+    from pneumocam.model import PneumoniaNet
+
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    result = fit(data, tmp_path / "run", TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift",
+                                                     box_loss_weight=1.0, finding_loss_weight=1.0,
+                                                     in_memory=in_memory, seed=0))
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_finding_loss", "train_box_loss"} <= set(header)
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert any(k.startswith("finding_head.") for k in checkpoint["state_dict"])
+    assert set(network_state(checkpoint)) == set(PneumoniaNet().state_dict())
+    assert checkpoint["pneumocam"]["config"]["finding_loss_weight"] == 1.0
+    Predictor.from_checkpoint(result.last_checkpoint)  # loads the network alone
+    resumed = fit(data, tmp_path / "run", TrainConfig(epochs=2, batch_size=6, pretrained="none", augment="shift",
+                                                      box_loss_weight=1.0, finding_loss_weight=1.0,
+                                                      in_memory=in_memory, seed=0, resume=True))
+    assert load_checkpoint(resumed.last_checkpoint)["epoch"] == 1  # the second epoch, counted from 0
+
+
+def test_finding_loss_weight_needs_findings_and_must_not_be_negative(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="finding-loss-weight must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", finding_loss_weight=-1.0))
+    with pytest.raises(PneumocamError, match="needs findings"):
+        fit(phantom_data, tmp_path / "none", TrainConfig(pretrained="none", finding_loss_weight=1.0,
+                                                         fast_dev_run=True, in_memory="off"))

@@ -1,10 +1,12 @@
-"""Inference backends: who runs PneumoniaNet's forward pass (eager PyTorch, ONNX Runtime or OpenVINO).
+"""Inference backends: who runs PneumoniaNet's forward pass (eager PyTorch, ONNX Runtime or OpenVINO, in float32
+or on an INT8 copy).
 
 Each backend is a callable: normalised images (B, 1, H, W) -> (logits (B, 1), feature maps (B, 512, h, w)),
 as torch tensors. The exported graph returns the feature map too, so the CAM stays exact: the Predictor
-computes it from these features with the classifier's weights, whoever ran the network. The CPU backends
-compile an ONNX export of the network made at start-up (about a second); export.py's parity check holds
-for them (tests/test_backends.py: logit and CAM within 1e-4 of eager PyTorch).
+computes it from these features with the classifier's weights, whoever ran the network. The float32 CPU
+backends compile an ONNX export of the network made at start-up (about a second); export.py's parity check
+holds for them (tests/test_backends.py: logit and CAM within 1e-4 of eager PyTorch). The -int8 backends run
+the cached INT8 copy that `pneumocam quantize` made (quantize.py): close to float32, not equal to it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from pneumocam.config import BACKENDS
 from pneumocam.errors import PneumocamError, missing_extra
+from pneumocam.quantize import INT8_BACKENDS, cached_int8_model
 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -72,12 +75,18 @@ def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.devi
         return net
     if device is not None and device.type != "cpu":
         raise PneumocamError(f"the {backend} backend runs on the CPU; use --device cpu (or --backend torch)")
+    if backend in INT8_BACKENDS:
+        return onnx_runner(cached_int8_model(net, backend), INT8_BACKENDS[backend])
     with tempfile.TemporaryDirectory(prefix="pneumocam-backend-") as folder:  # loaded into memory, then deleted
-        path = export_onnx(net.cpu(), Path(folder) / "model.onnx")
-        if backend == "onnxruntime":
-            session = onnxruntime_session(path)
-            return _numpy_runner(lambda x: session.run(["logit", "feature_map"], {"image": x}))
-        return _numpy_runner(_openvino_run(openvino_model(path)))
+        return onnx_runner(export_onnx(net.cpu(), Path(folder) / "model.onnx"), backend)
+
+
+def onnx_runner(path: str | Path, engine: str) -> Runner:
+    """The forward pass of the ONNX model at `path` on onnxruntime or openvino (compiled into memory)."""
+    if engine == "onnxruntime":
+        session = onnxruntime_session(path)
+        return _numpy_runner(lambda x: session.run(["logit", "feature_map"], {"image": x}))
+    return _numpy_runner(_openvino_run(openvino_model(path)))
 
 
 def _openvino_run(model) -> Callable[[np.ndarray], tuple]:

@@ -30,7 +30,7 @@ SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "finding")
 BALANCE_ATTRIBUTES = ("view", "sex", "age_band", "source")
 THRESHOLD_RULES = ("sensitivity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 REPLACEMENTS = ("blur", "mean")
 EXPORT_FORMATS = ("onnx", "torchscript")
 RSNA_MEAN, RSNA_STD = 0.49, 0.248  # the RSNA training set's pixel mean and std in [0, 1] (the course's)
@@ -58,8 +58,9 @@ def _alignment() -> Any:
 
 
 def _backend() -> Any:
-    return option("torch", "who runs the network: torch, or onnxruntime / openvino on an ONNX export made at "
-                           "start-up (same logit and CAM within 1e-4; pneumocam[fast])", choices=BACKENDS)
+    return option("torch", "who runs the network: torch; onnxruntime / openvino on an ONNX export made at "
+                           "start-up (same logit and CAM within 1e-4); onnxruntime-int8 / openvino-int8 on the "
+                           "model's INT8 copy that `pneumocam quantize` made (pneumocam[fast])", choices=BACKENDS)
 
 
 CAM_SCALES = ("absolute", "relative")
@@ -155,6 +156,12 @@ class TrainConfig:
     box_loss_weight: float = option(0.0, "weight of a loss that steers the CAM into the boxes of the training images "
                                          "that have them (DATA/boxes.csv); it adds no layer, so the CAM still "
                                          "explains the logit exactly (0: labels only)")
+    finding_loss_weight: float = option(0.0, "weight of an auxiliary output, trained beside the pneumonia logit, "
+                                             "that tells RSNA's \"No Lung Opacity / Not Normal\" films from the "
+                                             "others, on the training images whose finding manifest.csv knows: it "
+                                             "teaches the hard negatives apart; the head is not part of the saved "
+                                             "network, so predictions and the CAM are those of the pneumonia logit "
+                                             "(0: off)")
     pretrained: str = option("imagenet", "imagenet (torchvision download), none (from scratch), a resnet18 state "
                                          "dict, or a checkpoint pneumocam trained")
     data_stats: bool | None = option(None, "normalise with the data's own mean/std from stats.json (--no-data-stats: "
@@ -338,6 +345,17 @@ class ExportConfig:
     format: str = option("onnx", "file format", choices=EXPORT_FORMATS)
     tolerance: float = option(1e-4, "largest accepted |difference| from PyTorch")
     seed: int = option(0, "seed of the parity check's random inputs")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The INT8 copy that `pneumocam quantize` makes and checks."""
+
+    count: int = option(300, "calibration images, a seeded sample of the inputs")
+    check_count: int = option(100, "further images of the inputs on which the INT8 copy is compared with float32")
+    seed: int = option(0, "seed of the sample")
+    batch_size: int = option(16, "images per calibration batch")
+    force: bool = option(False, "make it again even where this model's INT8 copy is cached")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,30 @@ def sample_groups(data_dir: str | Path, files: list[str], attributes: tuple[str,
     return list(zip(*(values[a] for a in attributes), strict=True))
 
 
+def finding_targets(data_dir: str | Path, files: list[str]) -> torch.Tensor:
+    """Each prepared file's hard-negative target from manifest.csv's finding: 1 for RSNA's "No Lung Opacity /
+    Not Normal", 0 for "Normal" and "Lung Opacity", NaN where the finding is unknown (the loss skips those)."""
+    by_file = manifest_rows(data_dir)
+    codes = {"not-normal": 1.0, "normal": 0.0, "opacity": 0.0}
+    return torch.tensor([codes.get(by_file.get(f, {}).get("finding", ""), float("nan")) for f in files])
+
+
+class WithFindings(torch.utils.data.Dataset):
+    """A training split whose items (or, indexed with a batch of indices, whose batches) carry the finding
+    target last: (image, label[, box mask], finding)."""
+
+    def __init__(self, dataset, findings: torch.Tensor):
+        if len(findings) != len(dataset):
+            raise ValueError(f"{len(findings)} finding targets for {len(dataset)} images")
+        self.dataset, self.findings = dataset, findings
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index) -> tuple:
+        return (*self.dataset[index], self.findings[index])
+
+
 def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:
     """The patient of each prepared file (manifest.csv); a file not listed there is its own patient."""
     by_file = manifest_rows(data_dir)

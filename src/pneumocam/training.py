@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import TorchCheckpointIO
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
@@ -26,9 +27,11 @@ from pneumocam.config import BALANCE_ATTRIBUTES, TrainConfig
 from pneumocam.data import (
     BoxedSplit,
     InMemorySplit,
+    WithFindings,
     build_transform,
     dataset_files,
     dataset_labels,
+    finding_targets,
     load_split_in_memory,
     parse_shares,
     positive_weight,
@@ -40,7 +43,7 @@ from pneumocam.data import (
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path
 from pneumocam.guidance import box_guidance_loss
-from pneumocam.model import PneumoniaNet
+from pneumocam.model import FEATURE_CHANNELS, PneumoniaNet
 from pneumocam.preprocess import Normalization
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class PneumoniaModule(L.LightningModule):
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.val_auroc = BinaryAUROC(validate_args=False)
         self._augment_generator = torch.Generator().manual_seed(config["seed"])
+        if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
+            self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
@@ -88,7 +93,7 @@ class PneumoniaModule(L.LightningModule):
         there, then normalise."""
         if self.config["in_memory"] != "on":
             return batch
-        images, labels, *masks = batch
+        images, labels, masks, findings = self._unpack(batch)
         images = images.float()
         augment = self.config["augment"]
         if self.trainer.training and augment != "none":
@@ -96,11 +101,30 @@ class PneumoniaModule(L.LightningModule):
                                  AUGMENT_RANGES[augment])
             images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
-        return ((images - norm["mean"]) / norm["std"], labels, *masks)
+        return ((images - norm["mean"]) / norm["std"], labels, *masks, *([] if findings is None else [findings]))
+
+    def _finding_weight(self) -> float:
+        return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
+
+    def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
+        """(images, labels, box masks, finding targets): training batches carry the findings last
+        (data.WithFindings) when --finding-loss-weight is on; validation batches never do."""
+        images, labels, *rest = batch
+        findings = rest.pop() if self._finding_weight() > 0 and self.trainer.training else None
+        return images, labels, rest, findings
+
+    def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+        """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
+        masked rather than indexed, so the step never waits for the device to count them."""
+        known = ~torch.isnan(findings)
+        logits = self.finding_head(torch.flatten(self.net.pool(features), 1))[:, 0].float()
+        each = F.binary_cross_entropy_with_logits(logits, torch.where(known, findings, 0.0), reduction="none")
+        return (each * known).sum() / known.sum().clamp(min=1)
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batches are (images (B, 1, 224, 224), labels (B,)) or, for box-guided training, also masks."""
-        images, labels, *masks = batch
+        """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
+        --finding-loss-weight in training also the finding targets."""
+        images, labels, masks, findings = self._unpack(batch)
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
@@ -111,6 +135,11 @@ class PneumoniaModule(L.LightningModule):
             guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
             self.log("train_box_loss", guidance, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
             loss = loss + self.config["box_loss_weight"] * guidance
+        if findings is not None:
+            finding = self._finding_loss(features, findings)
+            self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(labels))
+            loss = loss + self._finding_weight() * finding
         return loss, logits, labels
 
     def training_step(self, batch, batch_idx):
@@ -237,11 +266,26 @@ class PneumoniaDataModule(L.LightningDataModule):
     def _loader(self, dataset, train: bool) -> DataLoader:
         drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1
         sampler = self._sampler(dataset, train)
-        if isinstance(dataset, InMemorySplit):  # one tensor index per batch, no per-image collation
+        in_memory = isinstance(dataset, InMemorySplit)
+        if train and self.config.finding_loss_weight > 0:
+            dataset = self._with_findings(dataset)
+        if in_memory:  # one tensor index per batch, no per-image collation
             batches = BatchSampler(sampler, self.config.batch_size, drop_last)
             return DataLoader(dataset, sampler=batches, batch_size=None, pin_memory=torch.cuda.is_available())
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+
+    def _with_findings(self, dataset) -> WithFindings:
+        files = dataset_files(split_dataset(self.data_dir, "train"), self.data_dir)
+        findings = finding_targets(self.data_dir, files)
+        known = int((~torch.isnan(findings)).sum())
+        if known == 0:
+            raise PneumocamError(f"--finding-loss-weight needs findings: no training image under {self.data_dir} has "
+                                 "one in manifest.csv (prepare a source with RSNA's "
+                                 "stage_2_detailed_class_info.csv or a finding column in metadata.csv)")
+        log.info("--finding-loss-weight: %d of %d training images have a finding, %d of them \"Not Normal\"",
+                 known, len(findings), int(findings.nan_to_num(0).sum()))
+        return WithFindings(dataset, findings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -209,6 +209,24 @@ def export(args, config) -> int:
     return EXIT_OK
 
 
+def quantize(args, config) -> int:
+    require_extra("pneumocam quantize", "fast", "onnx", "onnxruntime")
+    from pneumocam.commands.quantize import quantize_model
+
+    made = quantize_model(args.checkpoint, args.images, config)
+    calibration = made["calibration"]
+    when = f"cached, made {made['created']}" if made["cached"] else "made"
+    print(f"INT8 copy of {made['model']}: {made['path']} ({when} from {calibration['count']} calibration images; "
+          f"description: {made['path'].removesuffix('.onnx')}.json)")
+    if check := made.get("check"):
+        print(f"against float32 on {check['n']} other images: largest probability difference "
+              f"{check['max_abs_probability_difference']:.4f}, calls changed {check['calls_changed']} of {check['n']}, "
+              f"CAM Spearman min {check['min_cam_spearman']:.3f} (median {check['median_cam_spearman']:.3f})")
+    if made["skipped"]:
+        print(f"{len(made['skipped'])} unreadable inputs skipped (listed in the description)")
+    return EXIT_OK
+
+
 def demo(args, config) -> int:
     from pneumocam.commands.demo import run_demo
 

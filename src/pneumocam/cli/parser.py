@@ -20,6 +20,7 @@ from pneumocam.config import (
     PacsConfig,
     PredictConfig,
     PrepareConfig,
+    QuantizeConfig,
     ServeConfig,
     SynthConfig,
     TrainConfig,
@@ -128,6 +129,15 @@ COMMANDS = (
             ("pneumocam export run/checkpoints/best.ckpt model.onnx",
              "pneumocam export run/checkpoints/best.ckpt model.pt --format torchscript"),
             ExportConfig, (CHECKPOINT, ("out", {"help": "output file (a description OUT.json is written beside it)"}))),
+    Command("quantize", "Make a model's INT8 copy for --backend onnxruntime-int8 / openvino-int8: calibrated on a "
+                        "few hundred of your images, checked against float32 on others, cached for every later run.",
+            handlers.quantize,
+            ("pneumocam quantize pneumocam-cxr 'scans/*.dcm'",
+             "pneumocam quantize run/checkpoints/best.ckpt data/Processed/train --count 300 --check-count 100",
+             "pneumocam predict pneumocam-cxr folder/ --backend onnxruntime-int8 --batch-size 16"),
+            QuantizeConfig, (CHECKPOINT, ("images", {"nargs": "+", "metavar": "IMAGE",
+                                                     "help": "DICOM/PNG/JPEG/npy files, folders or quoted globs, "
+                                                             "like the images the model will see"}))),
     Command("models", "List the models bundled with pneumocam, or show one's model card.", handlers.models,
             ("pneumocam models", "pneumocam models pneumocam-cxr", "pneumocam models --json",
              "pneumocam predict pneumocam-cxr xray.dcm"), None,

@@ -75,8 +75,10 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                                  (config.deterministic, AUTO_ON_OFF, "--deterministic")):
         if value not in allowed:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
-    if not config.box_loss_weight >= 0:
-        raise PneumocamError(f"--box-loss-weight must be >= 0, got {config.box_loss_weight}")
+    for weight, flag in ((config.box_loss_weight, "--box-loss-weight"),
+                         (config.finding_loss_weight, "--finding-loss-weight")):
+        if not weight >= 0:
+            raise PneumocamError(f"{flag} must be >= 0, got {weight}")
     if not config.resume:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
