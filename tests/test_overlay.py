@@ -110,3 +110,19 @@ def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
     for i in range(len(images)):
         assert (tmp_path / "serial" / f"{i}.png").read_bytes() == (tmp_path / "parallel" / f"{i}.png").read_bytes()
     assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == sorted(f"{i}.png" for i in range(len(images)))
+
+
+@pytest.mark.parametrize("scale", ["absolute", "relative"])
+def test_the_palette_layer_png_carries_the_layer_colours_and_weights(scale):
+    import io
+
+    from PIL import Image
+
+    from pneumocam.overlay import layer_png
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 3, (64, 64)) if scale == "absolute" else rng.uniform(0, 1, (64, 64))
+    shown = ShownMap(values.astype(np.float32), scale, 0.5, "coolwarm" if scale == "absolute" else "jet")
+    with Image.open(io.BytesIO(layer_png(shown))) as image:
+        sent = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
+    assert np.abs(sent - overlay_layer(shown)).max() <= 1.5 / 255

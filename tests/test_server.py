@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pneumocam.config import ServeConfig
 from pneumocam.inference import Predictor  # noqa: E402
+from pneumocam.overlay import ShownMap, overlay_layer  # noqa: E402
 from pneumocam.server import create_app  # noqa: E402
 
 
@@ -56,7 +57,9 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         assert body["predicted"] == offline[path.name].predicted and body["threshold"] == 0.5
         assert body["cam_scale"]["scale"] == "absolute" and body["cam_scale"]["ticks"][2]["label"] == "0.5"
         with Image.open(io.BytesIO(base64.b64decode(body["cam_layer_png_base64"]))) as layer:
-            assert layer.mode == "RGBA" and layer.size == (224, 224)
+            sent = np.asarray(layer.convert("RGBA"), dtype=np.float32) / 255
+        drawn = overlay_layer(ShownMap.of(offline[path.name], "absolute"))  # what the page blends
+        assert sent.shape == (224, 224, 4) and np.abs(sent - drawn).max() <= 1.5 / 255
         assert "label" not in body  # the model's call is "predicted"; "label" means the truth
         assert body["ood"] is None and body["ood_reason"] == ""  # an uncalibrated checkpoint has no detector
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)

@@ -115,6 +115,32 @@ def overlay_layer(shown: ShownMap) -> np.ndarray:
     return np.concatenate([_colours(shown.colormap, fractions), weight[..., None]], axis=-1).astype(np.float32)
 
 
+def layer_png(shown: ShownMap) -> bytes:
+    """overlay_layer as a palette PNG: each pixel an index into the colormap's table, each entry's alpha that
+    colour's weight (a bin's centre). The same colours, alpha within 1/255 of the RGBA layer's, in a quarter of
+    its bytes to encode (serve sends one per answer)."""
+    import zlib
+    from io import BytesIO
+
+    from PIL import Image
+
+    table = _lookup(shown.colormap)
+    values = np.asarray(shown.values, dtype=np.float32)
+    centres = (np.arange(len(table), dtype=np.float32) + 0.5) / len(table)
+    if shown.scale == "absolute":
+        fractions = (np.clip(values / EVIDENCE_SPAN, -1, 1) + 1) / 2
+        alpha = np.abs(2 * centres - 1)
+    else:
+        fractions, alpha = values, np.ones(len(table), np.float32)
+    indices = np.minimum((np.clip(fractions, 0, 1) * len(table)).astype(np.intp), len(table) - 1).astype(np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(np.round(table * 255).astype(np.uint8).tobytes())
+    buffer = BytesIO()
+    image.save(buffer, format="PNG", transparency=np.round(alpha * 255).astype(np.uint8).tobytes(), compress_level=1,
+               compress_type=zlib.Z_RLE)
+    return buffer.getvalue()
+
+
 def colour_bar_description(shown: ShownMap, stops: int = 11) -> dict:
     """The colour bar as data, for a viewer that draws its own (the web page): colour stops, ticks, label."""
     table = _lookup(shown.colormap)

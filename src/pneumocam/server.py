@@ -35,7 +35,7 @@ from pneumocam.http_guards import BodyLimit, LoopbackHostOnly, is_loopback
 from pneumocam.inference import LoadedImage, Prediction, Predictor
 from pneumocam.io import ImageReadError
 from pneumocam.limits import TOO_LARGE
-from pneumocam.overlay import ShownMap, colour_bar_description, overlay_layer, overlay_map, to_png
+from pneumocam.overlay import ShownMap, colour_bar_description, layer_png, overlay_map, to_png
 from pneumocam.provenance import without_machine_paths
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute"
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
         "cam_png_base64": png_base64(overlay_map(prediction.image, shown)),  # the overlay, blended
-        "cam_layer_png_base64": png_base64(overlay_layer(shown)),  # its colours alone (RGBA), for the page's slider
+        # its colours alone (a palette PNG with alpha), for the page's slider
+        "cam_layer_png_base64": base64.b64encode(layer_png(shown)).decode("ascii"),
         "cam_scale": colour_bar_description(shown),  # what the colours mean: stops, ticks, label
         "image_png_base64": png_base64(prediction.image),
     }
