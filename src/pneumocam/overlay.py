@@ -79,12 +79,33 @@ def _lookup(colormap: str) -> np.ndarray:
     return cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
 
 
+def _colour_index(fractions: np.ndarray, n: int) -> np.ndarray:
+    """The entry of an n-colour lookup table at `fractions` in [0, 1], as matplotlib indexes it for floats."""
+    return np.minimum((np.clip(fractions, 0, 1) * n).astype(np.intp), n - 1)
+
+
 def _colours(colormap: str, fractions: np.ndarray) -> np.ndarray:
-    """(..., 3) colours of `colormap` at `fractions` in [0, 1]: its own lookup table, indexed as matplotlib indexes
-    it for floats, in float32: the same colours in a third of the time of calling the colormap (serve draws
-    overlays per request)."""
+    """(..., 3) colours of `colormap` at `fractions` in [0, 1]: its own lookup table in float32, the same colours
+    in a third of the time of calling the colormap (serve draws overlays per request)."""
     table = _lookup(colormap)
-    return table[np.minimum((np.clip(fractions, 0, 1) * len(table)).astype(np.intp), len(table) - 1)]
+    return table[_colour_index(fractions, len(table))]
+
+
+def _fractions(shown: ShownMap) -> np.ndarray:
+    """Where each value of `shown` falls on its colour bar, 0 to 1: absolute, evidence / span around the middle
+    (clipped at the ends); relative, the value itself."""
+    values = np.asarray(shown.values, dtype=np.float32)
+    if shown.scale == "absolute":
+        return (np.clip(values / EVIDENCE_SPAN, -1, 1) + 1) / 2
+    return values
+
+
+def _weight(scale: str, fractions: np.ndarray) -> np.ndarray:
+    """The colour's opacity at `fractions`: absolute, its distance from the boundary in the middle (|evidence| /
+    span); relative, 1."""
+    if scale == "absolute":
+        return np.abs(2 * fractions - 1).astype(np.float32)
+    return np.ones(np.shape(fractions), np.float32)
 
 
 def overlay_evidence(image: np.ndarray, evidence: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -107,11 +128,8 @@ def overlay_map(image: np.ndarray, shown: ShownMap, alpha: float = 0.5) -> np.nd
 def overlay_layer(shown: ShownMap) -> np.ndarray:
     """The colour layer alone as (H, W, 4) RGBA in [0, 1], for a viewer that blends it itself (the web page's
     opacity slider): absolute, the colour's weight is |evidence| / span as in overlay_evidence; relative, 1."""
-    if shown.scale == "absolute":
-        scaled = np.clip(np.asarray(shown.values, dtype=np.float32) / EVIDENCE_SPAN, -1, 1)
-        fractions, weight = (scaled + 1) / 2, np.abs(scaled)
-    else:
-        fractions, weight = shown.values, np.ones(shown.values.shape, np.float32)
+    fractions = _fractions(shown)
+    weight = _weight(shown.scale, fractions)
     return np.concatenate([_colours(shown.colormap, fractions), weight[..., None]], axis=-1).astype(np.float32)
 
 
@@ -125,15 +143,8 @@ def layer_png(shown: ShownMap) -> bytes:
     from PIL import Image
 
     table = _lookup(shown.colormap)
-    values = np.asarray(shown.values, dtype=np.float32)
-    centres = (np.arange(len(table), dtype=np.float32) + 0.5) / len(table)
-    if shown.scale == "absolute":
-        fractions = (np.clip(values / EVIDENCE_SPAN, -1, 1) + 1) / 2
-        alpha = np.abs(2 * centres - 1)
-    else:
-        fractions, alpha = values, np.ones(len(table), np.float32)
-    indices = np.minimum((np.clip(fractions, 0, 1) * len(table)).astype(np.intp), len(table) - 1).astype(np.uint8)
-    image = Image.fromarray(indices, mode="P")
+    alpha = _weight(shown.scale, (np.arange(len(table), dtype=np.float32) + 0.5) / len(table))  # at each bin's centre
+    image = Image.fromarray(_colour_index(_fractions(shown), len(table)).astype(np.uint8), mode="P")
     image.putpalette(np.round(table * 255).astype(np.uint8).tobytes())
     buffer = BytesIO()
     image.save(buffer, format="PNG", transparency=np.round(alpha * 255).astype(np.uint8).tobytes(), compress_level=1,

@@ -229,10 +229,15 @@ class PneumoniaDataModule(L.LightningDataModule):
             return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
         return RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
 
+    def _training_files(self) -> tuple[list[str], np.ndarray]:
+        """The training images' prepared files and labels, in sampler order."""
+        train = split_dataset(self.data_dir, "train")
+        return dataset_files(train, self.data_dir), dataset_labels(train)
+
     def _training_values(self, attributes: tuple[str, ...]) -> tuple[list[tuple], np.ndarray]:
         """The training images' values of `attributes` (data.sample_groups) and their labels, in sampler order."""
-        train = split_dataset(self.data_dir, "train")
-        return sample_groups(self.data_dir, dataset_files(train, self.data_dir), attributes), dataset_labels(train)
+        files, labels = self._training_files()
+        return sample_groups(self.data_dir, files, attributes), labels
 
     def _sources(self) -> list[str]:
         """The source folder of each training image (a multi-source prepare's patient prefix)."""
@@ -276,8 +281,7 @@ class PneumoniaDataModule(L.LightningDataModule):
                           num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
 
     def _with_findings(self, dataset) -> WithFindings:
-        files = dataset_files(split_dataset(self.data_dir, "train"), self.data_dir)
-        findings = finding_targets(self.data_dir, files)
+        findings = finding_targets(self.data_dir, self._training_files()[0])
         known = int((~torch.isnan(findings)).sum())
         if known == 0:
             raise PneumocamError(f"--finding-loss-weight needs findings: no training image under {self.data_dir} has "

@@ -212,12 +212,13 @@ def export(args, config) -> int:
 def quantize(args, config) -> int:
     require_extra("pneumocam quantize", "fast", "onnx", "onnxruntime")
     from pneumocam.commands.quantize import quantize_model
+    from pneumocam.quantize import description_path
 
     made = quantize_model(args.checkpoint, args.images, config)
     calibration = made["calibration"]
     when = f"cached, made {made['created']}" if made["cached"] else "made"
     print(f"INT8 copy of {made['model']}: {made['path']} ({when} from {calibration['count']} calibration images; "
-          f"description: {made['path'].removesuffix('.onnx')}.json)")
+          f"description: {description_path(Path(made['path']))})")
     if check := made.get("check"):
         print(f"against float32 on {check['n']} other images: largest probability difference "
               f"{check['max_abs_probability_difference']:.4f}, calls changed {check['calls_changed']} of {check['n']}, "

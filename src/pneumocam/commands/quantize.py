@@ -26,7 +26,7 @@ from pneumocam.inference import Predictor
 from pneumocam.inputs import require_images, resolve_inputs
 from pneumocam.io import ImageReadError
 from pneumocam.preprocess import collate_images
-from pneumocam.quantize import description_path, int8_path, quantize_onnx, read_description, weights_fingerprint
+from pneumocam.quantize import description_path, int8_path, quantize_onnx, read_description
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def quantize_model(checkpoint: str | Path, inputs: Sequence[str | Path], config:
                              "will see are best)")
     check_images, check_names = _load(predictor, chosen[config.count:config.count + config.check_count], "check",
                                       skipped)
-    description = {"model": checkpoint_label(checkpoint), "weights": weights_fingerprint(predictor.net),
+    description = {"model": checkpoint_label(checkpoint), "weights": path.stem,  # int8_path names it by them
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    "calibration": {"count": len(images), "seed": config.seed, "files": names,
                                    "method": "static, QDQ, weights int8 per channel, activations uint8 by min/max; "
