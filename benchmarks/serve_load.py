@@ -48,8 +48,10 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def load(url: str, image: Path, clients: int, seconds: float, max_requests: int) -> dict:
+def load(url: str, image: Path, clients: int, seconds: float, max_requests: int, pictures: str = "") -> dict:
+    """`clients` threads posting `image` for `seconds`; `pictures`: the answer's ?pictures= (none by default)."""
     body, content_type = _multipart(image.read_bytes(), image.name)
+    endpoint = f"{url}/v1/predict" + (f"?pictures={pictures}" if pictures else "")
     latencies, errors, lock = [], [], threading.Lock()
     stop_at = time.perf_counter() + seconds
 
@@ -58,7 +60,7 @@ def load(url: str, image: Path, clients: int, seconds: float, max_requests: int)
             with lock:
                 if len(latencies) + len(errors) >= max_requests:
                     return
-            request = urllib.request.Request(f"{url}/v1/predict", data=body, headers={"Content-Type": content_type})
+            request = urllib.request.Request(endpoint, data=body, headers={"Content-Type": content_type})
             start = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--max-requests", type=int, default=2000)
     parser.add_argument("--image", type=Path, default=None)
+    parser.add_argument("--pictures", default="", help="ask for these pictures in each answer (e.g. all)")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     image = args.image
@@ -142,10 +145,11 @@ def main() -> None:
         folder = synthesize(tempfile.mkdtemp(prefix="pneumocam-load-"), SynthConfig(n_images=1, seed=3))
         image = next((folder / "stage_2_train_images").glob("*.dcm"))
     with running_server(args.checkpoint) as (url, server):
-        result = load(url, image, args.clients, args.seconds, args.max_requests)
+        result = load(url, image, args.clients, args.seconds, args.max_requests, args.pictures)
         peak = _peak_rss_mb(server.pid)
     forward_ms, predict_ms = predict_vs_forward(args.checkpoint, image, args.repeats)
     print(f"image {image.name} ({image.stat().st_size // 1024} KB), {args.clients} clients, {args.seconds:g} s, "
+          f"pictures: {args.pictures or 'none'}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads\n")
     print(f"{'requests':>9}{'errors':>8}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'peak RSS MB':>13}")
     print(f"{result['requests']:>9}{result['errors']:>8}{result['rps']:>8.2f}{result['p50_ms']:>9.1f}"

@@ -50,7 +50,7 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
     files.append(sorted(require(SHARED_DATA / "kermany_sample" / "val" / "PNEUMONIA").glob("*.jpeg"))[0])
     offline = {Path(p.source).name: p for p in predictor.predict_files(files)[0]}
     for path in files:
-        response = _post(client, path.name, path.read_bytes())
+        response = _post(client, path.name, path.read_bytes(), params={"pictures": "all"})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["probability"] == pytest.approx(offline[path.name].probability, abs=1e-6)  # what predict says
@@ -63,6 +63,27 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         assert "label" not in body  # the model's call is "predicted"; "label" means the truth
         assert body["ood"] is None and body["ood_reason"] == ""  # an uncalibrated checkpoint has no detector
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)
+
+
+def test_the_answer_carries_the_cams_cells_and_only_the_pictures_asked_for(client, predictor):
+    path = sorted((require(RSNA_SAMPLE) / "stage_2_train_images").glob("*.dcm"))[0]
+    plain = _post(client, path.name, path.read_bytes()).json()
+    assert not {"cam_png_base64", "cam_layer_png_base64", "image_png_base64"} & set(plain)
+    cells = np.asarray(plain["cam_cells"])
+    offline = predictor.predict_files([path])[0][0]
+    assert cells.shape == (7, 7) and cells.mean() + float(predictor.net.fc.bias) == pytest.approx(offline.logit,
+                                                                                                   abs=1e-4)
+    overlay = _post(client, path.name, path.read_bytes(), params={"pictures": "overlay"}).json()
+    assert _decodes(overlay["cam_png_base64"]) == (224, 224) and "image_png_base64" not in overlay
+    assert overlay["probability"] == plain["probability"] and overlay["cam_cells"] == plain["cam_cells"]
+    both = _post(client, path.name, path.read_bytes(), params={"pictures": "layer, image"}).json()
+    assert {"cam_layer_png_base64", "image_png_base64"} <= set(both) and "cam_png_base64" not in both
+
+
+def test_an_unknown_picture_is_a_422_naming_the_choices(client):
+    response = _post(client, "x.png", b"\x89PNG\r\n\x1a\n", params={"pictures": "overlay,heatmap"})
+    assert response.status_code == 422 and "'heatmap'" in response.json()["detail"]
+    assert "overlay, layer, image or all" in response.json()["detail"]
 
 
 def _truncated_dicom(tmp_path) -> bytes:
@@ -120,11 +141,12 @@ def test_page_health_model_and_openapi(client):
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
     assert client.get("/v1/health").json() == {"status": "ok"}
     model = client.get("/v1/model").json()
-    assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64 and model["api_version"] == 2
+    assert model["threshold"] == 0.5 and len(model["data_fingerprint"]) == 64 and model["api_version"] == 3
     assert model["detects_out_of_range"] is False and model["calibration"]["temperature"] == 1.0
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and {"413", "415", "422"} <= set(spec["paths"]["/v1/predict"]["post"]
                                                                           ["responses"])
+    assert [p["name"] for p in spec["paths"]["/v1/predict"]["post"]["parameters"]] == ["pictures"]
     assert client.get("/docs").status_code == 404  # Swagger UI's assets come from a CDN: off unless asked for
 
 

@@ -10,8 +10,10 @@ Safety, because uploads can carry patient data and can be hostile:
 - an upload lives only in memory and in a temporary file that is deleted in a `finally`;
 - logs carry sizes, timings and status codes only: no file names, pixel data or DICOM fields;
 - at most `max_concurrency` uploads are decoded at once, and at most `max_queue` more wait; the rest get 503.
-Decoded images go through one DynamicBatcher: concurrent requests share a forward pass (up to
-`max_batch` images, or `max_wait_ms` after the first), which is what keeps throughput up under load.
+The answer carries the probability, the call and the CAM's 7x7 cells as numbers; its PNG pictures (blended
+overlay, colour layer, model input) only when `?pictures=` asks for them, since drawing them costs about a third
+as much as the forward pass itself. Decoded images go through one DynamicBatcher: concurrent requests share a
+forward pass (up to `max_batch` images, or `max_wait_ms` after the first), which keeps throughput up under load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import secrets
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +43,15 @@ from pneumocam.provenance import without_machine_paths
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-# 2: /v1/predict answers "predicted" (the model's 0/1 call) where version 1 said "label" (see CHANGELOG.md)
-API_VERSION = 2
+# 2: /v1/predict answers "predicted" (the model's 0/1 call) where version 1 said "label"; 3: its pictures come on
+# request (?pictures=), the CAM's cells always (see CHANGELOG.md)
+API_VERSION = 3
+# ?pictures= names -> the answer's fields; each costs 1.5-7 ms of a core per answer, so only those asked for are drawn
+PICTURES = {"overlay": "cam_png_base64", "layer": "cam_layer_png_base64", "image": "image_png_base64"}
+PICTURES_PARAMETER = {"name": "pictures", "in": "query", "required": False, "schema": {"type": "string"},
+                      "description": "PNG pictures to add to the answer, comma-separated: overlay (the CAM blended "
+                                     "on the image), layer (its colours alone, with alpha), image (the model's "
+                                     "input); or all. None by default.", "example": "overlay"}
 MULTIPART_OVERHEAD = 64 * 1024  # the form's boundaries and part headers around the file's bytes
 # what /v1/predict answers besides 200 (the OpenAPI schema lists them, so a fuzzer checks them too)
 ERRORS = {400: "empty or malformed request", 401: "missing or wrong bearer token", 413: "upload or image too large",
@@ -96,10 +106,31 @@ def decode_upload(predictor: Predictor, data: bytes) -> LoadedImage:
                                    "this server has") from exc
 
 
-def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute") -> dict:
-    """One prediction as the JSON answer of /v1/predict."""
+def requested_pictures(value: str | None) -> tuple[str, ...]:
+    """?pictures=overlay,layer,image (or "all") -> the names asked for; none when absent or empty."""
+    if not value:
+        return ()
+    names = tuple(PICTURES) if value.strip() == "all" else tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in PICTURES]
+    if unknown:
+        raise UploadError(422, f"unknown picture {unknown[0]!r} in ?pictures=; choose from "
+                               f"{', '.join(PICTURES)} or all")
+    return names
+
+
+def _picture(name: str, prediction: Prediction, shown: ShownMap) -> str:
+    if name == "overlay":  # the overlay, blended
+        return png_base64(overlay_map(prediction.image, shown))
+    if name == "layer":  # its colours alone (a palette PNG with alpha), for the page's slider
+        return base64.b64encode(layer_png(shown)).decode("ascii")
+    return png_base64(prediction.image)  # the model's input
+
+
+def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute",
+           pictures: Sequence[str] = ()) -> dict:
+    """One prediction as the JSON answer of /v1/predict, with the pictures named in `pictures` (PICTURES)."""
     shown = ShownMap.of(prediction, scale)
-    return {
+    body = {
         "probability": prediction.probability,
         "predicted": prediction.predicted,
         "threshold": prediction.threshold,
@@ -111,12 +142,12 @@ def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute"
         "ood_distance": prediction.ood_distance,
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
-        "cam_png_base64": png_base64(overlay_map(prediction.image, shown)),  # the overlay, blended
-        # its colours alone (a palette PNG with alpha), for the page's slider
-        "cam_layer_png_base64": base64.b64encode(layer_png(shown)).decode("ascii"),
-        "cam_scale": colour_bar_description(shown),  # what the colours mean: stops, ticks, label
-        "image_png_base64": png_base64(prediction.image),
+        # the 7x7 CAM in raw logit units, rows from the top: their mean plus the classifier's bias is the logit
+        "cam_cells": None if prediction.cam_raw is None else np.round(prediction.cam_raw, 5).tolist(),
+        "cam_scale": colour_bar_description(shown),  # what the pictures' colours mean: stops, ticks, label
     }
+    body.update({PICTURES[name]: _picture(name, prediction, shown) for name in pictures})
+    return body
 
 
 def upload_limit_bytes(config: ServeConfig) -> int:
@@ -225,12 +256,17 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         return model_description(predictor)
 
     @app.post("/v1/predict", responses={status: _error_schema(text) for status, text in ERRORS.items()},
-              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+              openapi_extra={"parameters": [PICTURES_PARAMETER],
+                             "requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string",
                                                                                     "format": "binary"}}}}}}})
     async def predict(request: Request):
         if not _authorised(request, token):
             return _error(401, "missing or wrong bearer token")
+        try:
+            pictures = requested_pictures(request.query_params.get("pictures"))
+        except UploadError as exc:
+            return _error(exc.status, exc.message)
         if waiting["n"] >= config.max_queue + config.max_concurrency:
             return _error(503, "server busy, try again shortly")
         start = time.perf_counter()
@@ -238,7 +274,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         try:
             loaded, size = await uploads.image(request)
             prediction = await batcher.submit(loaded)
-            body = await run_in_threadpool(answer, predictor, prediction, config.cam_scale)
+            body = await run_in_threadpool(answer, predictor, prediction, config.cam_scale, pictures)
         except UploadError as exc:
             log.info("predict: %d (%d ms)", exc.status, 1000 * (time.perf_counter() - start))
             return _error(exc.status, exc.message)

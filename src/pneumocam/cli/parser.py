@@ -116,7 +116,8 @@ COMMANDS = (
     Command("serve", "Web service and page: upload an X-ray, see the probability and the CAM.", handlers.serve,
             ("pneumocam serve run/checkpoints/best.ckpt",
              "PNEUMOCAM_TOKEN=secret pneumocam serve run/checkpoints/best.ckpt --port 8080 --token-env PNEUMOCAM_TOKEN",
-             "pneumocam serve pneumocam-cxr --backend onnxruntime --max-batch 16 --max-wait-ms 50"),
+             "pneumocam serve pneumocam-cxr --backend onnxruntime --max-batch 16 --max-wait-ms 50",
+             "curl -F file=@one.dcm 'http://127.0.0.1:8000/v1/predict?pictures=overlay'  # from another shell"),
             ServeConfig, (CHECKPOINT,)),
     Command("pacs", "Watch a PACS over DICOMweb: predict each new CR/DX study and store a Secondary Capture and a "
                     "structured report back into it (needs pneumocam[pacs]).", handlers.pacs,
