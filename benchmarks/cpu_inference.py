@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import load, running_server  # noqa: E402
 
-from pneumocam.backends import BACKENDS  # noqa: E402
+from pneumocam.backends import BACKENDS, torch_runner  # noqa: E402
 from pneumocam.commands.quantize import quantize_model  # noqa: E402
 from pneumocam.inference import Predictor  # noqa: E402
 
@@ -50,7 +50,7 @@ def bf16_runner(net: torch.nn.Module):
             logit, features = net(x)
         return logit.float(), features.float()
 
-    return run
+    return torch_runner(run)
 
 
 def predictor_for(checkpoint: str, backend: str) -> tuple[Predictor, float]:
@@ -58,8 +58,9 @@ def predictor_for(checkpoint: str, backend: str) -> tuple[Predictor, float]:
     and its start-up seconds (torch.compile compiles on the first batches)."""
     start = time.perf_counter()
     if backend in EXTRA:
-        predictor = Predictor.from_checkpoint(checkpoint)
-        predictor.run = torch.compile(predictor.net) if backend == "compile" else bf16_runner(predictor.net)
+        predictor = Predictor.from_checkpoint(checkpoint, backend="torch")
+        predictor.run = torch_runner(torch.compile(predictor.net)) if backend == "compile" else \
+            bf16_runner(predictor.net)
     else:
         predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
     return predictor, time.perf_counter() - start

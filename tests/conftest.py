@@ -18,6 +18,18 @@ def require(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """ONNX exports and INT8 copies go to a folder of this run, never to the user's ~/.cache."""
+    before = os.environ.get("PNEUMOCAM_CACHE")
+    os.environ["PNEUMOCAM_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield Path(os.environ["PNEUMOCAM_CACHE"])
+    if before is None:
+        os.environ.pop("PNEUMOCAM_CACHE", None)
+    else:
+        os.environ["PNEUMOCAM_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def rsna_sample() -> Path:
     return require(RSNA_SAMPLE)

@@ -46,5 +46,23 @@ def test_unknown_backend_and_gpu_with_a_cpu_backend_are_refused():
         make_runner(net, "onnxruntime", torch.device("cuda"))
 
 
-def test_torch_backend_is_the_network_itself(eager):
-    assert eager.run is eager.net
+def test_torch_backend_runs_the_network_itself(eager):
+    x = np.stack(_images(2))[:, None].astype(np.float32)
+    logits, features = eager.run(x)
+    with torch.no_grad():
+        expected = eager.net(torch.from_numpy(x))
+    assert np.array_equal(logits, expected[0].numpy()) and np.array_equal(features, expected[1].numpy())
+
+
+def test_auto_is_onnxruntime_on_the_cpu_where_installed_else_torch(monkeypatch):
+    import importlib.util
+
+    from pneumocam.backends import resolve_backend
+
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    assert resolve_backend("auto") == ("onnxruntime" if installed else "torch")
+    assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("openvino") == "openvino"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert resolve_backend("auto") == "torch"
+    with pytest.raises(PneumocamError, match="unknown backend 'tensorrt'; choose from auto, torch"):
+        resolve_backend("tensorrt")

@@ -2,11 +2,13 @@
 or on an INT8 copy).
 
 Each backend is a callable: normalised images (B, 1, H, W) -> (logits (B, 1), feature maps (B, 512, h, w)),
-as torch tensors. The exported graph returns the feature map too, so the CAM stays exact: the Predictor
+as float32 NumPy arrays. The exported graph returns the feature map too, so the CAM stays exact: the Predictor
 computes it from these features with the classifier's weights, whoever ran the network. The float32 CPU
-backends compile an ONNX export of the network made at start-up (about a second); export.py's parity check
-holds for them (tests/test_backends.py: logit and CAM within 1e-4 of eager PyTorch). The -int8 backends run
-the cached INT8 copy that `pneumocam quantize` made (quantize.py): close to float32, not equal to it.
+backends run an ONNX export of the network (made at start-up, or cached per checkpoint by onnx_cache.py);
+export.py's parity check holds for them (tests/test_backends.py: logit and CAM within 1e-4 of eager PyTorch).
+The -int8 backends run the cached INT8 copy that `pneumocam quantize` made (quantize.py): close to float32,
+not equal to it. Only eager PyTorch and making an export import torch: an ONNX backend over a cached export
+starts without it.
 """
 
 from __future__ import annotations
@@ -15,19 +17,24 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pneumocam.config import BACKENDS
 from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.quantize import INT8_BACKENDS, cached_int8_model
 
-Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+if TYPE_CHECKING:
+    import torch
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
     """Write `net` as ONNX with input `image` and outputs `logit` and `feature_map`, batch axis dynamic."""
+    import torch
+
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError as exc:
@@ -60,11 +67,35 @@ def openvino_model(path: str | Path):
 
 
 def _numpy_runner(run: Callable[[np.ndarray], tuple]) -> Runner:
-    def runner(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, features = run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
-        return torch.from_numpy(np.asarray(logit)), torch.from_numpy(np.asarray(features))
+    def runner(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logit, features = run(np.ascontiguousarray(x, dtype=np.float32))
+        return np.asarray(logit, dtype=np.float32), np.asarray(features, dtype=np.float32)
 
     return runner
+
+
+def torch_runner(net: torch.nn.Module, device: torch.device | str = "cpu") -> Runner:
+    """Eager PyTorch (or any module returning (logits, feature maps)) as a Runner, on `device`."""
+    import torch
+
+    def runner(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            logits, features = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+            return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+    return runner
+
+
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """"auto" -> onnxruntime on the CPU where it is installed (faster than eager torch there, the same logit and
+    CAM within 1e-4, and it starts without torch), else torch; any other name is checked and kept."""
+    if backend == "auto":
+        import importlib.util
+
+        return "onnxruntime" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
+    if backend not in BACKENDS:
+        raise PneumocamError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    return backend
 
 
 def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.device | None = None) -> Runner:
@@ -72,7 +103,7 @@ def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.devi
     if backend not in BACKENDS:
         raise PneumocamError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "torch":
-        return net
+        return torch_runner(net, device or "cpu")
     if device is not None and device.type != "cpu":
         raise PneumocamError(f"the {backend} backend runs on the CPU; use --device cpu (or --backend torch)")
     if backend in INT8_BACKENDS:

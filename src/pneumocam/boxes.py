@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pneumocam.config import ALIGNMENTS, IMAGE_SIZE, RESIZE_MODES
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
+
+if TYPE_CHECKING:  # the tensor helpers below import torch themselves: prediction reads boxes without it
+    import torch
 
 Box = tuple[float, float, float, float]
 
@@ -82,6 +84,8 @@ def load_boxes(data_dir: str | Path) -> dict[str, list[Box]]:
 def split_boxes(files: Sequence[str], boxes: dict[str, list[Box]]) -> torch.Tensor:
     """The boxes of each file (`boxes`: load_boxes) as one (N, K, 4) tensor (x, y, w, h), K = the most boxes
     any file has; files with fewer are padded with empty (0-size) boxes."""
+    import torch
+
     per_sample = [boxes.get(key, []) for key in files]
     table = torch.zeros((len(per_sample), max([1, *(len(b) for b in per_sample)]), 4))
     for i, sample_boxes in enumerate(per_sample):
@@ -97,6 +101,8 @@ def box_masks(boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
     agree on which pixels a box holds; empty (0-size) padding boxes add nothing. Bool, not float: a
     batch of 256 is 4x less to convert, pin and copy, and the device makes it float.
     """
+    import torch
+
     return torch.from_numpy(box_mask(boxes.numpy(), (size, size)))[:, None]
 
 
@@ -106,6 +112,8 @@ def cell_coverage(masks: torch.Tensor, cells: tuple[int, int], alignment: str = 
     A cell's area is the s x s square (s = H / h) the alignment centres it on (see
     cam.upsample_and_normalize): around pixel p s for "receptive-field", (p + 0.5) s for "block-centre".
     """
+    import torch.nn.functional as F
+
     height, width = masks.shape[-2:]
     if height % cells[0] or width % cells[1] or height // cells[0] != width // cells[1]:
         raise ValueError(f"a {height}x{width} mask does not split into {cells[0]}x{cells[1]} square cells")

@@ -14,9 +14,8 @@ scores and the relative overlay use.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from pneumocam.config import ALIGNMENTS
+from pneumocam.cam_grid import resize_matrix
 
 
 def class_activation_map(features: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
@@ -101,26 +100,7 @@ def upsample_and_normalize(maps: torch.Tensor, size: tuple[int, int] = (224, 224
 def upsample(maps: torch.Tensor, size: tuple[int, int] = (224, 224),
              alignment: str = "receptive-field") -> torch.Tensor:
     """(B, h, w) maps -> (B, H, W) by bilinear interpolation, values and units kept; cells placed by `alignment`
-    (see upsample_and_normalize)."""
-    maps = maps[:, None]  # (B, 1, h, w)
-    if alignment == "block-centre":
-        resized = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    elif alignment == "receptive-field":
-        grid = _receptive_field_grid(maps.shape[-2:], size, maps.device, maps.dtype)
-        resized = F.grid_sample(maps, grid.expand(maps.shape[0], -1, -1, -1), mode="bilinear",
-                                padding_mode="border", align_corners=True)
-    else:
-        raise ValueError(f"unknown alignment {alignment!r}; choose from {ALIGNMENTS}")
-    return resized[:, 0]
-
-
-def _receptive_field_grid(cells: tuple[int, int], size: tuple[int, int], device, dtype) -> torch.Tensor:
-    """grid_sample's (1, H, W, 2) grid: output pixel i reads map coordinate i * h / H (cell p at pixel p s)."""
-
-    def axis(n_cells: int, n_pixels: int) -> torch.Tensor:
-        position = torch.arange(n_pixels, device=device, dtype=dtype) * (n_cells / n_pixels)
-        return 2 * position / max(n_cells - 1, 1) - 1  # align_corners=True: cell 0 -> -1, last cell -> +1
-
-    ys, xs = axis(cells[0], size[0]), axis(cells[1], size[1])
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1)[None]
+    (see upsample_and_normalize), with cam_grid's resize matrices, as inference places them."""
+    rows, columns = (torch.tensor(resize_matrix(cells, pixels, alignment), device=maps.device, dtype=maps.dtype)
+                     for cells, pixels in zip(maps.shape[-2:], size, strict=True))
+    return rows @ maps @ columns.T

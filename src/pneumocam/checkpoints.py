@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pneumocam.errors import PneumocamError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_PACKAGE = "pneumocam.weights"
 
@@ -73,6 +75,8 @@ def load_checkpoint(name_or_path: str | Path) -> dict:
 
 
 def _torch_load(path: Path):
+    import torch  # here, not above: naming and finding a checkpoint (and an ONNX backend's start) need no torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -104,6 +108,8 @@ def is_pneumocam_checkpoint(name_or_path: str | Path) -> bool:
 def bundle(checkpoint_path: str | Path, out: str | Path, card: dict) -> Path:
     """Write a training checkpoint as a bundled model: float16 weights, its pneumocam metadata plus `card`
     (recipe, metrics, intended use), no optimizer state. Written atomically."""
+    import torch
+
     from pneumocam.files import atomic_path
 
     checkpoint = load_checkpoint(checkpoint_path)

@@ -31,6 +31,7 @@ BALANCE_ATTRIBUTES = ("view", "sex", "age_band", "source")
 THRESHOLD_RULES = ("sensitivity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: onnxruntime on the CPU where it is installed, else torch
 REPLACEMENTS = ("blur", "mean")
 EXPORT_FORMATS = ("onnx", "torchscript")
 RSNA_MEAN, RSNA_STD = 0.49, 0.248  # the RSNA training set's pixel mean and std in [0, 1] (the course's)
@@ -58,9 +59,11 @@ def _alignment() -> Any:
 
 
 def _backend() -> Any:
-    return option("torch", "who runs the network: torch; onnxruntime / openvino on an ONNX export made at "
-                           "start-up (same logit and CAM within 1e-4); onnxruntime-int8 / openvino-int8 on the "
-                           "model's INT8 copy that `pneumocam quantize` made (pneumocam[fast])", choices=BACKENDS)
+    return option("auto", "who runs the network: torch; onnxruntime / openvino on the model's ONNX export, made on "
+                          "first use and cached (same logit and CAM within 1e-4; they start without importing torch); "
+                          "onnxruntime-int8 / openvino-int8 on the model's INT8 copy that `pneumocam quantize` made "
+                          "(pneumocam[fast]); auto: onnxruntime on the CPU where it is installed, else torch",
+                  choices=BACKEND_CHOICES)
 
 
 CAM_SCALES = ("absolute", "relative")

@@ -7,30 +7,32 @@ so explaining a prediction costs only an einsum, a min-max and a bilinear resize
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
-from pneumocam.backends import make_runner
+from pneumocam.backends import INT8_BACKENDS, Runner, make_runner, onnx_runner, resolve_backend
 from pneumocam.calibration import Calibration, logit, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
-from pneumocam.cam import class_activation_map, grad_cam, grad_cam_plus_plus, upsample, upsample_and_normalize
-from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
-from pneumocam.checkpoints import load_checkpoint, network_state
+from pneumocam.cam_grid import cam_cells, pooled, upsample_and_normalize_cells, upsample_cells
 from pneumocam.config import ALIGNMENTS
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError, read_image_and_size
 from pneumocam.metadata import HEADER_KEYWORDS, normalise
-from pneumocam.model import PneumoniaNet
+from pneumocam.onnx_cache import CachedModel, load_cached, save_cached
 from pneumocam.ood import OutOfRange
-from pneumocam.preprocess import Contract, Normalization, collate_images, to_model_input
+from pneumocam.preprocess import Contract, Normalization, collate_images, normalised_batch, to_model_input
+
+if TYPE_CHECKING:
+    import torch
+
+    from pneumocam.model import PneumoniaNet
 
 log = logging.getLogger(__name__)
 
-GRADIENT_METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}
+GRADIENT_METHODS = ("gradcam", "gradcam++")
 METHODS = ("cam", *GRADIENT_METHODS)  # built in; cam_extra.LIBRARY_METHODS need pneumocam[cam-extra]
 
 
@@ -69,9 +71,46 @@ class LoadedImage(NamedTuple):
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def load_network(path: str | Path, checkpoint: dict | None = None) -> PneumoniaNet:
+    """The PneumoniaNet of the checkpoint at `path` (already loaded: `checkpoint`) in float32; imports torch."""
+    from pneumocam.checkpoints import load_checkpoint, network_state
+    from pneumocam.model import PneumoniaNet
+
+    net = PneumoniaNet(weights_follow=True)
+    try:
+        net.load_state_dict(network_state(load_checkpoint(path) if checkpoint is None else checkpoint))
+    except RuntimeError as exc:
+        raise PneumocamError(f"{path}: model weights do not match PneumoniaNet ({exc})") from exc
+    return net
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A network as an ONNX backend runs it, with what the CAM needs from it (the classifier's weights), and
+    how to load the torch network should a gradient method ask for it."""
+
+    run: Runner
+    head_weight: np.ndarray  # (512,)
+    head_bias: float
+    load_net: Callable[[], PneumoniaNet]
+
+    @classmethod
+    def of(cls, cached: CachedModel, path: str | Path, backend: str) -> Compiled:
+        """The cached float32 export, or for an -int8 backend the INT8 copy `pneumocam quantize` made."""
+        if backend in INT8_BACKENDS:
+            from pneumocam.quantize import cached_int8_model
+
+            model, engine = cached_int8_model(cached.weights_fingerprint, backend), INT8_BACKENDS[backend]
+        else:
+            model, engine = cached.onnx, backend
+        return cls(onnx_runner(model, engine), cached.head_weight, cached.head_bias, lambda: load_network(path))
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -82,20 +121,30 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 class Predictor:
     """Runs a trained PneumoniaNet. Inputs are (224, 224) images in [0, 1] or any readable file."""
 
-    def __init__(self, net: PneumoniaNet, normalization: Normalization, threshold: float = 0.5,
+    def __init__(self, net: PneumoniaNet | None, normalization: Normalization, threshold: float = 0.5,
                  metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
                  contract: Contract = Contract(), calibration: Calibration = Calibration(),
                  out_of_range: OutOfRange | None = None, backend: str = "torch",
-                 thresholds_by_view: dict[str, float] | None = None):
+                 thresholds_by_view: dict[str, float] | None = None, *, compiled: Compiled | None = None):
+        """`net`: the network; or None with `compiled` (an ONNX backend's forward pass, the classifier's weights
+        and how to load the network should a gradient method need it): then nothing here imports torch."""
         alignment = alignment or contract.cam_alignment
         if alignment not in ALIGNMENTS:
             raise PneumocamError(f"unknown CAM alignment {alignment!r}; choose from {ALIGNMENTS}")
         self.alignment = alignment  # where the 7x7 cells sit in the image; see cam.upsample_and_normalize
         self.contract = contract  # size and resize mode of the model's input, as trained
-        self.device = resolve_device(device)
-        self.net = net.eval().to(self.device)
         self.backend = backend  # who runs the plain forward pass (backends.BACKENDS); gradients always use torch
-        self.run = make_runner(self.net, backend, self.device)
+        if net is not None:
+            self.device = resolve_device(device)
+            self._net, self._load_net = net.eval().to(self.device), None
+            self.run = make_runner(self._net, backend, self.device)
+            self.head_weight = net.fc.weight.detach().float().cpu().numpy().reshape(-1)
+            self.head_bias = float(net.fc.bias.detach())
+        elif compiled is not None:
+            self.device, self._net, self._load_net = device, None, compiled.load_net
+            self.run, self.head_weight, self.head_bias = compiled.run, compiled.head_weight, compiled.head_bias
+        else:
+            raise ValueError("a Predictor needs a network or a compiled one")
         self.normalization = normalization
         self.threshold = threshold
         self.thresholds_by_view = dict(thresholds_by_view or {})  # operating points per view (calibrate --per-view)
@@ -103,21 +152,44 @@ class Predictor:
         self.calibration = calibration  # maps raw logits to calibrated probabilities (identity when uncalibrated)
         self.out_of_range = out_of_range  # flags inputs unlike the training images (None when not fitted)
 
+    @property
+    def net(self) -> PneumoniaNet:
+        """The torch network; a Predictor started from an ONNX cache loads it on first use (gradient methods)."""
+        if self._net is None:
+            self._net = self._load_net().eval()
+        return self._net
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", threshold: float | None = None,
                         alignment: str | None = None, backend: str = "torch") -> Predictor:
         """`path`: a .ckpt written by pneumocam train, or a bundled model's name such as "pneumocam-cxr".
         The preprocessing contract (size, resize mode, normalisation, CAM alignment) comes from the checkpoint;
         `alignment` overrides where the CAM's cells are drawn; `backend` runs the forward pass (backends.py).
-        An explicit `threshold` replaces the checkpoint's operating points, the per-view ones included."""
-        checkpoint = load_checkpoint(path)
-        meta = checkpoint["pneumocam"]
-        state = network_state(checkpoint)
-        net = PneumoniaNet(weights_follow=True)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise PneumocamError(f"{path}: model weights do not match PneumoniaNet ({exc})") from exc
+        An explicit `threshold` replaces the checkpoint's operating points, the per-view ones included.
+        An ONNX backend on the CPU runs the checkpoint's cached export (onnx_cache.py; made on first use), and
+        then starts without importing torch. "auto": backends.resolve_backend."""
+        if backend == "auto":
+            backend = resolve_backend(backend, device)
+            log.info("backend: %s (auto)", backend)
+        backend = resolve_backend(backend, device)
+        cached = load_cached(path) if backend != "torch" and device == "cpu" else None
+        if cached is None:
+            from pneumocam.checkpoints import load_checkpoint
+
+            checkpoint = load_checkpoint(path)
+            net = load_network(path, checkpoint)
+            if backend == "torch" or device != "cpu":
+                return cls._from_metadata(path, checkpoint["pneumocam"], threshold, alignment, device, backend, net=net)
+            cached = save_cached(path, net, checkpoint["pneumocam"])
+            if cached is None:  # the cache cannot be written: export for this run only
+                return cls._from_metadata(path, checkpoint["pneumocam"], threshold, alignment, device, backend, net=net)
+        return cls._from_metadata(path, cached.metadata, threshold, alignment, device, backend,
+                                  compiled=Compiled.of(cached, path, backend))
+
+    @classmethod
+    def _from_metadata(cls, path: str | Path, meta: dict, threshold: float | None, alignment: str | None,
+                       device: str, backend: str, net: PneumoniaNet | None = None,
+                       compiled: Compiled | None = None) -> Predictor:
         norm = meta["normalization"]
         contract = Contract.from_metadata(meta)
         if contract is None:
@@ -126,7 +198,7 @@ class Predictor:
         return cls(net, Normalization(norm["mean"], norm["std"], norm.get("origin", "checkpoint")),
                    meta.get("threshold", 0.5) if threshold is None else threshold, meta, device, alignment, contract,
                    Calibration.from_metadata(meta.get("calibration")), OutOfRange.from_metadata(meta.get("ood")),
-                   backend, meta.get("thresholds_by_view") if threshold is None else None)
+                   backend, meta.get("thresholds_by_view") if threshold is None else None, compiled=compiled)
 
     def operating_point(self, view: str = "") -> tuple[float, str]:
         """(threshold, which one) for a film of `view`: the view's own where calibrate chose one, else the
@@ -154,24 +226,21 @@ class Predictor:
         view, _ = normalise("view", header.get(HEADER_KEYWORDS["view"]))
         return LoadedImage(to_model_input(image, size, self.contract.resize_mode), view)
 
-    @torch.inference_mode()
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, 224, 224) images in [0, 1] -> logits (B,), raw CAMs (B, 7, 7), CAMs (B, 224, 224) in [0, 1]."""
         return self._forward(images)[:3]
 
-    @torch.inference_mode()
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        x = collate_images(images, self.normalization).to(self.device)
+        x = normalised_batch(images, self.normalization)
         logits, features = self.run(x)  # (B, 1), (B, 512, 7, 7)
-        raw = class_activation_map(features.float(), self.net.fc.weight.float())  # (B, 7, 7)
-        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
-        return logits[:, 0].float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), _pooled(features)
+        raw = cam_cells(features, self.head_weight)  # (B, 7, 7)
+        maps = upsample_and_normalize_cells(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
+        return logits[:, 0], raw, maps, pooled(features)
 
-    @torch.inference_mode()
     def features(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(B, 224, 224) images -> raw logits (B,) and the pooled feature vectors (B, 512) the classifier reads."""
-        logits, features = self.run(collate_images(images, self.normalization).to(self.device))
-        return logits[:, 0].float().cpu().numpy(), _pooled(features)
+        logits, features = self.run(normalised_batch(images, self.normalization))
+        return logits[:, 0], pooled(features)
 
     def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> tuple[np.ndarray, np.ndarray | None,
                                                                                     np.ndarray]:
@@ -182,20 +251,26 @@ class Predictor:
     def _saliency(self, images: Sequence[np.ndarray], method: str) -> tuple:
         if method == "cam":
             return self._forward(images)
+        import torch
+
+        from pneumocam.cam import grad_cam, grad_cam_plus_plus, upsample_and_normalize
+        from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
+
         x = collate_images(images, self.normalization).to(self.device)
         if method in LIBRARY_METHODS:
             with torch.no_grad():
                 logits, features = self.net(x)
             return logits[:, 0].float().cpu().numpy(), None, library_saliency(self.net, x, method).numpy(), \
-                _pooled(features)
+                pooled(features.float().cpu().numpy())
         if method not in GRADIENT_METHODS:
             raise PneumocamError(f"unknown CAM method {method!r}; choose from {METHODS + tuple(LIBRARY_METHODS)}")
         with torch.enable_grad():
             logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
-            raw = GRADIENT_METHODS[method](features, logits[:, 0]).detach().float()  # (B, 7, 7)
+            gradient_map = grad_cam if method == "gradcam" else grad_cam_plus_plus
+            raw = gradient_map(features, logits[:, 0]).detach().float()  # (B, 7, 7)
         maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)
         return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), \
-            _pooled(features.detach())
+            pooled(features.detach().float().cpu().numpy())
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
                        cam: bool = True, batch_size: int = 32, method: str = "cam",
@@ -230,9 +305,9 @@ class Predictor:
         """(B, 7, 7) raw CAMs -> (B, 224, 224) Prediction.evidence: each cell as the whole image's logit (cell +
         bias, since logit = mean of the cells + bias), calibrated, minus the logit of each image's threshold."""
         size = (self.contract.image_size, self.contract.image_size)
-        cells = upsample(torch.from_numpy(np.asarray(raw, dtype=np.float32)), size, self.alignment).numpy()
+        cells = upsample_cells(raw, size, self.alignment)
         boundary = np.array([logit(min(max(t, 1e-6), 1 - 1e-6)) for t in thresholds])[:, None, None]
-        return (self.calibration.apply(cells + float(self.net.fc.bias.detach())) - boundary).astype(np.float32)
+        return (self.calibration.apply(cells + self.head_bias) - boundary).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,
                       method: str = "cam") -> tuple[list[Prediction], list[dict]]:
@@ -252,8 +327,3 @@ class Predictor:
             if images:
                 predictions += self.predict_arrays(images, sources, cam, batch_size, method, views)
         return predictions, failures
-
-
-def _pooled(features: torch.Tensor) -> np.ndarray:
-    """(B, 512, 7, 7) feature maps -> (B, 512) global-average-pooled vectors, as the classifier reads them."""
-    return features.float().mean(dim=(2, 3)).cpu().numpy()

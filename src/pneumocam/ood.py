@@ -13,24 +13,24 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from pneumocam.config import OOD_QUANTILE
 
 
 @dataclass(frozen=True)
 class OutOfRange:
-    mean: torch.Tensor  # (512,)
-    precision: torch.Tensor  # (512, 512), inverse of the shrunk covariance
+    mean: np.ndarray  # (512,)
+    precision: np.ndarray  # (512, 512), inverse of the shrunk covariance
     threshold: float  # distances above this are flagged
     quantile: float
     n_train: int
     n_calibration: int
 
-    def distances(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+    def distances(self, features: np.ndarray) -> np.ndarray:
         """(B, 512) pooled features -> (B,) Mahalanobis distances."""
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float64) - self.mean.double()
-        return torch.sqrt(torch.clamp(torch.einsum("bi,ij,bj->b", x, self.precision.double(), x), min=0)).numpy()
+        x = np.asarray(features, dtype=np.float64) - np.asarray(self.mean, dtype=np.float64)
+        squared = np.einsum("bi,ij,bj->b", x, np.asarray(self.precision, dtype=np.float64), x)
+        return np.sqrt(np.clip(squared, 0, None))
 
     def reason(self, distance: float) -> str:
         if distance <= self.threshold:
@@ -40,7 +40,11 @@ class OutOfRange:
                 "images); the prediction is unreliable")
 
     def to_metadata(self) -> dict:
-        return {"method": "mahalanobis-pooled-features", "mean": self.mean.float(), "precision": self.precision.float(),
+        """As a checkpoint stores it: the arrays as float32 tensors (torch.load's weights_only allows them)."""
+        import torch
+
+        mean, precision = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (self.mean, self.precision))
+        return {"method": "mahalanobis-pooled-features", "mean": mean, "precision": precision,
                 "threshold": self.threshold, "quantile": self.quantile, "n_train": self.n_train,
                 "n_calibration": self.n_calibration}
 
@@ -48,8 +52,8 @@ class OutOfRange:
     def from_metadata(cls, meta: dict | None) -> OutOfRange | None:
         if not meta:
             return None
-        return cls(meta["mean"].float(), meta["precision"].float(), float(meta["threshold"]), float(meta["quantile"]),
-                   int(meta["n_train"]), int(meta["n_calibration"]))
+        return cls(np.asarray(meta["mean"], dtype=np.float32), np.asarray(meta["precision"], dtype=np.float32),
+                   float(meta["threshold"]), float(meta["quantile"]), int(meta["n_train"]), int(meta["n_calibration"]))
 
 
 def fit_out_of_range(train_features: np.ndarray, calibration_features: np.ndarray,
@@ -59,6 +63,6 @@ def fit_out_of_range(train_features: np.ndarray, calibration_features: np.ndarra
 
     train = np.asarray(train_features, dtype=np.float64)
     estimate = LedoitWolf().fit(train)
-    detector = OutOfRange(torch.from_numpy(estimate.location_), torch.from_numpy(estimate.precision_), 0.0, quantile,
-                          len(train), len(calibration_features))
+    detector = OutOfRange(estimate.location_, estimate.precision_, 0.0, quantile, len(train),
+                          len(calibration_features))
     return replace(detector, threshold=float(np.quantile(detector.distances(calibration_features), quantile)))

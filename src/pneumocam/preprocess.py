@@ -11,16 +11,20 @@ anti-aliased (Pillow's resampling filters widen their support when shrinking).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pneumocam.config import IMAGE_SIZE, RESIZE_MODES, RSNA_MEAN, RSNA_STD
 from pneumocam.errors import PneumocamError
 from pneumocam.io import ImageReadError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,14 @@ def data_contract(data_dir: str | Path) -> Contract:
                     settings.get("resize_mode", default.resize_mode), default.cam_alignment)
 
 
-def collate_images(batch: list[np.ndarray], norm: Normalization) -> torch.Tensor:
-    """A list of (224, 224) images in [0, 1] -> a normalised (B, 1, 224, 224) tensor."""
-    stacked = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in batch]))[:, None]
-    return (stacked - norm.mean) / norm.std
+def normalised_batch(batch: Sequence[np.ndarray], norm: Normalization) -> np.ndarray:
+    """A list of (224, 224) images in [0, 1] -> the normalised (B, 1, 224, 224) float32 array the network reads."""
+    stacked = np.stack([np.asarray(b, dtype=np.float32) for b in batch])[:, None]
+    return ((stacked - np.float32(norm.mean)) / np.float32(norm.std)).astype(np.float32, copy=False)
+
+
+def collate_images(batch: Sequence[np.ndarray], norm: Normalization) -> torch.Tensor:
+    """normalised_batch as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(normalised_batch(batch, norm))

@@ -18,12 +18,15 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_ENV = "PNEUMOCAM_CACHE"
 FLOAT_OPS = ("GlobalAveragePool", "Flatten", "Gemm")  # pooling and classifier: the CAM explains the logit exactly
@@ -46,8 +49,10 @@ def weights_fingerprint(net: torch.nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
-def int8_path(net: torch.nn.Module) -> Path:
-    return cache_dir() / "int8" / f"{weights_fingerprint(net)}.onnx"
+def int8_path(net_or_fingerprint: torch.nn.Module | str) -> Path:
+    """Where the INT8 copy of these weights is cached (by the network, or by its weights_fingerprint)."""
+    fingerprint = net_or_fingerprint if isinstance(net_or_fingerprint, str) else weights_fingerprint(net_or_fingerprint)
+    return cache_dir() / "int8" / f"{fingerprint}.onnx"
 
 
 def description_path(model: Path) -> Path:
@@ -60,9 +65,9 @@ def read_description(model: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cached_int8_model(net: torch.nn.Module, backend: str) -> Path:
-    """The cached INT8 copy of `net`, or an error that says how to make it."""
-    path = int8_path(net)
+def cached_int8_model(net_or_fingerprint: torch.nn.Module | str, backend: str) -> Path:
+    """The cached INT8 copy of these weights, or an error that says how to make it."""
+    path = int8_path(net_or_fingerprint)
     if not path.is_file():
         raise PneumocamError(f"the {backend} backend runs this model's INT8 copy, which is made once from a few "
                              "hundred of your images: run `pneumocam quantize MODEL IMAGES...` first (it is cached "

@@ -58,6 +58,10 @@ ERRORS = {400: "empty or malformed request", 401: "missing or wrong bearer token
           415: "not a DICOM, PNG, JPEG, BMP, TIFF or .npy file",
           421: "addressed to another host than this loopback server",
           422: "the file cannot be read as a chest X-ray", 503: "server busy"}
+# /v1/predict's parameter and body as OpenAPI states them (the endpoint reads the request itself)
+PREDICT_OPENAPI = {"parameters": [PICTURES_PARAMETER], "requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
 # what the upload's first bytes say it is -> the suffix the reader needs
 MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"BM", ".bmp"),
          (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"))
@@ -182,7 +186,7 @@ def model_description(predictor: Predictor) -> dict:
             "calibration": predictor.calibration.to_metadata(),
             "detects_out_of_range": predictor.out_of_range is not None,
             "data_fingerprint": meta.get("data_fingerprint"),
-            "git_commit": meta.get("git_commit"), "versions": meta.get("versions")}
+            "git_commit": meta.get("git_commit"), "versions": meta.get("versions"), "backend": predictor.backend}
 
 
 class UploadReader:
@@ -256,10 +260,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         return model_description(predictor)
 
     @app.post("/v1/predict", responses={status: _error_schema(text) for status, text in ERRORS.items()},
-              openapi_extra={"parameters": [PICTURES_PARAMETER],
-                             "requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string",
-                                                                                    "format": "binary"}}}}}}})
+              openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request):
         if not _authorised(request, token):
             return _error(401, "missing or wrong bearer token")
