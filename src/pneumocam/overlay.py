@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,9 +75,19 @@ class ShownMap:
         return (0.0, 1.0) if self.scale == "relative" else (-EVIDENCE_SPAN, EVIDENCE_SPAN)
 
 
+@lru_cache(maxsize=8)
 def _lookup(colormap: str) -> np.ndarray:
+    """The colormap's table as (N, 3) float32, made once per colormap (read-only: it is shared)."""
     cmap = matplotlib.colormaps[colormap]
-    return cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
+    table = cmap(np.arange(cmap.N))[:, :3].astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+@lru_cache(maxsize=8)
+def _stop_colours(colormap: str, stops: int) -> tuple[str, ...]:
+    table = _lookup(colormap)
+    return tuple(matplotlib.colors.to_hex(table[int(i)]) for i in np.linspace(0, len(table) - 1, stops))
 
 
 def _colour_index(fractions: np.ndarray, n: int) -> np.ndarray:
@@ -154,11 +165,9 @@ def layer_png(shown: ShownMap) -> bytes:
 
 def colour_bar_description(shown: ShownMap, stops: int = 11) -> dict:
     """The colour bar as data, for a viewer that draws its own (the web page): colour stops, ticks, label."""
-    table = _lookup(shown.colormap)
     low, high = shown.value_range
-    colours = [matplotlib.colors.to_hex(table[int(i)]) for i in np.linspace(0, len(table) - 1, stops)]
     positions, labels = shown.ticks()
-    return {"scale": shown.scale, "label": shown.label(), "colours": colours,
+    return {"scale": shown.scale, "label": shown.label(), "colours": list(_stop_colours(shown.colormap, stops)),
             "ticks": [{"at": (position - low) / (high - low), "label": label}
                       for position, label in zip(positions, labels, strict=True)],
             "span_logit": EVIDENCE_SPAN if shown.scale == "absolute" else None}
