@@ -14,7 +14,7 @@
 Writes the tables as JSON with --out.
 
 usage: python benchmarks/cpu_inference.py [CKPT] [--images DIR] [--serve-backend onnxruntime] [--seconds 20]
-                                         [--calibration DIR ...]
+                                         [--calibration DIR ...] [--serve-only] [--clients 1,4,16]
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=float, default=8.0, help="offline throughput run (default 8)")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--serve-only", action="store_true", help="skip the backend table (repeat the load levels)")
     parser.add_argument("--calibration", type=Path, nargs="+", default=DEFAULT_CALIBRATION,
                         help="images for `pneumocam quantize` where the model has no INT8 copy cached yet")
     args = parser.parse_args()
@@ -145,7 +146,7 @@ def main() -> None:
     made = quantize_model(args.checkpoint, args.calibration)  # once: cached for later runs
     print(f"INT8 copy: {made['path']} ({'cached' if made['cached'] else 'made now'}, {made['calibration']['count']} "
           "calibration images)", flush=True)
-    backends = backend_table(args.checkpoint, images, args.rounds)
+    backends = [] if args.serve_only else backend_table(args.checkpoint, images, args.rounds)
     offline_predictor = Predictor.from_checkpoint(args.checkpoint, backend=args.serve_backend)
     serve, offline_runs = [], []
     with running_server(args.checkpoint, "--backend", args.serve_backend, "--max-queue", "64") as (url, _):
@@ -175,7 +176,8 @@ def main() -> None:
               f"{row['batch1_vs_eager']:>12.2f}{row['batch16_vs_eager']:>13.2f}{row['max_abs_diff_logit']:>11.1e}"
               f"{row['max_abs_diff_cam']:>10.1e}"
               f"{row['startup_s']:>9.1f}")
-    best = max((r for r in backends if "batch16_vs_eager" in r), key=lambda r: r["batch16_vs_eager"])
+    best = max((r for r in backends if "batch16_vs_eager" in r), key=lambda r: r["batch16_vs_eager"],
+               default={"backend": "none measured", "batch16_vs_eager": float("nan")})
     print(f"best at batch 16: {best['backend']}, {best['batch16_vs_eager']:.2f}x eager; targets for an INT8 "
           "backend: >= 2.5x at batch 16, >= 1.5x at batch 1")
     print(f"\noffline batched (files -> predictions, batch 16, {args.serve_backend}): median {offline:.1f} img/s, "

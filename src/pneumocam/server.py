@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import secrets
 import tempfile
@@ -309,6 +310,8 @@ def serve(checkpoint: str | Path, config: ServeConfig = ServeConfig()) -> None:
     if not is_loopback(config.host) and token is None:
         log.warning("serving on %s without a token: anyone who can reach this address can upload images", config.host)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, backend=config.backend)
+    app = create_app(predictor, config, token)
+    gc.freeze()  # what start-up made lives as long as the server: keep it out of every later collection
     # no access log: its lines would carry query strings
-    uvicorn.run(create_app(predictor, config, token), host=config.host, port=config.port, log_level="info",
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
                 access_log=False)
