@@ -91,6 +91,14 @@ def load_network(path: str | Path, checkpoint: dict | None = None) -> PneumoniaN
     return net
 
 
+def _cache(path: str | Path) -> CachedModel | None:
+    """Export the checkpoint's network into the ONNX cache (this needs torch, once per checkpoint)."""
+    from pneumocam.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    return save_cached(path, load_network(path, checkpoint), checkpoint["pneumocam"])
+
+
 @dataclass(frozen=True)
 class Compiled:
     """A network as an ONNX backend runs it, with what the CAM needs from it (the classifier's weights), and
@@ -168,23 +176,19 @@ class Predictor:
         An explicit `threshold` replaces the checkpoint's operating points, the per-view ones included.
         An ONNX backend on the CPU runs the checkpoint's cached export (onnx_cache.py; made on first use), and
         then starts without importing torch. "auto": backends.resolve_backend."""
+        chosen = resolve_backend(backend, device)
         if backend == "auto":
-            backend = resolve_backend(backend, device)
-            log.info("backend: %s (auto)", backend)
-        backend = resolve_backend(backend, device)
-        cached = load_cached(path) if backend != "torch" and device == "cpu" else None
-        if cached is None:
-            from pneumocam.checkpoints import load_checkpoint
+            log.info("backend: %s (auto)", chosen)
+        if chosen != "torch" and device == "cpu":
+            cached = load_cached(path) or _cache(path)
+            if cached is not None:  # else the cache cannot be written: the runner exports for this run only
+                return cls._from_metadata(path, cached.metadata, threshold, alignment, device, chosen,
+                                          compiled=Compiled.of(cached, path, chosen))
+        from pneumocam.checkpoints import load_checkpoint
 
-            checkpoint = load_checkpoint(path)
-            net = load_network(path, checkpoint)
-            if backend == "torch" or device != "cpu":
-                return cls._from_metadata(path, checkpoint["pneumocam"], threshold, alignment, device, backend, net=net)
-            cached = save_cached(path, net, checkpoint["pneumocam"])
-            if cached is None:  # the cache cannot be written: export for this run only
-                return cls._from_metadata(path, checkpoint["pneumocam"], threshold, alignment, device, backend, net=net)
-        return cls._from_metadata(path, cached.metadata, threshold, alignment, device, backend,
-                                  compiled=Compiled.of(cached, path, backend))
+        checkpoint = load_checkpoint(path)
+        return cls._from_metadata(path, checkpoint["pneumocam"], threshold, alignment, device, chosen,
+                                  net=load_network(path, checkpoint))
 
     @classmethod
     def _from_metadata(cls, path: str | Path, meta: dict, threshold: float | None, alignment: str | None,
