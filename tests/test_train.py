@@ -456,3 +456,41 @@ def test_finding_loss_weight_needs_findings_and_must_not_be_negative(phantom_dat
     with pytest.raises(PneumocamError, match="needs findings"):
         fit(phantom_data, tmp_path / "none", TrainConfig(pretrained="none", finding_loss_weight=1.0,
                                                          fast_dev_run=True, in_memory="off"))
+
+
+@pytest.mark.slow
+def test_ema_weights_are_what_is_validated_saved_and_resumed(phantom_data, tmp_path, monkeypatch):
+    """--ema-decay D: the saved network is the exponential average of the weights after each step
+    (e_1 = w_1, e_k = D e_(k-1) + (1 - D) w_k), not the last step's; a resumed run goes on from it."""
+    from lightning.pytorch.callbacks import Callback
+
+    import pneumocam.commands.train as train_command
+    from pneumocam.checkpoints import load_checkpoint, network_state
+
+    seen = []
+
+    class Recorder(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.net.fc.weight.detach().clone())
+
+    callbacks = train_command._callbacks
+    monkeypatch.setattr(train_command, "_callbacks",
+                        lambda run_dir, config: (lambda made: (made[0], [Recorder(), *made[1]]))(
+                            callbacks(run_dir, config)))
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", seed=0, ema_decay=0.5, in_memory="on")
+    result = fit(phantom_data, tmp_path / "run", config)
+    expected = seen[0]
+    for weight in seen[1:]:
+        expected = 0.5 * expected + 0.5 * weight
+    saved = load_checkpoint(result.last_checkpoint)
+    assert len(seen) >= 2 and torch.allclose(network_state(saved)["fc.weight"], expected, atol=1e-6)
+    assert not torch.allclose(saved["current_model_state"]["net.fc.weight"], expected, atol=1e-6)
+    resumed = fit(phantom_data, tmp_path / "run", replace(config, epochs=2, resume=True))
+    assert load_checkpoint(resumed.last_checkpoint)["epoch"] == 1
+
+
+def test_ema_decay_must_be_below_one(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match=r"--ema-decay must be in \[0, 1\)"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", ema_decay=1.0))

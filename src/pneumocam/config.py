@@ -165,6 +165,9 @@ class TrainConfig:
                                              "teaches the hard negatives apart; the head is not part of the saved "
                                              "network, so predictions and the CAM are those of the pneumonia logit "
                                              "(0: off)")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
+                                   "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
+                                   "with it instead of the last step's weights (0: off)")
     pretrained: str = option("imagenet", "imagenet (torchvision download), none (from scratch), a resnet18 state "
                                          "dict, or a checkpoint pneumocam trained")
     data_stats: bool | None = option(None, "normalise with the data's own mean/std from stats.json (--no-data-stats: "

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -79,6 +85,8 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                          (config.finding_loss_weight, "--finding-loss-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0, got {weight}")
+    if not 0 <= config.ema_decay < 1:
+        raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.resume:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -116,6 +124,8 @@ def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, lis
     if config.early_stop_patience > 0:
         callbacks.append(EarlyStopping(config.monitor, patience=config.early_stop_patience,
                                        mode=MONITOR_MODES[config.monitor]))
+    if config.ema_decay > 0:  # Lightning validates, saves and ends with the average (BatchNorm statistics too)
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     return checkpoint, callbacks
 
 
