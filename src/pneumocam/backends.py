@@ -100,8 +100,7 @@ def resolve_backend(backend: str, device: str = "cpu") -> str:
 
 def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.device | None = None) -> Runner:
     """The forward pass of `net` on `backend`. The ONNX backends run on the CPU only."""
-    if backend not in BACKENDS:
-        raise PneumocamError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    backend = resolve_backend(backend, "cpu" if device is None else device.type)
     if backend == "torch":
         return torch_runner(net, device or "cpu")
     if device is not None and device.type != "cpu":

@@ -257,7 +257,7 @@ class Predictor:
             return self._forward(images)
         import torch
 
-        from pneumocam.cam import grad_cam, grad_cam_plus_plus, upsample_and_normalize
+        from pneumocam.cam import grad_cam, grad_cam_plus_plus
         from pneumocam.cam_extra import LIBRARY_METHODS, library_saliency
 
         x = collate_images(images, self.normalization).to(self.device)
@@ -272,9 +272,9 @@ class Predictor:
             logits, features = self.net(x)  # (B, 1), (B, 512, 7, 7)
             gradient_map = grad_cam if method == "gradcam" else grad_cam_plus_plus
             raw = gradient_map(features, logits[:, 0]).detach().float()  # (B, 7, 7)
-        maps = upsample_and_normalize(raw, (x.shape[-2], x.shape[-1]), self.alignment)
-        return logits[:, 0].detach().float().cpu().numpy(), raw.cpu().numpy(), maps.cpu().numpy(), \
-            pooled(features.detach().float().cpu().numpy())
+        raw = raw.cpu().numpy()
+        maps = upsample_and_normalize_cells(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # as for CAM
+        return logits[:, 0].detach().float().cpu().numpy(), raw, maps, pooled(features.detach().float().cpu().numpy())
 
     def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
                        cam: bool = True, batch_size: int = 32, method: str = "cam",

@@ -69,6 +69,10 @@ def load_cached(name_or_path: str | Path) -> CachedModel | None:
     folder = cache_folder(name_or_path)
     if folder is None or not (folder / "model.json").is_file():
         return None
+    return _read(folder)
+
+
+def _read(folder: Path) -> CachedModel | None:
     try:
         description = json.loads((folder / "model.json").read_text())
         with np.load(folder / "arrays.npz") as stored:
@@ -109,7 +113,7 @@ def save_cached(name_or_path: str | Path, net: torch.nn.Module, metadata: dict) 
     except OSError as exc:
         log.warning("could not cache the ONNX export in %s (%s): this start exports it again", folder.parent, exc)
         return None
-    return load_cached(name_or_path)
+    return _read(folder)  # as a later start reads it (the key is not hashed again)
 
 
 def _without_arrays(value: Any, arrays: dict[str, np.ndarray], at: str = "metadata") -> Any:
