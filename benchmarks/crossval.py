@@ -40,9 +40,10 @@ import numpy as np
 import torch
 from real_data import finished_epochs, run  # this folder's script: the same command runner and resume check
 
+from pneumocam.calibration import choose_threshold
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
 from pneumocam.data import manifest_rows
-from pneumocam.metrics import expected_calibration_error, fast_auroc, threshold_for_sensitivity, youden_threshold
+from pneumocam.metrics import expected_calibration_error, fast_auroc
 from pneumocam.subgroups import calls_by_view
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,9 @@ RECIPES = {
     # the saved weights an exponential average over about the last 50 of a fold's ~104 steps
     "adult-finding-ema": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
                            "--ema-decay", "0.98"], 2),
+    # the worst of view x label (AP/PA/unknown, pneumonia or not) weighs most in the loss
+    "adult-finding-dro": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
+                           "--group-dro", "view"], 2),
 }
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
@@ -158,24 +162,27 @@ def _auroc(items: list[dict], view: str | None = None) -> float | None:
     return fast_auroc(np.array([x["probability"] for x in chosen]), np.array([x["label"] for x in chosen]))
 
 
-RULES = {  # operating-point rules scored by cross-validation: (per view?, target sensitivity or None for Youden)
-    "overall_youden": (False, None),
-    "per_view_youden": (True, None),
-    "per_view_sensitivity_0.8": (True, 0.8),
+RULES = {  # operating-point rules scored by cross-validation: (per view?, calibrate's --rule, its target)
+    "overall_youden": (False, "youden", None),
+    "per_view_youden": (True, "youden", None),
+    "per_view_sensitivity_0.8": (True, "sensitivity", 0.8),
+    "overall_specificity_0.85": (False, "specificity", 0.85),
+    "per_view_specificity_0.85": (True, "specificity", 0.85),
 }
 
 
-def operating_point_scores(train: list[dict], test: list[dict], per_view: bool, target: float | None) -> dict:
-    """Thresholds chosen on `train` (other folds' out-of-fold predictions) by Youden's J or the highest threshold
-    reaching `target` sensitivity, overall or per view (AP, PA; the overall one for other views), applied to
-    `test`."""
+def operating_point_scores(train: list[dict], test: list[dict], per_view: bool, rule: str,
+                           target: float | None) -> dict:
+    """Thresholds chosen on `train` (other folds' out-of-fold predictions) by `pneumocam calibrate`'s rule,
+    overall or per view (AP, PA; the overall one for other views), applied to `test`."""
     def choose(items):
         probs, labels = np.array([x["probability"] for x in items]), np.array([x["label"] for x in items])
-        return youden_threshold(probs, labels) if target is None else threshold_for_sensitivity(probs, labels, target)
+        return choose_threshold(probs, labels, rule, target_sensitivity=target or 0.9,
+                                target_specificity=target or 0.85)[0]
 
     overall = choose(train)
     by_view = {v: choose([x for x in train if x["view"] == v]) for v in ("AP", "PA")} if per_view else {}
-    thresholds = np.array([overall if by_view.get(x["view"]) is None else by_view[x["view"]] for x in test])
+    thresholds = np.array([by_view.get(x["view"], overall) for x in test])
     calls = calls_by_view(np.array([x["probability"] for x in test]), np.array([x["label"] for x in test]),
                           thresholds, [x["view"] for x in test], [x["finding"] for x in test])
     return {"sensitivity_pa": calls["by_view"]["PA"]["sensitivity"], "sensitivity": calls["all"]["sensitivity"],

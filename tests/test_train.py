@@ -494,3 +494,56 @@ def test_ema_decay_must_be_below_one(phantom_data, tmp_path):
 
     with pytest.raises(PneumocamError, match=r"--ema-decay must be in \[0, 1\)"):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", ema_decay=1.0))
+
+
+def test_group_dro_batches_carry_each_images_view_and_label_group(phantom_data):
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import dataset_files, manifest_rows
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, group_dro=("view",), in_memory="off", seed=0))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    ids, names = datamodule.dro_groups()
+    assert names == ["AP/0", "AP/1", "PA/0", "PA/1"]
+    rows = manifest_rows(phantom_data)
+    files = dataset_files(datamodule.train_set, phantom_data)
+    assert [names[i] for i in ids.tolist()] == [f"{rows[f]['view']}/{rows[f]['label']}" for f in files]
+    drawn = list(datamodule.train_dataloader().sampler)[:4]
+    twin = PneumoniaDataModule(phantom_data, Normalization(), config)  # the same seed draws the same order
+    twin.setup()
+    images, labels, groups = next(iter(twin.train_dataloader()))
+    assert groups.tolist() == ids[drawn].tolist()  # each image's own group, in sampler order
+    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry no groups
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", ["off", "on"])
+def test_group_dro_trains_logs_its_weights_and_resumes_them(phantom_data, tmp_path, in_memory):
+    from pneumocam.checkpoints import load_checkpoint, network_state
+    from pneumocam.model import PneumoniaNet
+
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
+                         finding_loss_weight=1.0, group_dro=("view",), in_memory=in_memory, seed=0)
+    result = fit(data, tmp_path / "run", config)
+    lines = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    columns = [f"dro_weight/{g}" for g in ("AP/0", "AP/1", "PA/0", "PA/1")]
+    assert set(columns) <= set(header)
+    values = next(line.split(",") for line in lines[1:] if line.split(",")[header.index(columns[0])])
+    q = [float(values[header.index(c)]) for c in columns]
+    assert sum(q) == pytest.approx(1.0, abs=1e-5) and len(set(q)) > 1  # moved away from uniform
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["state_dict"]["group_weights.q"].tolist() == pytest.approx(q, abs=1e-6)
+    assert set(network_state(checkpoint)) == set(PneumoniaNet().state_dict())
+    resumed = fit(data, tmp_path / "run", replace(config, epochs=2, resume=True))
+    assert load_checkpoint(resumed.last_checkpoint)["epoch"] == 1
+
+
+def test_group_dro_by_an_unknown_attribute_is_a_clear_error(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--group-dro: unknown attribute"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", group_dro=("finding",)))

@@ -80,13 +80,16 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, intercept: bool = Tr
 
 
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, rule: str = "sensitivity",
-                     target_sensitivity: float = 0.9) -> tuple[float, str]:
+                     target_sensitivity: float = 0.9, target_specificity: float = 0.85) -> tuple[float, str]:
     """(threshold, the rule in words) on calibrated probabilities of the calibration split."""
-    from pneumocam.metrics import threshold_for_sensitivity, youden_threshold
+    from pneumocam.metrics import threshold_for_sensitivity, threshold_for_specificity, youden_threshold
 
     if rule == "sensitivity":
         threshold = threshold_for_sensitivity(probs, labels, target_sensitivity)
         text = f"the highest threshold with sensitivity >= {target_sensitivity:g}"
+    elif rule == "specificity":
+        threshold = threshold_for_specificity(probs, labels, target_specificity)
+        text = f"the lowest threshold with specificity >= {target_specificity:g}"
     elif rule == "youden":
         threshold = youden_threshold(probs, labels)
         text = "Youden's J (sensitivity + specificity - 1) at its maximum"

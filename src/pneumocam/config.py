@@ -28,7 +28,7 @@ EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
 SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "finding")
 # what --balance-by may balance the label against; finding is not among them, since it is the label's detail
 BALANCE_ATTRIBUTES = ("view", "sex", "age_band", "source")
-THRESHOLD_RULES = ("sensitivity", "youden")
+THRESHOLD_RULES = ("sensitivity", "specificity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: onnxruntime on the CPU where it is installed, else torch
@@ -165,6 +165,10 @@ class TrainConfig:
                                              "teaches the hard negatives apart; the head is not part of the saved "
                                              "network, so predictions and the CAM are those of the pneumonia logit "
                                              "(0: off)")
+    group_dro: tuple[str, ...] = option((), "train for the worst group (group DRO): groups are these attributes' "
+                                            "values x the label; the loss weights each group's mean loss, raising "
+                                            "the worst served (view, sex, age_band, source)", parse="names",
+                                        choices=BALANCE_ATTRIBUTES, shown="none")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")
@@ -228,8 +232,10 @@ class CalibrateConfig:
                                             "calibration split's prevalence to this one", shown="the split's")
     intercept: bool = option(True, "fit an intercept with the temperature (--no-intercept: temperature alone)")
     rule: str = option("sensitivity", "threshold rule: sensitivity (the highest threshold reaching "
-                                      "--target-sensitivity) or youden", choices=THRESHOLD_RULES)
+                                      "--target-sensitivity), specificity (the lowest reaching --target-specificity: "
+                                      "the most sensitive with so few false alarms) or youden", choices=THRESHOLD_RULES)
     target_sensitivity: float = option(0.9, "for --rule sensitivity")
+    target_specificity: float = option(0.85, "for --rule specificity")
     per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by "
                                    "the same rule, for every view with at least --min-view-images images of each "
                                    "class; predict, serve and pacs apply it from the DICOM header, and use the "

@@ -144,20 +144,22 @@ def finding_targets(data_dir: str | Path, files: list[str]) -> torch.Tensor:
     return torch.tensor([codes.get(by_file.get(f, {}).get("finding", ""), float("nan")) for f in files])
 
 
-class WithFindings(torch.utils.data.Dataset):
-    """A training split whose items (or, indexed with a batch of indices, whose batches) carry the finding
-    target last: (image, label[, box mask], finding)."""
+class WithTargets(torch.utils.data.Dataset):
+    """A training split whose items (or, indexed with a batch of indices, whose batches) carry per-image
+    targets last, in the order given: (image, label[, box mask], finding, group) for the finding head and
+    group DRO."""
 
-    def __init__(self, dataset, findings: torch.Tensor):
-        if len(findings) != len(dataset):
-            raise ValueError(f"{len(findings)} finding targets for {len(dataset)} images")
-        self.dataset, self.findings = dataset, findings
+    def __init__(self, dataset, *targets: torch.Tensor):
+        for target in targets:
+            if len(target) != len(dataset):
+                raise ValueError(f"{len(target)} targets for {len(dataset)} images")
+        self.dataset, self.targets = dataset, targets
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index) -> tuple:
-        return (*self.dataset[index], self.findings[index])
+        return (*self.dataset[index], *(t[index] for t in self.targets))
 
 
 def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:

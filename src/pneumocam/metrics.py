@@ -227,6 +227,16 @@ def threshold_for_sensitivity(probs: np.ndarray, labels: np.ndarray, target: flo
     return _finite_threshold(thresholds[index])
 
 
+def threshold_for_specificity(probs: np.ndarray, labels: np.ndarray, target: float) -> float | None:
+    """The lowest threshold whose specificity reaches `target` (so sensitivity is as high as it can be)."""
+    probs, labels = _check(probs, labels)
+    if labels.sum() == labels.size:
+        return None
+    fpr, tpr, thresholds = skm.roc_curve(labels, probs, drop_intermediate=False)
+    index = int(np.flatnonzero(fpr <= 1 - target + 1e-12)[-1])
+    return _finite_threshold(thresholds[index])
+
+
 def _finite_threshold(value: float) -> float:
     # roc_curve's first threshold is +inf ("predict nothing positive"); just above 1 means the same
     return float(value) if np.isfinite(value) else float(np.nextafter(1.0, 2.0))

@@ -27,7 +27,7 @@ from pneumocam.config import BALANCE_ATTRIBUTES, TrainConfig
 from pneumocam.data import (
     BoxedSplit,
     InMemorySplit,
-    WithFindings,
+    WithTargets,
     build_transform,
     dataset_files,
     dataset_labels,
@@ -42,6 +42,7 @@ from pneumocam.data import (
 )
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path
+from pneumocam.group_dro import GroupWeights, group_ids
 from pneumocam.guidance import box_guidance_loss
 from pneumocam.model import FEATURE_CHANNELS, PneumoniaNet
 from pneumocam.preprocess import Normalization
@@ -67,7 +68,7 @@ class PneumoniaModule(L.LightningModule):
     """Loss, metrics and optimisation around a PneumoniaNet; the network itself stays a plain nn.Module."""
 
     def __init__(self, config: dict, pos_weight: float, normalization: dict, metadata: dict,
-                 load_pretrained: bool = True):
+                 load_pretrained: bool = True, dro_groups: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["load_pretrained"])
         self.config = config
@@ -80,8 +81,11 @@ class PneumoniaModule(L.LightningModule):
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.val_auroc = BinaryAUROC(validate_args=False)
         self._augment_generator = torch.Generator().manual_seed(config["seed"])
+        self._groups = None  # the group DRO indices of the batch in hand (set by _unpack)
         if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
+        if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
+            self.group_weights = GroupWeights(len(dro_groups))
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
@@ -101,16 +105,20 @@ class PneumoniaModule(L.LightningModule):
                                  AUGMENT_RANGES[augment])
             images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
-        return ((images - norm["mean"]) / norm["std"], labels, *masks, *([] if findings is None else [findings]))
+        extras = [t for t in (findings, self._groups) if t is not None]
+        return ((images - norm["mean"]) / norm["std"], labels, *masks, *extras)
 
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
 
     def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
-        """(images, labels, box masks, finding targets): training batches carry the findings last
-        (data.WithFindings) when --finding-loss-weight is on; validation batches never do."""
+        """(images, labels, box masks, finding targets): training batches carry the findings and then the
+        group DRO indices last (data.WithTargets) when those are on; validation batches never do. The group
+        indices are kept in self._groups for _step."""
         images, labels, *rest = batch
-        findings = rest.pop() if self._finding_weight() > 0 and self.trainer.training else None
+        training = self.trainer.training
+        self._groups = rest.pop() if self.hparams.get("dro_groups") and training else None
+        findings = rest.pop() if self._finding_weight() > 0 and training else None
         return images, labels, rest, findings
 
     def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
@@ -129,7 +137,12 @@ class PneumoniaModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
         logits = logits[:, 0]  # (B,)
-        loss = self.loss(logits, labels.float())
+        if self._groups is not None:  # the worst-group objective over each image's own loss
+            each = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
+                                                      pos_weight=self.loss.pos_weight)
+            loss = self.group_weights(each, self._groups)
+        else:
+            loss = self.loss(logits, labels.float())
         if masks and self.config["box_loss_weight"] > 0:
             cams = class_activation_map(features, self.net.fc.weight)
             guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
@@ -159,6 +172,12 @@ class PneumoniaModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(labels))
+
+    def on_train_epoch_end(self) -> None:
+        """The group DRO weights, one column each in the metrics (once an epoch: reading them syncs)."""
+        if self.hparams.get("dro_groups"):
+            for name, weight in zip(self.hparams["dro_groups"], self.group_weights.q.tolist(), strict=True):
+                self.log(f"dro_weight/{name}", weight)
 
     def configure_optimizers(self):
         cfg = self.config
@@ -272,24 +291,35 @@ class PneumoniaDataModule(L.LightningDataModule):
         drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1
         sampler = self._sampler(dataset, train)
         in_memory = isinstance(dataset, InMemorySplit)
-        if train and self.config.finding_loss_weight > 0:
-            dataset = self._with_findings(dataset)
+        if train and (self.config.finding_loss_weight > 0 or self.config.group_dro):
+            dataset = WithTargets(dataset, *self._training_targets())
         if in_memory:  # one tensor index per batch, no per-image collation
             batches = BatchSampler(sampler, self.config.batch_size, drop_last)
             return DataLoader(dataset, sampler=batches, batch_size=None, pin_memory=torch.cuda.is_available())
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
 
-    def _with_findings(self, dataset) -> WithFindings:
-        findings = finding_targets(self.data_dir, self._training_files()[0])
-        known = int((~torch.isnan(findings)).sum())
-        if known == 0:
-            raise PneumocamError(f"--finding-loss-weight needs findings: no training image under {self.data_dir} has "
-                                 "one in manifest.csv (prepare a source with RSNA's "
-                                 "stage_2_detailed_class_info.csv or a finding column in metadata.csv)")
-        log.info("--finding-loss-weight: %d of %d training images have a finding, %d of them \"Not Normal\"",
-                 known, len(findings), int(findings.nan_to_num(0).sum()))
-        return WithFindings(dataset, findings)
+    def _training_targets(self) -> list[torch.Tensor]:
+        """What training batches carry after the images: the finding targets, the group DRO indices."""
+        files = self._training_files()[0]
+        targets = []
+        if self.config.finding_loss_weight > 0:
+            findings = finding_targets(self.data_dir, files)
+            if (known := int((~torch.isnan(findings)).sum())) == 0:
+                raise PneumocamError(f"--finding-loss-weight needs findings: no training image under {self.data_dir} "
+                                     "has one in manifest.csv (prepare a source with RSNA's "
+                                     "stage_2_detailed_class_info.csv or a finding column in metadata.csv)")
+            log.info("--finding-loss-weight: %d of %d training images have a finding, %d of them \"Not Normal\"",
+                     known, len(findings), int(findings.nan_to_num(0).sum()))
+            targets.append(findings)
+        if self.config.group_dro:
+            targets.append(self.dro_groups()[0])
+        return targets
+
+    def dro_groups(self) -> tuple[torch.Tensor, list[str]]:
+        """--group-dro: each training image's group index (attribute values x label) and the groups' names."""
+        groups, labels = self._training_values(tuple(self.config.group_dro))
+        return group_ids(groups, labels)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -120,7 +120,7 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     crossed = cross_fitted_probabilities(logits, labels, np.asarray(patients), config.intercept, folds,
                                          config.seed) if folds >= 2 else None
     threshold, rule_text = choose_threshold(fitted.probabilities(logits), labels, config.rule,
-                                            config.target_sensitivity)
+                                            config.target_sensitivity, config.target_specificity)
     rule = f"{rule_text}, chosen on the '{config.split}' split of {data_dir.name} ({labels.size} images)"
     by_view = per_view_thresholds(fitted.probabilities(logits), labels, split_views(data_dir, config.split),
                                   config) if config.per_view else {}
@@ -182,7 +182,7 @@ def per_view_thresholds(probabilities: np.ndarray, labels: np.ndarray, views: li
             log.warning("--per-view: view %s has %d pneumonia and %d other images (fewer than %d of one class): it "
                         "keeps the overall threshold", view, n_pos, n_neg, config.min_view_images)
             continue
-        threshold, _ = choose_threshold(p, y, config.rule, config.target_sensitivity)
+        threshold, _ = choose_threshold(p, y, config.rule, config.target_sensitivity, config.target_specificity)
         called = p >= threshold
         out[view] = {"threshold": threshold, "n": int(y.size), "n_positive": n_pos,
                      "sensitivity_in_sample": float(called[y == 1].mean()),

@@ -24,7 +24,16 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pneumocam.config import AUGMENTATIONS, AUTO_ON_OFF, MONITORS, OPTIMIZERS, SCHEDULES, TrainConfig, write_yaml
+from pneumocam.config import (
+    AUGMENTATIONS,
+    AUTO_ON_OFF,
+    BALANCE_ATTRIBUTES,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    write_yaml,
+)
 from pneumocam.data import dataset_labels, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import remove_stale_temporaries, write_json
@@ -85,6 +94,9 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                          (config.finding_loss_weight, "--finding-loss-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0, got {weight}")
+    if unknown := [a for a in config.group_dro if a not in BALANCE_ATTRIBUTES]:
+        raise PneumocamError(f"--group-dro: unknown attribute(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(BALANCE_ATTRIBUTES)}")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.resume:
@@ -129,6 +141,14 @@ def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, lis
     return checkpoint, callbacks
 
 
+def _dro_groups(datamodule: PneumoniaDataModule) -> list[str]:
+    """--group-dro's groups, logged with their sizes: a group of a few images gets a noisy loss."""
+    ids, names = datamodule.dro_groups()
+    log.info("--group-dro %s: %s", ",".join(datamodule.config.group_dro),
+             ", ".join(f"{name} {int((ids == i).sum())} images" for i, name in enumerate(names)))
+    return names
+
+
 def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainConfig()) -> FitResult:
     """Train on DATA/Processed/train, validate on DATA/Processed/val, write checkpoints under RUN.
 
@@ -147,7 +167,10 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
         "preprocessing": asdict(data_contract(data_dir)),
     }
     normalization = asdict(norm)
-    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from)
+    datamodule = PneumoniaDataModule(data_dir, norm, config)
+    dro_groups = _dro_groups(datamodule) if config.group_dro else None
+    module = PneumoniaModule(asdict(config), pos_weight, normalization, metadata, load_pretrained=not resume_from,
+                             dro_groups=dro_groups)
     run_dir.mkdir(parents=True, exist_ok=True)
     if stale := remove_stale_temporaries(run_dir / "checkpoints"):  # a checkpoint save cut short by kill -9
         log.info("removed %d temporary checkpoint files left by an interrupted run", stale)
@@ -155,7 +178,6 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
                 "n_train_positive": int(labels.sum()), "resumed_from": str(resume_from) if resume_from else None}
     write_json(run_dir / ("config.resumed.json" if resume_from else "config.json"), resolved)
     write_yaml(run_dir / ("config.resumed.yaml" if resume_from else "config.yaml"), given, "train")
-    datamodule = PneumoniaDataModule(data_dir, norm, config)
     checkpoint, callbacks = _callbacks(run_dir, config)
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
