@@ -69,10 +69,14 @@ def test_calibrate_refuses_the_test_split_and_the_cli_prints_its_summary(tiny_ch
     assert meta["calibration"]["target_prevalence"] == 0.2
 
 
-def test_the_bundled_model_ships_calibrated_with_its_rule():
-    predictor = Predictor.from_checkpoint("pneumocam-cxr")
-    assert predictor.calibration.temperature != 1.0 and predictor.out_of_range is not None
-    assert "Youden" in predictor.metadata["threshold_rule"] and predictor.threshold < 0.5
+def test_the_bundled_models_ship_calibrated_with_their_rules():
+    latest = Predictor.from_checkpoint("pneumocam-cxr")
+    assert latest.calibration.temperature != 1.0 and latest.out_of_range is not None
+    assert latest.metadata["threshold_rule"].startswith("the lowest threshold with specificity >= 0.85")
+    assert "per view (AP, PA)" in latest.metadata["threshold_rule"]
+    assert set(latest.thresholds_by_view) == {"AP", "PA"} and latest.threshold < 0.5
+    first = Predictor.from_checkpoint("pneumocam-cxr@1")
+    assert "Youden" in first.metadata["threshold_rule"] and first.threshold < 0.5 and not first.thresholds_by_view
 
 
 def test_per_view_thresholds_follow_the_rule_within_each_view_and_skip_thin_views():

@@ -15,6 +15,8 @@ def test_bundle_is_float16_loads_safely_and_predicts_like_its_source(tiny_checkp
     raw = torch.load(out, weights_only=True)
     assert {v.dtype for v in raw["state_dict"].values() if v.is_floating_point()} == {torch.float16}
     assert "optimizer_states" not in raw and raw["pneumocam"]["model_card"] == {"recipe": "test"}
+    source = load_checkpoint(tiny_checkpoint)["pneumocam"]["data_dir"]
+    assert source.startswith("/") and raw["pneumocam"]["data_dir"] == ".../" + source.rsplit("/", 1)[-1]
     images = [np.random.default_rng(i).random((224, 224), dtype=np.float32) for i in range(3)]
     full = Predictor.from_checkpoint(tiny_checkpoint).predict_arrays(images, cam=False)
     half = Predictor.from_checkpoint(out).predict_arrays(images, cam=False)
@@ -50,13 +52,37 @@ def test_bundled_model_loads_by_name_weights_only_and_predicts_a_real_xray(monke
     predictions, failures = predictor.predict_files(sorted(image.glob("*.dcm"))[:2])
     assert not failures and len(predictions) == 2
     assert all(0 <= p.probability <= 1 and p.cam.shape == (224, 224) for p in predictions)
-    assert set(BUNDLED_MODELS) == {"pneumocam-cxr"}
+    assert set(BUNDLED_MODELS) == {"pneumocam-cxr", "pneumocam-cxr@1"}
 
 
-def test_the_model_card_in_docs_is_the_one_shipped_with_the_weights():
+def test_both_versions_load_by_name_offline_and_version_2_has_a_threshold_per_view(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr("socket.socket.connect", offline)
+    latest, first = load_checkpoint("pneumocam-cxr"), load_checkpoint("pneumocam-cxr@1")
+    assert latest["pneumocam"]["model_card"]["version"] == 2 and "version" not in first["pneumocam"]["model_card"]
+    assert set(latest["pneumocam"]["thresholds_by_view"]) == {"AP", "PA"}
+    assert "thresholds_by_view" not in first["pneumocam"]
+    assert first["pneumocam"]["calibration"]["temperature"] == pytest.approx(1.674, abs=1e-3)  # v1's, unchanged
+    assert not torch.equal(latest["state_dict"]["net.fc.weight"], first["state_dict"]["net.fc.weight"])
+    for checkpoint in (latest, first):
+        assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
+
+
+def test_the_package_carries_at_most_50_mb_of_weights():
+    from pneumocam.checkpoints import bundled_file
+
+    folder = bundled_file("pneumocam-cxr.pt").parent
+    assert sum(f.stat().st_size for f in folder.glob("*.pt")) <= 50 * 2**20
+
+
+@pytest.mark.parametrize(("name", "page"),
+                         [("pneumocam-cxr", "model_card.md"), ("pneumocam-cxr@1", "model_card_v1.md")])
+def test_the_model_cards_in_docs_are_the_ones_shipped_with_the_weights(name, page):
     from pathlib import Path
 
     from pneumocam.models import model_card
 
-    docs = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
-    assert docs.read_text(encoding="utf-8") == model_card("pneumocam-cxr")
+    docs = Path(__file__).resolve().parents[1] / "docs" / page
+    assert docs.read_text(encoding="utf-8") == model_card(name)

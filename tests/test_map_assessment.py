@@ -39,5 +39,5 @@ def test_deletion_curves_follow_the_calibrated_probability_and_report_their_end_
     assert abs(calibrated - raw) > 0.01  # the two differ on these images, so the check below can fail
     assert summary["original_probability"] == pytest.approx(calibrated, abs=1e-5)
     assert summary["maps"]["cam"]["deletion"]["curve"]["probability"][0] == pytest.approx(calibrated, abs=1e-5)
-    assert summary["probability"].startswith("calibrated (temperature 1.674")
+    assert summary["probability"].startswith(f"calibrated (temperature {predictor.calibration.temperature:.3f}")
     assert 0 <= summary["all_replaced_probability"] <= 1

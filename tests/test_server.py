@@ -180,7 +180,8 @@ def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ra
     client = _client(create_app(Predictor.from_checkpoint("pneumocam-cxr")))
     example = sorted((Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples").glob("*.jpeg"))[0]
     xray = _post(client, example.name, example.read_bytes()).json()
-    assert xray["ood"] is False and "Youden" in xray["threshold_rule"] and xray["threshold"] < 0.5
+    assert xray["ood"] is False and "specificity >= 0.85" in xray["threshold_rule"] and xray["threshold"] < 0.5
+    assert xray["threshold_basis"] == "overall (view unknown)"  # a JPEG carries no ViewPosition
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)).save(noise, "PNG")
     flagged = _post(client, "noise.png", noise.getvalue())
@@ -274,7 +275,7 @@ def test_the_bundled_models_description_carries_no_machine_path():
 
     model = _client(create_app(Predictor.from_checkpoint("pneumocam-cxr"))).get("/v1/model").json()
     text = json.dumps(model)
-    assert model["config"]["pretrained"] == ".../rsna-kermany-box/checkpoints/best.ckpt"
+    assert model["config"]["pretrained"] == ".../base/checkpoints/last.ckpt"
     assert "/work/" not in text and "/home/" not in text
 
 

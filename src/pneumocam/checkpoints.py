@@ -29,11 +29,16 @@ class BundledModel:
     calibration: str | None = None  # `pneumocam calibrate`'s calibration.pt, shipped beside the weights
 
 
-BUNDLED_MODELS = {
+BUNDLED_MODELS = {  # "NAME@N" is version N of NAME, kept loadable after NAME moved on
     "pneumocam-cxr": BundledModel(
         "pneumocam-cxr", "pneumocam-cxr.pt", "pneumocam-cxr.md",
-        "ResNet18 trained from scratch on real chest X-rays: Kermany (children) and RSNA (adults, box-guided)",
-        "pneumocam-cxr.calibration.pt",
+        "version 2: ResNet18 from scratch on Kermany and RSNA, hard negatives taught apart, a threshold per view, "
+        "chosen by 3-fold cross-validation",
+    ),
+    "pneumocam-cxr@1": BundledModel(
+        "pneumocam-cxr@1", "pneumocam-cxr-v1.pt", "pneumocam-cxr-v1.md",
+        "version 1: ResNet18 trained from scratch on real chest X-rays: Kermany (children) and RSNA (adults, "
+        "box-guided)", "pneumocam-cxr-v1.calibration.pt",
     ),
 }
 
@@ -107,15 +112,17 @@ def is_pneumocam_checkpoint(name_or_path: str | Path) -> bool:
 
 def bundle(checkpoint_path: str | Path, out: str | Path, card: dict) -> Path:
     """Write a training checkpoint as a bundled model: float16 weights, its pneumocam metadata plus `card`
-    (recipe, metrics, intended use), no optimizer state. Written atomically."""
+    (recipe, metrics, intended use), no optimizer state, no machine's folders (a bundled model travels).
+    Written atomically."""
     import torch
 
     from pneumocam.files import atomic_path
+    from pneumocam.provenance import without_machine_paths
 
     checkpoint = load_checkpoint(checkpoint_path)
     state = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
              if k.startswith("net.")}
-    meta = {**checkpoint["pneumocam"], "model_card": card}
+    meta = without_machine_paths({**checkpoint["pneumocam"], "model_card": card})
     out = Path(out)
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "pneumocam": meta}, tmp)

@@ -29,6 +29,7 @@ def describe(name: str) -> dict:
         "recipe": card.get("recipe"), "train_command": card.get("train_command"),
         "lineage": card.get("lineage"), "prepare_commands": card.get("prepare_commands"),
         "validation": card.get("validation", {}), "localization": card.get("localization"),
+        "cross_validation": card.get("cross_validation"),
         "normalization": meta.get("normalization"), "threshold": meta.get("threshold", 0.5),
         "data_fingerprint": meta.get("data_fingerprint"), "versions": meta.get("versions"),
     }

@@ -268,6 +268,9 @@ def models(args, config) -> int:
     for model in described:
         val = model["validation"]
         scores = "; ".join(f"{source} val AUROC {m['auroc']:.3f}" for source, m in val.items())
+        if crossed := model["cross_validation"]:
+            auroc = crossed["summary"]["auroc"]
+            scores = f"adult AUROC {auroc['mean']:.3f} ± {auroc['sd']:.3f} ({crossed['k']}-fold CV); {scores}"
         print(f"{model['name']:<16}{model['size_mb']:>6.1f} MB  {model['summary']}\n{'':<24}{scores}")
     print("\nthe whole card: pneumocam models NAME (or --json)")
     return EXIT_OK

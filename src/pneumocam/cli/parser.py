@@ -26,9 +26,10 @@ from pneumocam.config import (
     TrainConfig,
 )
 
-BUNDLED_NAMES = ("pneumocam-cxr",)  # checkpoints.BUNDLED_MODELS, without importing torch (a test keeps them equal)
+# checkpoints.BUNDLED_MODELS, without importing torch (a test keeps them equal)
+BUNDLED_NAMES = ("pneumocam-cxr", "pneumocam-cxr@1")
 CHECKPOINT = ("checkpoint", {"help": "a .ckpt written by pneumocam train, or a bundled model's name "
-                                     "(pneumocam-cxr; see pneumocam models)"})
+                                     "(pneumocam-cxr, or pneumocam-cxr@1 for version 1; see pneumocam models)"})
 DATA = ("data", {"help": "prepared data folder (pneumocam prepare's OUT)"})
 
 
@@ -67,6 +68,7 @@ COMMANDS = (
              "pneumocam train data/ run/ --box-loss-weight 1  # RSNA boxes steer the CAM",
              "pneumocam train data/ run/ --pretrained pneumocam-cxr   # continue from the bundled model",
              "pneumocam train rsna-data/ run/ --balance-by view   # the label no longer tells AP from PA films",
+             "pneumocam train rsna-data/ run/ --group-dro view    # the worst of view x label weighs most",
              "pneumocam train joint/ run/ --source-shares kermany224=0.3,rsna_1000=0.7   # each source's share",
              "pneumocam train data/ run/ --resume            # after an interruption",
              "pneumocam train data/ run/ --devices 4 --strategy ddp   # several GPUs"),
@@ -87,6 +89,7 @@ COMMANDS = (
              "pneumocam calibrate pneumocam-cxr rsna-data/ cal/ --rule youden --ood-data both-data/",
              "pneumocam calibrate run/checkpoints/best.ckpt data/ cal/ --prevalence 0.1 --target-sensitivity 0.95",
              "pneumocam calibrate run/checkpoints/best.ckpt rsna-data/ cal/ --rule youden --per-view  # AP and PA",
+             "pneumocam calibrate run/checkpoints/best.ckpt rsna-data/ cal/ --rule specificity --per-view",
              "pneumocam evaluate cal/calibrated.ckpt data/ eval/ --split test"),
             CalibrateConfig, (CHECKPOINT, DATA, ("out", {"help": "output folder (calibrated.ckpt, calibration.json, "
                                                                  "reliability.png)"}))),
