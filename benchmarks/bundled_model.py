@@ -45,7 +45,7 @@ def choose_recipe(table: dict) -> str:
     """The stated rule: highest mean adult AUROC, ties (within 0.005) to the highest PA sensitivity at the
     shipped operating rule."""
     scored = {name: entry["summary"] for name, entry in table["recipes"].items()
-              if "@" not in name and name != "base" and entry["summary"]["auroc"]["mean"] is not None}
+              if RECIPES.get(name, (None,))[0] is not None and entry["summary"]["auroc"]["mean"] is not None}
     best = max(s["auroc"]["mean"] for s in scored.values())
     tied = [name for name, s in scored.items() if s["auroc"]["mean"] >= best - 0.005]
     return max(tied, key=lambda name: scored[name][SHIPPED_RULE]["sensitivity_pa"]["mean"])

@@ -9,7 +9,8 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
   1. prepare  WORK/pool   kermany224 + rsna_covidx256 + rsna_1000 (each source split as if alone, seed 0)
               WORK/base-data  kermany224 + rsna_covidx256 (the same splits)
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
-              rsna_1000, so every fold may start from it
+              rsna_1000, so every fold may start from it; with the recipe kermany-only also WORK/kermany-data
+              (kermany224 alone, the same split) and WORK/runs/kermany-only, the children's yardstick
   3. folds    pneumocam.crossval.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
   4. recipes  per fold: a fold folder (crossval.write_fold: that fold as val, the other folds plus a seeded
@@ -17,8 +18,8 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
               checkpoint (no checkpoint chosen on the scored fold), its predictions on the fold and on the
               Kermany validation split -> WORK/cv/RECIPE/foldF.json
 Per recipe and fold: AUROC overall and within AP and PA films, ECE, AUROC on the children's validation split;
-operating points chosen by Youden's J on the other folds' out-of-fold predictions (one overall threshold, and
-one per view) and applied to this fold: sensitivity on PA films, specificity overall, the share of RSNA's
+operating points chosen by calibrate's rules on the other folds' out-of-fold predictions (one overall threshold,
+or one per view) and applied to this fold: sensitivity on PA films, specificity overall, the share of RSNA's
 "No Lung Opacity / Not Normal" films called pneumonia. Mean, sd, min, max over folds: WORK/crossval.json and
 the table on stdout.
 
@@ -51,9 +52,12 @@ DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "sha
 ADULTS, EXTRA_ADULTS, CHILDREN = "rsna_1000", "rsna_covidx256", "kermany224"
 COMMON = ["--augment", "shift", "--pos-weight", "1", "--no-data-stats", "--batch-size", "32", "--seed", "0"]
 BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
+# the children's yardstick: the same schedule from scratch on the Kermany training split alone (it has no boxes)
+KERMANY_ONLY = ["--pretrained", "none", "--lr", "1e-3", "--epochs", "4"]
 RECIPES = {
-    # name: (extra train arguments, epochs; None = the base model itself, no fine-tuning)
+    # name: (extra train arguments, epochs; None = a model trained once, scored on every fold as it is)
     "base": (None, 0),
+    "kermany-only": (None, 0),
     "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 2),
     "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 2),
     "adult-finding": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1"], 2),
@@ -110,8 +114,10 @@ def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, flo
     return {str(Path(p.source).relative_to(data)): p.probability for p in found}
 
 
-def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], base: Path,
+def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], models: dict[str, Path],
                 fraction: float = 1.0) -> dict:
+    """One recipe on one fold; `models`: the base model every recipe starts from ("base") and the models trained
+    once ("kermany-only")."""
     tag = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
     out = work / "cv" / tag / f"fold{fold}.json"
     if out.exists():
@@ -128,10 +134,10 @@ def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str,
         kept = {f: k for f, k in folds.items() if k == fold or patient_of[f] in keep}
     data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, share_filter(rows, fold))
     if arguments is None:
-        checkpoint = base
+        checkpoint = models[recipe]
     else:
-        checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", ["--pretrained", str(base), *arguments],
-                             epochs)
+        checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", ["--pretrained", str(models["base"]),
+                                                                        *arguments], epochs)
     scored = [r for r in rows if folds.get(r["file"]) == fold]
     children = [r for r in rows if source_of(r) == CHILDREN and r["split"] == "val"]
     probs = predictions(checkpoint, pool, scored + children)
@@ -252,7 +258,10 @@ def main() -> None:
     work = args.work
     pool = prepared(work, args.shared, "pool", [CHILDREN, EXTRA_ADULTS, ADULTS])
     base_data = prepared(work, args.shared, "base-data", [CHILDREN, EXTRA_ADULTS])
-    base = trained(base_data, work / "runs" / "base", BASE, int(BASE[BASE.index("--epochs") + 1]))
+    models = {"base": trained(base_data, work / "runs" / "base", BASE, int(BASE[-1]))}
+    if "kermany-only" in args.recipes:  # split as in the pool: each source is split as if prepared alone
+        models["kermany-only"] = trained(prepared(work, args.shared, "kermany-data", [CHILDREN]),
+                                         work / "runs" / "kermany-only", KERMANY_ONLY, int(KERMANY_ONLY[-1]))
     rows = list(manifest_rows(pool).values())
     folds = assign_folds(rows, args.k, args.seed, eligible=lambda r: source_of(r) == ADULTS)
     (work / "folds.json").write_text(json.dumps(folds))
@@ -266,7 +275,7 @@ def main() -> None:
     if args.learning_curve:
         jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
     for recipe, fraction in jobs:
-        results = [fold_result(work, pool, recipe, fold, folds, base, fraction) for fold in range(args.k)]
+        results = [fold_result(work, pool, recipe, fold, folds, models, fraction) for fold in range(args.k)]
         name = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
         table["recipes"][name] = summarize(results)
         (work / "crossval.json").write_text(json.dumps(table, indent=2))
