@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPES, SHARES, source_of  # this folder's scripts
-from real_data import run
+from real_data import evaluated, localized, run
 
 from pneumocam.checkpoints import bundle
 from pneumocam.crossval import write_fold
@@ -59,18 +59,6 @@ def children_folder(work: Path) -> Path:
     return write_fold(pool, work / "children", children, 0)
 
 
-def evaluated(checkpoint: Path, data: Path, out: Path, by: str | None = None) -> dict:
-    if not (out / "metrics.json").exists():
-        run(["pneumocam", "evaluate", str(checkpoint), str(data), str(out), "--split", "val", "--no-report",
-             "--no-maps", *(["--by", by] if by else [])])
-    return json.loads((out / "metrics.json").read_text())
-
-
-def brief(metrics: dict) -> dict:
-    keys = ("auroc", "accuracy", "recall", "specificity")
-    return {"n": metrics["n"], **{k: metrics[k] for k in keys}, "ci95": {k: metrics["ci95"][k] for k in keys}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("cv-bench"))
@@ -94,10 +82,9 @@ def main() -> None:
     if not calibrated.exists():
         run(["pneumocam", "calibrate", str(uncalibrated), str(fold_data), str(here / "calibration"), *CALIBRATE,
              "--ood-data", str(fold_data)])
-    adults = evaluated(calibrated, fold_data, here / "eval-adults", by="view,finding")
-    children = evaluated(calibrated, children_folder(work), here / "eval-children")
-    from real_data import localized
-
+    adults = evaluated(str(calibrated), fold_data, here / "eval-adults", "--no-maps", "--by", "view,finding")
+    children = evaluated(str(calibrated), children_folder(work), here / "eval-children", "--no-maps")
+    operating = json.loads((here / "eval-adults" / "metrics.json").read_text()).get("per_view_operating_point")
     localization = localized(str(calibrated), fold_data, here / "localize")
     calibration = json.loads((here / "calibration" / "calibration.json").read_text())
     summary = table["recipes"][recipe]["summary"]
@@ -114,8 +101,8 @@ def main() -> None:
                                          "--ood-data", "FOLD"]),
         "cross_validation": {"k": table["k"], "seed": table["seed"], "summary": summary,
                              "machine": table["machine"]},
-        "validation": {"rsna": brief(adults), "kermany": brief(children)},
-        "per_view_operating_point": adults.get("per_view_operating_point"),
+        "validation": {"rsna": adults, "kermany": children},
+        "per_view_operating_point": operating,
         "thresholds_by_view": calibration.get("thresholds_by_view"),
         "calibration": {k: calibration[k] for k in ("before", "after_in_sample", "after_cross_fitted")},
         "localization": localization, "measured_on": table["machine"], "base_training_epochs": BASE[-1],

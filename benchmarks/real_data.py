@@ -106,9 +106,10 @@ def trained(work: Path, recipe: str) -> dict:
             shlex.join(train_command(work, recipe))}
 
 
-def evaluated(checkpoint: str, data: Path, out: Path) -> dict:
+def evaluated(checkpoint: str, data: Path, out: Path, *extra: str) -> dict:
+    """The headline metrics of `pneumocam evaluate` on the val split (run unless OUT has them already)."""
     if not (out / "metrics.json").exists():
-        run(["pneumocam", "evaluate", checkpoint, str(data), str(out), "--split", "val", "--no-report"])
+        run(["pneumocam", "evaluate", checkpoint, str(data), str(out), "--split", "val", "--no-report", *extra])
     metrics = json.loads((out / "metrics.json").read_text())
     keys = ("auroc", "accuracy", "recall", "specificity")
     return {"n": metrics["n"], **{k: metrics[k] for k in keys}, "ci95": {k: metrics["ci95"][k] for k in keys}}
