@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPES, SHARES, source_of  # this folder's scripts
+from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPE_SHARES, RECIPES, SHARES, source_of  # this folder's
 from real_data import evaluated, localized, run
 
 from pneumocam.checkpoints import bundle
@@ -96,7 +96,7 @@ def main() -> None:
                                      "WORK/runs/base/checkpoints/last.ckpt", *RECIPES[recipe][0],
                                      "--epochs", str(RECIPES[recipe][1])]),
         "lineage": {"base": table["base_command"].replace(str(work), "WORK"), recipe: shlex.join(RECIPES[recipe][0])},
-        "fine_tuning_images": {ADULTS: "the other folds' adults", **SHARES},
+        "fine_tuning_images": {ADULTS: "the other folds' adults", **RECIPE_SHARES.get(recipe, SHARES)},
         "calibrate_command": shlex.join(["pneumocam", "calibrate", "MODEL", "FOLD", "OUT", *CALIBRATE,
                                          "--ood-data", "FOLD"]),
         "cross_validation": {"k": table["k"], "seed": table["seed"], "summary": summary,

@@ -69,9 +69,14 @@ RECIPES = {
     # the worst of view x label (AP/PA/unknown, pneumonia or not) weighs most in the loss
     "adult-finding-dro": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
                            "--group-dro", "view"], 2),
+    # adult-finding-ema with three times the children in each fold folder (RECIPE_SHARES)
+    "adult-finding-ema-children": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
+                                    "--ema-decay", "0.98"], 2),
 }
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
+# recipes that set these shares otherwise (the issue's source balance: children and adults, neither traded)
+RECIPE_SHARES = {"adult-finding-ema-children": {CHILDREN: 1500, EXTRA_ADULTS: 500}}
 
 
 def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
@@ -94,11 +99,11 @@ def source_of(row: dict) -> str:
     return row["patient"].partition(":")[0]
 
 
-def share_filter(rows: list[dict], seed: int):
-    """train_also for write_fold: a seeded sample of SHARES[source] training images of each training-only source."""
+def share_filter(rows: list[dict], seed: int, shares: dict[str, int] = SHARES):
+    """train_also for write_fold: a seeded sample of shares[source] training images of each training-only source."""
     rng = np.random.default_rng(seed)
     chosen = set()
-    for source, n in SHARES.items():
+    for source, n in shares.items():
         files = sorted(r["file"] for r in rows if source_of(r) == source and r["split"] == "train")
         chosen |= set(rng.choice(files, min(n, len(files)), replace=False).tolist())
     return lambda row: row["file"] in chosen
@@ -132,7 +137,8 @@ def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str,
         keep = set(rng.choice(train_patients, int(round(fraction * len(train_patients))), replace=False))
         patient_of = {r["file"]: r["patient"] for r in rows}
         kept = {f: k for f, k in folds.items() if k == fold or patient_of[f] in keep}
-    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, share_filter(rows, fold))
+    also = share_filter(rows, fold, RECIPE_SHARES.get(recipe, SHARES))
+    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, also)
     if arguments is None:
         checkpoint = models[recipe]
     else:
@@ -270,7 +276,8 @@ def main() -> None:
                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
              "base_command": shlex.join(["pneumocam", "train", str(base_data), str(work / "runs" / "base"),
                                          *COMMON, *BASE]),
-             "recipe_arguments": {name: args_ for name, (args_, _) in RECIPES.items()}, "shares": SHARES}
+             "recipe_arguments": {name: args_ for name, (args_, _) in RECIPES.items()}, "shares": SHARES,
+             "recipe_shares": RECIPE_SHARES}
     jobs = [(recipe, 1.0) for recipe in args.recipes]
     if args.learning_curve:
         jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
