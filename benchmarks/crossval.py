@@ -54,24 +54,22 @@ COMMON = ["--augment", "shift", "--pos-weight", "1", "--no-data-stats", "--batch
 BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
 # the children's yardstick: the same schedule from scratch on the Kermany training split alone (it has no boxes)
 KERMANY_ONLY = ["--pretrained", "none", "--lr", "1e-3", "--epochs", "4"]
+ADULT = ["--lr", "5e-4", "--box-loss-weight", "0.5"]  # every fine-tuning recipe starts from these
+FINDING = [*ADULT, "--finding-loss-weight", "1"]
 RECIPES = {
     # name: (extra train arguments, epochs; None = a model trained once, scored on every fold as it is)
     "base": (None, 0),
     "kermany-only": (None, 0),
-    "adult": (["--lr", "5e-4", "--box-loss-weight", "0.5"], 2),
-    "adult-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--balance-by", "view"], 2),
-    "adult-finding": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1"], 2),
-    "adult-finding-view": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
-                            "--balance-by", "view"], 2),
+    "adult": (ADULT, 2),
+    "adult-view": ([*ADULT, "--balance-by", "view"], 2),
+    "adult-finding": (FINDING, 2),
+    "adult-finding-view": ([*FINDING, "--balance-by", "view"], 2),
     # the saved weights an exponential average over about the last 50 of a fold's ~104 steps
-    "adult-finding-ema": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
-                           "--ema-decay", "0.98"], 2),
+    "adult-finding-ema": ([*FINDING, "--ema-decay", "0.98"], 2),
     # the worst of view x label (AP/PA/unknown, pneumonia or not) weighs most in the loss
-    "adult-finding-dro": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
-                           "--group-dro", "view"], 2),
+    "adult-finding-dro": ([*FINDING, "--group-dro", "view"], 2),
     # adult-finding-ema with three times the children in each fold folder (RECIPE_SHARES)
-    "adult-finding-ema-children": (["--lr", "5e-4", "--box-loss-weight", "0.5", "--finding-loss-weight", "1",
-                                    "--ema-decay", "0.98"], 2),
+    "adult-finding-ema-children": ([*FINDING, "--ema-decay", "0.98"], 2),
 }
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}

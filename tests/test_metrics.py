@@ -84,6 +84,21 @@ def test_target_sensitivity_threshold_reaches_the_target():
             assert threshold_metrics(probs, labels, higher.min())["recall"] < target
 
 
+def test_target_specificity_threshold_reaches_the_target_and_is_the_lowest_that_does():
+    from pneumocam.metrics import threshold_for_specificity, threshold_metrics
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 300)
+    probs = np.clip(0.25 * labels + rng.uniform(0, 0.75, 300), 0, 1)
+    for target in (0.5, 0.8, 0.85, 0.95, 1.0):
+        t = threshold_for_specificity(probs, labels, target)
+        assert threshold_metrics(probs, labels, t)["specificity"] >= target
+        lower = probs[probs < t]  # any lower score as threshold lets in too many false alarms
+        if lower.size:
+            assert threshold_metrics(probs, labels, lower.max())["specificity"] < target
+    assert threshold_for_specificity(np.array([0.2, 0.8]), np.array([1, 1]), 0.9) is None  # no negatives
+
+
 def test_youden_threshold_on_a_separable_example():
     from pneumocam.metrics import youden_threshold
 

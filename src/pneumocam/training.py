@@ -81,7 +81,6 @@ class PneumoniaModule(L.LightningModule):
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.val_auroc = BinaryAUROC(validate_args=False)
         self._augment_generator = torch.Generator().manual_seed(config["seed"])
-        self._groups = None  # the group DRO indices of the batch in hand (set by _unpack)
         if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
         if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
@@ -97,7 +96,7 @@ class PneumoniaModule(L.LightningModule):
         there, then normalise."""
         if self.config["in_memory"] != "on":
             return batch
-        images, labels, masks, findings = self._unpack(batch)
+        images, labels, masks, findings, groups = self._unpack(batch)
         images = images.float()
         augment = self.config["augment"]
         if self.trainer.training and augment != "none":
@@ -105,21 +104,20 @@ class PneumoniaModule(L.LightningModule):
                                  AUGMENT_RANGES[augment])
             images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
-        extras = [t for t in (findings, self._groups) if t is not None]
+        extras = [t for t in (findings, groups) if t is not None]
         return ((images - norm["mean"]) / norm["std"], labels, *masks, *extras)
 
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
 
-    def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
-        """(images, labels, box masks, finding targets): training batches carry the findings and then the
-        group DRO indices last (data.WithTargets) when those are on; validation batches never do. The group
-        indices are kept in self._groups for _step."""
+    def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None, torch.Tensor | None]:
+        """(images, labels, box masks, finding targets, group DRO indices): training batches carry the findings
+        and then the group indices last (data.WithTargets) when those are on; validation batches never do."""
         images, labels, *rest = batch
         training = self.trainer.training
-        self._groups = rest.pop() if self.hparams.get("dro_groups") and training else None
+        groups = rest.pop() if self.hparams.get("dro_groups") and training else None
         findings = rest.pop() if self._finding_weight() > 0 and training else None
-        return images, labels, rest, findings
+        return images, labels, rest, findings, groups
 
     def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
         """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
@@ -132,15 +130,15 @@ class PneumoniaModule(L.LightningModule):
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
         --finding-loss-weight in training also the finding targets."""
-        images, labels, masks, findings = self._unpack(batch)
+        images, labels, masks, findings, groups = self._unpack(batch)
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
         logits = logits[:, 0]  # (B,)
-        if self._groups is not None:  # the worst-group objective over each image's own loss
+        if groups is not None:  # the worst-group objective over each image's own loss
             each = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
                                                       pos_weight=self.loss.pos_weight)
-            loss = self.group_weights(each, self._groups)
+            loss = self.group_weights(each, groups)
         else:
             loss = self.loss(logits, labels.float())
         if masks and self.config["box_loss_weight"] > 0:
@@ -268,12 +266,9 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def _groups(self) -> list[tuple] | None:
         """The training images' --balance-by groups, from the manifest (None when not balancing by any)."""
-        attributes = tuple(self.config.balance_by)
+        attributes = _known_attributes("--balance-by", self.config.balance_by)
         if not attributes:
             return None
-        if unknown := [a for a in attributes if a not in BALANCE_ATTRIBUTES]:
-            raise PneumocamError(f"--balance-by: unknown attribute(s) {', '.join(unknown)}; choose from "
-                                 f"{', '.join(BALANCE_ATTRIBUTES)}")
         groups, labels = self._training_values(attributes)
         if not any(any(g) for g in groups):
             raise PneumocamError(f"--balance-by {','.join(attributes)}: no training image under {self.data_dir} "
@@ -318,7 +313,7 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def dro_groups(self) -> tuple[torch.Tensor, list[str]]:
         """--group-dro: each training image's group index (attribute values x label) and the groups' names."""
-        groups, labels = self._training_values(tuple(self.config.group_dro))
+        groups, labels = self._training_values(_known_attributes("--group-dro", self.config.group_dro))
         return group_ids(groups, labels)
 
     def train_dataloader(self) -> DataLoader:
@@ -326,6 +321,14 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)
+
+
+def _known_attributes(flag: str, attributes) -> tuple[str, ...]:
+    """The manifest attributes a grouping option names, refused with the choices when one is not known."""
+    if unknown := [a for a in attributes if a not in BALANCE_ATTRIBUTES]:
+        raise PneumocamError(f"{flag}: unknown attribute(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(BALANCE_ATTRIBUTES)}")
+    return tuple(attributes)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -24,16 +24,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pneumocam.config import (
-    AUGMENTATIONS,
-    AUTO_ON_OFF,
-    BALANCE_ATTRIBUTES,
-    MONITORS,
-    OPTIMIZERS,
-    SCHEDULES,
-    TrainConfig,
-    write_yaml,
-)
+from pneumocam.config import AUGMENTATIONS, AUTO_ON_OFF, MONITORS, OPTIMIZERS, SCHEDULES, TrainConfig, write_yaml
 from pneumocam.data import dataset_labels, read_fingerprint, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import remove_stale_temporaries, write_json
@@ -94,9 +85,6 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                          (config.finding_loss_weight, "--finding-loss-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0, got {weight}")
-    if unknown := [a for a in config.group_dro if a not in BALANCE_ATTRIBUTES]:
-        raise PneumocamError(f"--group-dro: unknown attribute(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(BALANCE_ATTRIBUTES)}")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.resume:
