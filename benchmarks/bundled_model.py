@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPE_SHARES, RECIPES, SHARES, source_of  # this folder's
+from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPES, source_of  # this folder's
 from real_data import evaluated, localized, run
 
 from pneumocam.checkpoints import bundle
@@ -44,8 +44,9 @@ CALIBRATE = ["--split", "val", "--rule", "specificity", "--target-specificity", 
 def choose_recipe(table: dict) -> str:
     """The stated rule: highest mean adult AUROC, ties (within 0.005) to the highest PA sensitivity at the
     shipped operating rule."""
+    fine_tuned = {name for name, recipe in RECIPES.items() if recipe.arguments is not None}
     scored = {name: entry["summary"] for name, entry in table["recipes"].items()
-              if RECIPES.get(name, (None,))[0] is not None and entry["summary"]["auroc"]["mean"] is not None}
+              if name in fine_tuned and entry["summary"]["auroc"]["mean"] is not None}
     best = max(s["auroc"]["mean"] for s in scored.values())
     tied = [name for name, s in scored.items() if s["auroc"]["mean"] >= best - 0.005]
     return max(tied, key=lambda name: scored[name][SHIPPED_RULE]["sensitivity_pa"]["mean"])
@@ -92,11 +93,11 @@ def main() -> None:
         "version": 2, "recipe": recipe, "chosen_by": " ".join(choose_recipe.__doc__.split()), "fold": args.fold,
         # WORK: the cross-validation's work folder, wherever a reader puts it
         "train_command": shlex.join(["pneumocam", "train", f"WORK/folds/{recipe}/fold{args.fold}",
-                                     f"WORK/runs/{recipe}/fold{args.fold}", *COMMON, "--pretrained",
-                                     "WORK/runs/base/checkpoints/last.ckpt", *RECIPES[recipe][0],
-                                     "--epochs", str(RECIPES[recipe][1])]),
-        "lineage": {"base": table["base_command"].replace(str(work), "WORK"), recipe: shlex.join(RECIPES[recipe][0])},
-        "fine_tuning_images": {ADULTS: "the other folds' adults", **RECIPE_SHARES.get(recipe, SHARES)},
+                                     f"WORK/runs/{recipe}/fold{args.fold}", *COMMON,
+                                     *RECIPES[recipe].train_arguments(Path("WORK"))]),
+        "lineage": {"base": table["base_command"].replace(str(work), "WORK"),
+                    recipe: shlex.join(RECIPES[recipe].arguments)},
+        "fine_tuning_images": {ADULTS: "the other folds' adults", **RECIPES[recipe].shares},
         "calibrate_command": shlex.join(["pneumocam", "calibrate", "MODEL", "FOLD", "OUT", *CALIBRATE,
                                          "--ood-data", "FOLD"]),
         "cross_validation": {"k": table["k"], "seed": table["seed"], "summary": summary,

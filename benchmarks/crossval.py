@@ -35,6 +35,7 @@ import os
 import platform
 import shlex
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from real_data import finished_epochs, run  # this folder's script: the same com
 from pneumocam.calibration import choose_threshold
 from pneumocam.crossval import assign_folds, summarize_folds, write_fold
 from pneumocam.data import manifest_rows
+from pneumocam.files import write_csv
 from pneumocam.metrics import expected_calibration_error, fast_auroc
 from pneumocam.subgroups import calls_by_view
 
@@ -56,25 +58,66 @@ BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--e
 KERMANY_ONLY = ["--pretrained", "none", "--lr", "1e-3", "--epochs", "4"]
 ADULT = ["--lr", "5e-4", "--box-loss-weight", "0.5"]  # every fine-tuning recipe starts from these
 FINDING = [*ADULT, "--finding-loss-weight", "1"]
-RECIPES = {
-    # name: (extra train arguments, epochs; None = a model trained once, scored on every fold as it is)
-    "base": (None, 0),
-    "kermany-only": (None, 0),
-    "adult": (ADULT, 2),
-    "adult-view": ([*ADULT, "--balance-by", "view"], 2),
-    "adult-finding": (FINDING, 2),
-    "adult-finding-view": ([*FINDING, "--balance-by", "view"], 2),
-    # the saved weights an exponential average over about the last 50 of a fold's ~104 steps
-    "adult-finding-ema": ([*FINDING, "--ema-decay", "0.98"], 2),
-    # the worst of view x label (AP/PA/unknown, pneumonia or not) weighs most in the loss
-    "adult-finding-dro": ([*FINDING, "--group-dro", "view"], 2),
-    # adult-finding-ema with three times the children in each fold folder (RECIPE_SHARES)
-    "adult-finding-ema-children": ([*FINDING, "--ema-decay", "0.98"], 2),
-}
+EMA = [*FINDING, "--ema-decay", "0.98"]  # the saved weights an average over about the last 50 of ~104 steps
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
-# recipes that set these shares otherwise (the issue's source balance: children and adults, neither traded)
-RECIPE_SHARES = {"adult-finding-ema-children": {CHILDREN: 1500, EXTRA_ADULTS: 500}}
+TRAINED_ONCE = ("base", "kermany-only")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fine-tuning recipe: `arguments` added to `pneumocam train` for `epochs`, from the model `start`, with
+    `shares` of the training-only sources in each fold folder; `teacher`: a model trained once whose probabilities
+    on the training children become --soft-labels (weight 0.5). `arguments` None: a model trained once, scored on
+    every fold as it is."""
+
+    arguments: list[str] | None
+    epochs: int = 2
+    start: str = "base"
+    shares: dict[str, int] = field(default_factory=lambda: dict(SHARES))
+    teacher: str | None = None
+
+    def train_arguments(self, work: Path) -> list[str]:
+        soft = ["--soft-labels", str(teacher_csv(work, self.teacher)), "--soft-label-weight", "0.5"]
+        return ["--pretrained", str(model_path(work, self.start)), *self.arguments, *(soft if self.teacher else []),
+                "--epochs", str(self.epochs)]
+
+
+RECIPES = {
+    "base": Recipe(None),
+    "kermany-only": Recipe(None),
+    "adult": Recipe(ADULT),
+    "adult-view": Recipe([*ADULT, "--balance-by", "view"]),
+    "adult-finding": Recipe(FINDING),
+    "adult-finding-view": Recipe([*FINDING, "--balance-by", "view"]),
+    "adult-finding-ema": Recipe(EMA),
+    # the worst of view x label (AP/PA/unknown, pneumonia or not) weighs most in the loss
+    "adult-finding-dro": Recipe([*FINDING, "--group-dro", "view"]),
+    # the issue's source balance: three times the children in each fold folder
+    "adult-finding-ema-children": Recipe(EMA, shares={CHILDREN: 1500, EXTRA_ADULTS: 500}),
+    # started from the children's yardstick instead of the base model
+    "adult-finding-ema-kermany": Recipe(EMA, start="kermany-only"),
+    # learning without forgetting: the children also learn the yardstick's probabilities
+    "adult-finding-ema-lwf": Recipe(EMA, teacher="kermany-only"),
+}
+
+
+def model_path(work: Path, name: str) -> Path:
+    """The last checkpoint of a model trained once (TRAINED_ONCE)."""
+    return work / "runs" / name / "checkpoints" / "last.ckpt"
+
+
+def teacher_csv(work: Path, teacher: str) -> Path:
+    return work / "teachers" / f"{teacher}-children.csv"
+
+
+def write_teacher_labels(work: Path, pool: Path, teacher: str) -> None:
+    """The teacher's probabilities on every training child of the pool, as --soft-labels reads them."""
+    out = teacher_csv(work, teacher)
+    if not out.exists():
+        rows = [r for r in manifest_rows(pool).values() if source_of(r) == CHILDREN and r["split"] == "train"]
+        probabilities = predictions(model_path(work, teacher), pool, rows)
+        write_csv(out, ["file", "probability"], [{"file": f, "probability": p} for f, p in probabilities.items()])
 
 
 def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
@@ -85,11 +128,11 @@ def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
     return out
 
 
-def trained(data: Path, run_dir: Path, arguments: list[str], epochs: int) -> Path:
-    done = finished_epochs(run_dir)
+def trained(data: Path, run_dir: Path, arguments: list[str]) -> Path:
+    """`pneumocam train` with `arguments` (which end in --epochs N), resumed where a run stopped."""
+    done, epochs = finished_epochs(run_dir), int(arguments[arguments.index("--epochs") + 1])
     if done < epochs:
-        run(["pneumocam", "train", str(data), str(run_dir), *COMMON, *arguments, "--epochs", str(epochs)]
-            + (["--resume"] if done else []))
+        run(["pneumocam", "train", str(data), str(run_dir), *COMMON, *arguments] + (["--resume"] if done else []))
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -117,16 +160,14 @@ def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, flo
     return {str(Path(p.source).relative_to(data)): p.probability for p in found}
 
 
-def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], models: dict[str, Path],
-                fraction: float = 1.0) -> dict:
-    """One recipe on one fold; `models`: the base model every recipe starts from ("base") and the models trained
-    once ("kermany-only")."""
+def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], fraction: float = 1.0) -> dict:
+    """One recipe on one fold (the models trained once, TRAINED_ONCE, already there)."""
     tag = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
     out = work / "cv" / tag / f"fold{fold}.json"
     if out.exists():
         return json.loads(out.read_text())
     rows = list(manifest_rows(pool).values())
-    arguments, epochs = RECIPES[recipe]
+    spec = RECIPES[recipe]
     start = time.perf_counter()
     kept = folds
     if fraction < 1.0:  # the learning curve: a seeded share of the training folds' patients, the scored fold whole
@@ -135,13 +176,11 @@ def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str,
         keep = set(rng.choice(train_patients, int(round(fraction * len(train_patients))), replace=False))
         patient_of = {r["file"]: r["patient"] for r in rows}
         kept = {f: k for f, k in folds.items() if k == fold or patient_of[f] in keep}
-    also = share_filter(rows, fold, RECIPE_SHARES.get(recipe, SHARES))
-    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, also)
-    if arguments is None:
-        checkpoint = models[recipe]
+    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, share_filter(rows, fold, spec.shares))
+    if spec.arguments is None:
+        checkpoint = model_path(work, recipe)
     else:
-        checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", ["--pretrained", str(models["base"]),
-                                                                        *arguments], epochs)
+        checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", spec.train_arguments(work))
     scored = [r for r in rows if folds.get(r["file"]) == fold]
     children = [r for r in rows if source_of(r) == CHILDREN and r["split"] == "val"]
     probs = predictions(checkpoint, pool, scored + children)
@@ -253,7 +292,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
-    parser.add_argument("--learning-curve", choices=[r for r, (a, _) in RECIPES.items() if a is not None],
+    parser.add_argument("--learning-curve", choices=[name for name, r in RECIPES.items() if r.arguments is not None],
                         help="also train this recipe on 25%% and 50%% of each fold's adult training patients")
     args = parser.parse_args()
     for source in (ADULTS, EXTRA_ADULTS, CHILDREN):
@@ -262,10 +301,13 @@ def main() -> None:
     work = args.work
     pool = prepared(work, args.shared, "pool", [CHILDREN, EXTRA_ADULTS, ADULTS])
     base_data = prepared(work, args.shared, "base-data", [CHILDREN, EXTRA_ADULTS])
-    models = {"base": trained(base_data, work / "runs" / "base", BASE, int(BASE[-1]))}
-    if "kermany-only" in args.recipes:  # split as in the pool: each source is split as if prepared alone
-        models["kermany-only"] = trained(prepared(work, args.shared, "kermany-data", [CHILDREN]),
-                                         work / "runs" / "kermany-only", KERMANY_ONLY, int(KERMANY_ONLY[-1]))
+    trained(base_data, work / "runs" / "base", BASE)
+    chosen = [RECIPES[r] for r in args.recipes]
+    if "kermany-only" in {*args.recipes, *(r.start for r in chosen), *(r.teacher for r in chosen)}:
+        # split as in the pool: each source is split as if prepared alone
+        trained(prepared(work, args.shared, "kermany-data", [CHILDREN]), work / "runs" / "kermany-only", KERMANY_ONLY)
+    for teacher in {r.teacher for r in chosen} - {None}:
+        write_teacher_labels(work, pool, teacher)
     rows = list(manifest_rows(pool).values())
     folds = assign_folds(rows, args.k, args.seed, eligible=lambda r: source_of(r) == ADULTS)
     (work / "folds.json").write_text(json.dumps(folds))
@@ -274,13 +316,12 @@ def main() -> None:
                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
              "base_command": shlex.join(["pneumocam", "train", str(base_data), str(work / "runs" / "base"),
                                          *COMMON, *BASE]),
-             "recipe_arguments": {name: args_ for name, (args_, _) in RECIPES.items()}, "shares": SHARES,
-             "recipe_shares": RECIPE_SHARES}
+             "recipes_defined": {name: asdict(r) for name, r in RECIPES.items()}}
     jobs = [(recipe, 1.0) for recipe in args.recipes]
     if args.learning_curve:
         jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
     for recipe, fraction in jobs:
-        results = [fold_result(work, pool, recipe, fold, folds, models, fraction) for fold in range(args.k)]
+        results = [fold_result(work, pool, recipe, fold, folds, fraction) for fold in range(args.k)]
         name = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
         table["recipes"][name] = summarize(results)
         (work / "crossval.json").write_text(json.dumps(table, indent=2))

@@ -92,3 +92,23 @@ def test_source_shares_set_each_sources_weight_and_balance_within_it():
         sample_weights(labels, None, False, sources, {"kermany224": 1.0})
     with pytest.raises(PneumocamError, match="positive share"):
         parse_shares("kermany224=0")
+
+
+def test_soft_targets_match_training_files_by_name_and_refuse_what_they_cannot_use(tmp_path):
+    import math
+
+    from pneumocam.data import soft_targets
+
+    teacher = tmp_path / "predictions.csv"
+    teacher.write_text("source,probability,logit\n/elsewhere/Processed/train/0/a.npy,0.8,1.4\nz.npy,0.1,-2.2\n")
+    files = ["Processed/train/0/a.npy", "Processed/train/1/c.npy"]
+    soft = soft_targets(teacher, files, 0.5).tolist()
+    assert soft[0] == pytest.approx(0.8) and math.isnan(soft[1])  # c.npy is not named: it keeps its label
+    with pytest.raises(PneumocamError, match="names none of the 1 training images"):
+        soft_targets(teacher, ["Processed/train/1/c.npy"], 0.5)
+    teacher.write_text("source,probability\na.npy,1.5\n")
+    with pytest.raises(PneumocamError, match=r"line 2: probability '1.5' is not in \[0, 1\]"):
+        soft_targets(teacher, files, 0.5)
+    teacher.write_text("source,score\na.npy,0.5\n")
+    with pytest.raises(PneumocamError, match="line 2 needs a source"):
+        soft_targets(teacher, files, 0.5)

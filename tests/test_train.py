@@ -218,7 +218,7 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
 def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_path, monkeypatch):
     import tempfile
 
-    from pneumocam.training import AtomicCheckpointIO
+    from pneumocam.trainer_hooks import AtomicCheckpointIO
 
     # Lightning's default save stages the file in the system temporary folder; ours must never touch it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
@@ -547,3 +547,73 @@ def test_group_dro_by_an_unknown_attribute_is_a_clear_error(phantom_data, tmp_pa
 
     with pytest.raises(PneumocamError, match="--group-dro: unknown attribute"):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", group_dro=("finding",)))
+
+
+def _teacher_csv(data, path, files, probability):
+    """A teacher's predictions.csv naming `files` (prepared paths under `data`) with `probability(label)`."""
+    from pneumocam.data import manifest_rows
+
+    rows = manifest_rows(data)
+    path.write_text("source,probability\n" + "".join(f"{data / f},{probability(int(rows[f]['label']))}\n"
+                                                     for f in files))
+    return path
+
+
+def test_soft_labels_blend_the_teachers_probability_into_what_the_loss_learns(phantom_data, tmp_path):
+    import math
+    from types import SimpleNamespace
+
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import dataset_files
+    from pneumocam.preprocess import Normalization
+    from pneumocam.training import PneumoniaDataModule, PneumoniaModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, in_memory="off", seed=0))
+    probe = PneumoniaDataModule(phantom_data, Normalization(), config)
+    probe.setup()
+    files = dataset_files(probe.train_set, phantom_data)
+    teacher = _teacher_csv(phantom_data, tmp_path / "teacher.csv", files[::2], lambda label: 0.25 + 0.5 * (1 - label))
+    config = replace(config, soft_labels=str(teacher), soft_label_weight=0.4)
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    drawn = list(datamodule.train_dataloader().sampler)[:4]
+    twin = PneumoniaDataModule(phantom_data, Normalization(), config)  # the same seed draws the same order
+    twin.setup()
+    batch = next(iter(twin.train_dataloader()))
+    named = [i % 2 == 0 for i in drawn]
+    assert [math.isnan(s) for s in batch[2].tolist()] == [not n for n in named]
+
+    module = PneumoniaModule({**config.__dict__, "pretrained": "none"}, 1.0, {"mean": 0.5, "std": 0.25}, {})
+    module._trainer = SimpleNamespace(training=True)
+    unpacked = module._unpack(batch)
+    labels = batch[1].float()
+    teacher_p = 0.25 + 0.5 * (1 - labels)
+    expected = torch.where(torch.tensor(named), 0.6 * labels + 0.4 * teacher_p, labels)
+    assert torch.allclose(unpacked.targets, expected) and unpacked.labels.tolist() == batch[1].tolist()
+    loss, logits, _ = module._step(batch)
+    assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, expected))
+    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry no soft labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", ["off", "on"])
+def test_soft_labels_train_and_resume_on_both_data_paths(phantom_data, tmp_path, in_memory):
+    from pneumocam.checkpoints import load_checkpoint
+
+    files = [str(p.relative_to(phantom_data)) for p in sorted((phantom_data / "Processed" / "train").rglob("*.npy"))]
+    teacher = _teacher_csv(phantom_data, tmp_path / "teacher.csv", files[:5], lambda label: 0.5)
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
+                         soft_labels=str(teacher), in_memory=in_memory, seed=0)
+    result = fit(phantom_data, tmp_path / "run", config)
+    assert load_checkpoint(result.last_checkpoint)["pneumocam"]["config"]["soft_labels"] == str(teacher)
+    resumed = fit(phantom_data, tmp_path / "run", replace(config, epochs=2, resume=True))
+    assert load_checkpoint(resumed.last_checkpoint)["epoch"] == 1
+
+
+def test_soft_labels_must_exist_and_their_weight_lie_in_0_1(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--soft-labels .*: no such file"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", soft_labels=str(tmp_path / "nope.csv")))
+    with pytest.raises(PneumocamError, match=r"--soft-label-weight must be in \[0, 1\]"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", soft_label_weight=1.5))

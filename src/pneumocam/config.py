@@ -159,12 +159,12 @@ class TrainConfig:
     box_loss_weight: float = option(0.0, "weight of a loss that steers the CAM into the boxes of the training images "
                                          "that have them (DATA/boxes.csv); it adds no layer, so the CAM still "
                                          "explains the logit exactly (0: labels only)")
-    finding_loss_weight: float = option(0.0, "weight of an auxiliary output, trained beside the pneumonia logit, "
-                                             "that tells RSNA's \"No Lung Opacity / Not Normal\" films from the "
-                                             "others, on the training images whose finding manifest.csv knows: it "
-                                             "teaches the hard negatives apart; the head is not part of the saved "
-                                             "network, so predictions and the CAM are those of the pneumonia logit "
-                                             "(0: off)")
+    finding_loss_weight: float = option(0.0, "weight of an auxiliary output beside the pneumonia logit that tells "
+                                             "RSNA's \"No Lung Opacity / Not Normal\" films (manifest finding) apart; "
+                                             "predictions and CAM stay the pneumonia logit's (0: off)")
+    soft_labels: str | None = option(None, "a teacher's CSV (source or file, probability; `pneumocam predict`'s): "
+                                           "the training images it names learn (1 - w) x label + w x probability")
+    soft_label_weight: float = option(0.5, "w of --soft-labels, in [0, 1]")
     group_dro: tuple[str, ...] = option((), "train for the worst group (group DRO): groups are these attributes' "
                                             "values x the label; the loss weights each group's mean loss, raising "
                                             "the worst served (view, sex, age_band, source)", parse="names",

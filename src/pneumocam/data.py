@@ -144,10 +144,39 @@ def finding_targets(data_dir: str | Path, files: list[str]) -> torch.Tensor:
     return torch.tensor([codes.get(by_file.get(f, {}).get("finding", ""), float("nan")) for f in files])
 
 
+def soft_targets(csv_path: str | Path, files: list[str], weight: float) -> torch.Tensor:
+    """Each training file's probability from a teacher's CSV (columns `source` or `file`, and `probability`, as
+    `pneumocam predict` writes them), matched by file name; NaN for the files it does not list. Refused when it
+    lists none of them: a distillation that silently distils nothing would look like one that worked."""
+    path = Path(csv_path)
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise PneumocamError(f"{path}: cannot read the soft labels ({error})") from error
+    by_name = {}
+    for number, row in enumerate(rows, start=2):
+        name, value = row.get("source") or row.get("file"), row.get("probability")
+        if not name or value is None:
+            raise PneumocamError(f"{path}: line {number} needs a source (or file) and a probability column")
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = float("nan")
+        if not 0.0 <= probability <= 1.0:
+            raise PneumocamError(f"{path}: line {number}: probability {value!r} is not in [0, 1]")
+        by_name[Path(name).name] = probability
+    soft = torch.tensor([by_name.get(Path(f).name, float("nan")) for f in files])
+    if (named := int((~torch.isnan(soft)).sum())) == 0:
+        raise PneumocamError(f"--soft-labels {path}: names none of the {len(files)} training images (rows match "
+                             "by file name)")
+    log.info("--soft-labels: %d of %d training images learn %g x the teacher's probability", named, len(files), weight)
+    return soft
+
+
 class WithTargets(torch.utils.data.Dataset):
     """A training split whose items (or, indexed with a batch of indices, whose batches) carry per-image
-    targets last, in the order given: (image, label[, box mask], finding, group) for the finding head and
-    group DRO."""
+    targets last, in the order given: (image, label[, box mask], finding, soft label, group) for the finding
+    head, distillation and group DRO."""
 
     def __init__(self, dataset, *targets: torch.Tensor):
         for target in targets:

@@ -1,20 +1,19 @@
-"""Training pieces for PyTorch Lightning: a thin LightningModule around PneumoniaNet, its DataModule, callbacks.
+"""Training pieces for PyTorch Lightning: a thin LightningModule around PneumoniaNet and its DataModule.
 
-The train step (commands/train.py) puts them into a Trainer; only these two modules import lightning.
+The train step (commands/train.py) puts them into a Trainer with trainer_hooks' plugin and callback; only these
+modules import lightning.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.plugins import TorchCheckpointIO
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
@@ -38,10 +37,10 @@ from pneumocam.data import (
     sample_groups,
     sample_weights,
     single_class_groups,
+    soft_targets,
     split_dataset,
 )
 from pneumocam.errors import PneumocamError
-from pneumocam.files import atomic_path
 from pneumocam.group_dro import GroupWeights, group_ids
 from pneumocam.guidance import box_guidance_loss
 from pneumocam.model import FEATURE_CHANNELS, PneumoniaNet
@@ -62,6 +61,18 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+class Batch(NamedTuple):
+    """A batch taken apart (PneumoniaModule._unpack); `targets` are the labels the loss learns (blended with a
+    teacher's probability under --soft-labels)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: list
+    findings: torch.Tensor | None
+    groups: torch.Tensor | None
+    targets: torch.Tensor
 
 
 class PneumoniaModule(L.LightningModule):
@@ -96,7 +107,9 @@ class PneumoniaModule(L.LightningModule):
         there, then normalise."""
         if self.config["in_memory"] != "on":
             return batch
-        images, labels, masks, findings, groups = self._unpack(batch)
+        images, labels, *rest = batch
+        split = len(rest) - self._target_count()
+        masks, targets = rest[:split], rest[split:]
         images = images.float()
         augment = self.config["augment"]
         if self.trainer.training and augment != "none":
@@ -104,20 +117,28 @@ class PneumoniaModule(L.LightningModule):
                                  AUGMENT_RANGES[augment])
             images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
-        extras = [t for t in (findings, groups) if t is not None]
-        return ((images - norm["mean"]) / norm["std"], labels, *masks, *extras)
+        return ((images - norm["mean"]) / norm["std"], labels, *masks, *targets)
+
+    def _target_count(self) -> int:
+        """How many per-image targets training batches carry after the images, labels and box masks."""
+        on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"))
+        return sum(map(bool, on)) if self.trainer.training else 0
 
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
 
-    def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None, torch.Tensor | None]:
-        """(images, labels, box masks, finding targets, group DRO indices): training batches carry the findings
-        and then the group indices last (data.WithTargets) when those are on; validation batches never do."""
+    def _unpack(self, batch) -> Batch:
+        """Training batches carry the findings, the teacher's soft labels and the group indices last
+        (data.WithTargets) when those are on; validation batches never do."""
         images, labels, *rest = batch
         training = self.trainer.training
         groups = rest.pop() if self.hparams.get("dro_groups") and training else None
+        targets = labels.float()
+        if self.config.get("soft_labels") and training:  # NaN: an image the teacher does not name keeps its label
+            soft, weight = rest.pop(), float(self.config["soft_label_weight"])
+            targets = torch.where(torch.isnan(soft), targets, (1 - weight) * targets + weight * soft)
         findings = rest.pop() if self._finding_weight() > 0 and training else None
-        return images, labels, rest, findings, groups
+        return Batch(images, labels, rest, findings, groups, targets)
 
     def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
         """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
@@ -130,17 +151,17 @@ class PneumoniaModule(L.LightningModule):
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
         --finding-loss-weight in training also the finding targets."""
-        images, labels, masks, findings, groups = self._unpack(batch)
+        images, labels, masks, findings, groups, targets = self._unpack(batch)
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
         logits = logits[:, 0]  # (B,)
         if groups is not None:  # the worst-group objective over each image's own loss
-            each = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
+            each = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none",
                                                       pos_weight=self.loss.pos_weight)
             loss = self.group_weights(each, groups)
         else:
-            loss = self.loss(logits, labels.float())
+            loss = self.loss(logits, targets)
         if masks and self.config["box_loss_weight"] > 0:
             cams = class_activation_map(features, self.net.fc.weight)
             guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
@@ -286,7 +307,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1
         sampler = self._sampler(dataset, train)
         in_memory = isinstance(dataset, InMemorySplit)
-        if train and (self.config.finding_loss_weight > 0 or self.config.group_dro):
+        if train and (self.config.finding_loss_weight > 0 or self.config.soft_labels or self.config.group_dro):
             dataset = WithTargets(dataset, *self._training_targets())
         if in_memory:  # one tensor index per batch, no per-image collation
             batches = BatchSampler(sampler, self.config.batch_size, drop_last)
@@ -307,6 +328,8 @@ class PneumoniaDataModule(L.LightningDataModule):
             log.info("--finding-loss-weight: %d of %d training images have a finding, %d of them \"Not Normal\"",
                      known, len(findings), int(findings.nan_to_num(0).sum()))
             targets.append(findings)
+        if self.config.soft_labels:
+            targets.append(soft_targets(self.config.soft_labels, files, self.config.soft_label_weight))
         if self.config.group_dro:
             targets.append(self.dro_groups()[0])
         return targets
@@ -329,46 +352,6 @@ def _known_attributes(flag: str, attributes) -> tuple[str, ...]:
         raise PneumocamError(f"{flag}: unknown attribute(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(BALANCE_ATTRIBUTES)}")
     return tuple(attributes)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written beside their final name and renamed into place (files.atomic_path).
-
-    Lightning's own save stages the file in the system temporary folder; where that is another file
-    system (a tmpfs /tmp, common on Linux), its last step is a plain copy into place, and kill -9
-    during the copy leaves a truncated last.ckpt that --resume cannot load.
-    """
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with atomic_path(path) as tmp_path:
-            torch.save(checkpoint, tmp_path)
-
-
-class EpochSummary(Callback):
-    """One log line per epoch: losses, validation AUROC/accuracy and training throughput."""
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start, self._seen = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._seen += len(batch[1])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after the epoch's validation
-        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        rate = self._seen / max(1e-9, time.perf_counter() - self._start)
-        where = "" if trainer.world_size == 1 else f" per process (rank {trainer.global_rank} of {trainer.world_size})"
-        log.log(report_level(trainer), "epoch %d: train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_acc %.4f  "
-                "%.1f img/s%s", trainer.current_epoch, m.get("train_loss_epoch", float("nan")),
-                m.get("val_loss", float("nan")), m.get("val_auroc", float("nan")), m.get("val_acc", float("nan")),
-                rate, where)
-
-
-def report_level(trainer) -> int:
-    """Under DDP every process runs fit() and holds the same averaged metrics: the first one reports
-    them, the others only at debug level (-v), instead of one copy of each line per process."""
-    return logging.INFO if trainer.is_global_zero else logging.DEBUG
 
 
 def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:

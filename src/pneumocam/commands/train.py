@@ -30,15 +30,8 @@ from pneumocam.errors import PneumocamError
 from pneumocam.files import remove_stale_temporaries, write_json
 from pneumocam.preprocess import data_contract, read_normalization
 from pneumocam.provenance import git_commit, package_versions
-from pneumocam.training import (
-    MONITOR_MODES,
-    AtomicCheckpointIO,
-    EpochSummary,
-    PneumoniaDataModule,
-    PneumoniaModule,
-    report_level,
-    resolve_pos_weight,
-)
+from pneumocam.trainer_hooks import AtomicCheckpointIO, EpochSummary, report_level
+from pneumocam.training import MONITOR_MODES, PneumoniaDataModule, PneumoniaModule, resolve_pos_weight
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +78,10 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                          (config.finding_loss_weight, "--finding-loss-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0, got {weight}")
+    if not 0 <= config.soft_label_weight <= 1:
+        raise PneumocamError(f"--soft-label-weight must be in [0, 1], got {config.soft_label_weight}")
+    if config.soft_labels and not Path(config.soft_labels).is_file():
+        raise PneumocamError(f"--soft-labels {config.soft_labels}: no such file")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.resume:
