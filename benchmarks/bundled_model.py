@@ -32,9 +32,8 @@ from pathlib import Path
 from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPES, source_of  # this folder's
 from real_data import evaluated, localized, run
 
-from pneumocam.checkpoints import bundle
-from pneumocam.crossval import write_fold
-from pneumocam.data import manifest_rows
+from pneumocam.data import manifest_rows, write_fold
+from pneumocam.model import bundle
 
 SHIPPED_RULE = "per_view_specificity_0.85"
 CALIBRATE = ["--split", "val", "--rule", "specificity", "--target-specificity", "0.85", "--per-view",

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from pneumocam.cam import class_activation_map, grad_cam, upsample_and_normalize
+from pneumocam.explain import class_activation_map, grad_cam, upsample_and_normalize
 from pneumocam.model import PneumoniaNet
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.checkpoint:
-        from pneumocam.inference import Predictor
+        from pneumocam.deploy import Predictor
 
         net = Predictor.from_checkpoint(args.checkpoint).net
     else:
@@ -55,7 +55,7 @@ def main() -> None:
     try:
         from pytorch_grad_cam import GradCAM
 
-        from pneumocam.cam_extra import LogitOnly, pneumonia_targets
+        from pneumocam.explain import LogitOnly, pneumonia_targets
 
         library_cam = GradCAM(model=LogitOnly(net), target_layers=[net.feature_map[-1][-1]])
         runs["(d) pytorch-grad-cam GradCAM"] = lambda: library_cam(input_tensor=x, targets=pneumonia_targets(1))

@@ -5,7 +5,7 @@
 - gradient-centroid: cell (i, j) at the centroid of |d cell / d input| measured on this model, averaged over
   images (rows over columns and images, columns likewise), on images kept apart from the scored ones.
 Each placement upsamples the same raw maps; the scores (pointing game, IoU at 0.5, pixel AUPRC, with 95% CIs
-from a cluster bootstrap over patients) come from pneumocam.localization on the boxed images of a prepared
+from a cluster bootstrap over patients) come from pneumocam.explain.localization on the boxed images of a prepared
 data set. Prints a table and writes JSON with --out.
 
 usage: python benchmarks/cell_placement.py PREPARED_DATA [--checkpoint pneumocam-cxr] [--images 300]
@@ -23,13 +23,10 @@ import numpy as np
 import torch
 from scipy.ndimage import map_coordinates
 
-from pneumocam.boxes import load_boxes
-from pneumocam.cam import normalize_maps, upsample_and_normalize
-from pneumocam.data import manifest_patients
-from pneumocam.inference import Predictor
-from pneumocam.localization import per_image_values, score_images, summarize
-from pneumocam.metrics import Bootstrap, bootstrap_mean_ci
-from pneumocam.preprocess import collate_images, load_file
+from pneumocam.data import collate_images, load_boxes, load_file, manifest_patients
+from pneumocam.deploy import Predictor
+from pneumocam.evaluation import Bootstrap, bootstrap_mean_ci
+from pneumocam.explain import normalize_maps, per_image_values, score_images, summarize, upsample_and_normalize
 
 
 def gradient_centroids(predictor: Predictor, images: list[np.ndarray], batch: int = 8) -> np.ndarray:
@@ -84,7 +81,7 @@ def run(data_dir: Path, checkpoint: str, n_images: int, n_centroid: int, seed: i
     centroids = gradient_centroids(predictor, [load_file(data_dir / f) for f in apart])
     centroid_s = time.perf_counter() - started
     images = [load_file(data_dir / f) for f in scored]
-    logits, raw, _ = predictor.forward(images)
+    logits, raw, *_ = predictor.forward(images)
     probabilities = predictor.probabilities(logits)
     boxes = [boxes_by_file[f] for f in scored]
     groups = np.asarray(manifest_patients(data_dir, scored))

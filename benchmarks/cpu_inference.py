@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import load, running_server  # noqa: E402
 
-from pneumocam.backends import BACKENDS, torch_runner  # noqa: E402
 from pneumocam.commands.quantize import quantize_model  # noqa: E402
-from pneumocam.inference import Predictor  # noqa: E402
+from pneumocam.deploy import Predictor
+from pneumocam.deploy.backends import BACKENDS, torch_runner  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_IMAGES = SHARED / "rsna_sample" / "stage_2_train_images"
@@ -91,8 +91,8 @@ def backend_table(checkpoint: str, images: list[np.ndarray], rounds: int) -> lis
         reference = got if reference is None else reference
         predictors[backend] = predictor
         rows.append({"backend": backend, "startup_s": round(startup, 2),
-                     "max_abs_diff_logit": float(np.abs(got[0] - reference[0]).max()),
-                     "max_abs_diff_cam": float(np.abs(got[2] - reference[2]).max())})
+                     "max_abs_diff_logit": float(np.abs(got.logits - reference.logits).max()),
+                     "max_abs_diff_cam": float(np.abs(got.maps - reference.maps).max())})
     for batch, calls in ((1, 8), (16, 1)):
         chunk = (images * (batch // len(images) + 1))[:batch]
         rates = {backend: [] for backend in predictors}

@@ -11,7 +11,7 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
               rsna_1000, so every fold may start from it; with the recipe kermany-only also WORK/kermany-data
               (kermany224 alone, the same split) and WORK/runs/kermany-only, the children's yardstick
-  3. folds    pneumocam.crossval.assign_folds over the rsna_1000 images (k folds, grouped by patient,
+  3. folds    pneumocam.data.folds.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
   4. recipes  per fold: a fold folder (crossval.write_fold: that fold as val, the other folds plus a seeded
               share of each other source as train), `pneumocam train` from the base model, the last epoch's
@@ -42,12 +42,9 @@ import numpy as np
 import torch
 from real_data import finished_epochs, run  # this folder's script: the same command runner and resume check
 
-from pneumocam.calibration import choose_threshold
-from pneumocam.crossval import assign_folds, summarize_folds, write_fold
-from pneumocam.data import manifest_rows
+from pneumocam.data import assign_folds, manifest_rows, summarize_folds, write_fold
+from pneumocam.evaluation import calls_by_view, choose_threshold, expected_calibration_error, fast_auroc
 from pneumocam.files import write_csv
-from pneumocam.metrics import expected_calibration_error, fast_auroc
-from pneumocam.subgroups import calls_by_view
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -151,7 +148,7 @@ def share_filter(rows: list[dict], seed: int, shares: dict[str, int] = SHARES):
 
 
 def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, float]:
-    from pneumocam.inference import Predictor
+    from pneumocam.deploy import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
     found, failures = predictor.predict_files([data / r["file"] for r in rows], cam=False, batch_size=64)

@@ -1,4 +1,4 @@
-"""The readers' mutation fuzz (tests/test_io.py) with many more examples than CI runs.
+"""The readers' mutation fuzz (tests/test_readers.py) with many more examples than CI runs.
 
 Flips, truncates and splices bytes of a real DICOM, PNG and JPEG (Hypothesis); every mutant must be read into
 [0, 1] or rejected with pneumocam's ImageReadError, never with another exception.
@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PNEUMOCAM_FUZZ_EXAMPLES": str(args.examples)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               str(ROOT / "tests" / "test_io.py"), "-k", "mutated"]
+               str(ROOT / "tests" / "test_readers.py"), "-k", "mutated"]
     sys.exit(subprocess.run(command, env=env, cwd=ROOT).returncode)
 
 

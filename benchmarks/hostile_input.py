@@ -86,7 +86,7 @@ def _npy(array: np.ndarray | None = None, header_shape: tuple | None = None) -> 
 def _dicom_with_wrong_size(folder: Path) -> bytes:
     import pydicom
 
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     write_dicom_jpeg(folder / "x.dcm", (np.arange(512 * 512) % 200).reshape(512, 512).astype(np.uint8), "p")
     ds = pydicom.dcmread(folder / "x.dcm")
@@ -167,7 +167,7 @@ def start_server(checkpoint: str, port: int, max_upload_mb: float, tmp: Path) ->
 
 
 def run(checkpoint: str, max_upload_mb: float) -> dict:
-    from pneumocam.inference import Predictor
+    from pneumocam.deploy import Predictor
 
     goods = sorted((SHARED / "rsna_sample" / "stage_2_train_images").glob("*.dcm"))[:20]
     if not goods:

@@ -53,8 +53,8 @@ def main() -> None:
     run(["pneumocam", "quantize", args.model, str(data / "Processed" / "train"), "--count", "300"])
 
     from pneumocam.commands.quantize import compare, summarize_agreement
-    from pneumocam.inference import Predictor
-    from pneumocam.metrics import fast_auroc
+    from pneumocam.deploy import Predictor
+    from pneumocam.evaluation import fast_auroc
 
     paths, labels, sources = validation_images(data)
     reference = Predictor.from_checkpoint(args.model)

@@ -26,7 +26,7 @@ from pneumocam.commands.localize import localize
 from pneumocam.commands.prepare import prepare
 from pneumocam.commands.train import fit
 from pneumocam.config import DemoConfig, EvalConfig, LocalizeConfig
-from pneumocam.synthetic import synthesize
+from pneumocam.data import synthesize
 
 # recipe name -> (images, changes to the demo's TrainConfig taken from labels only, box_loss_weight 0;
 # the demo itself is "box0.1")

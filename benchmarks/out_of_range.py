@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocam.data import split_dataset
-from pneumocam.inference import Predictor
-from pneumocam.preprocess import load_file, to_model_input
+from pneumocam.data import load_file, split_dataset, to_model_input
+from pneumocam.deploy import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 

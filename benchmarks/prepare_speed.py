@@ -84,9 +84,8 @@ def decode_resize(files: list[Path], out: Path | None = None) -> float:
     """The same decode (reduced DCT scale where possible) and resize that prepare does; with `out`, also
     its atomic save of each image there (the per-image work that writes what prepare writes)."""
     from pneumocam.config import IMAGE_SIZE
+    from pneumocam.data import read_image, to_model_input
     from pneumocam.files import save_npy
-    from pneumocam.io import read_image
-    from pneumocam.preprocess import to_model_input
 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

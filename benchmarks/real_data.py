@@ -183,7 +183,7 @@ def main() -> None:
         results["rows"][recipe] = {**facts, **measure(work, recipe, facts["checkpoint"], data_sets)}
         (work / "real_data.json").write_text(json.dumps(results, indent=2))
     if args.bundle:
-        from pneumocam.checkpoints import bundle
+        from pneumocam.model import bundle
 
         source = results["rows"].get(BUNDLED_RECIPE) or {"checkpoint": str(work / "runs" / BUNDLED_RECIPE /
                                                                           "checkpoints" / "best.ckpt")}

@@ -2,7 +2,7 @@
 a full decode followed by the same resize, on the real JPEGs and JPEG DICOMs in ../shared/data.
 
 Per image: the mean and the 99th percentile of |reduced - full| over the 224x224 model input (values in [0, 1]),
-and the largest single pixel. The tolerance the tests hold (tests/test_io.py): mean <= 0.01, 99th
+and the largest single pixel. The tolerance the tests hold (tests/test_readers.py): mean <= 0.01, 99th
 percentile <= 0.08 per image.
 
 usage: python benchmarks/reduced_scale.py [--shared ../shared/data] [--limit 1000] [--json out.json]
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocam.io import read_image
-from pneumocam.preprocess import to_model_input
+from pneumocam.data import read_image, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"Kermany originals (kermany_sample, JPEG)": ("kermany_sample", "**/*.jpeg"),

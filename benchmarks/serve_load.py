@@ -106,9 +106,8 @@ def running_server(checkpoint: str, *options: str):
 
 
 def predict_vs_forward(checkpoint: str, image: Path, repeats: int) -> tuple[float, float]:
-    from pneumocam.inference import Predictor
-    from pneumocam.io import read_image
-    from pneumocam.preprocess import collate_images, to_model_input
+    from pneumocam.data import collate_images, read_image, to_model_input
+    from pneumocam.deploy import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
     array = to_model_input(read_image(image))
@@ -140,7 +139,7 @@ def main() -> None:
     image = args.image
     if image is None:
         from pneumocam.config import SynthConfig
-        from pneumocam.synthetic import synthesize
+        from pneumocam.data import synthesize
 
         folder = synthesize(tempfile.mkdtemp(prefix="pneumocam-load-"), SynthConfig(n_images=1, seed=3))
         image = next((folder / "stage_2_train_images").glob("*.dcm"))

@@ -34,11 +34,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from pneumocam.augment import augment_batch
 from pneumocam.commands.train import resolve_runtime
 from pneumocam.config import TrainConfig
+from pneumocam.data import augment_batch, read_normalization
 from pneumocam.model import PneumoniaNet
-from pneumocam.preprocess import read_normalization
 from pneumocam.training import PneumoniaDataModule, PneumoniaModule
 
 

@@ -38,7 +38,7 @@ def rsna_sample() -> Path:
 @pytest.fixture(scope="session")
 def phantom_source(tmp_path_factory) -> Path:
     from pneumocam.config import SynthConfig
-    from pneumocam.synthetic import synthesize
+    from pneumocam.data import synthesize
 
     return synthesize(tmp_path_factory.mktemp("phantom"), SynthConfig(n_images=24, positive_fraction=0.5,
                                                                          size=256, seed=7))

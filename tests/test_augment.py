@@ -1,6 +1,6 @@
 import torch
 
-from pneumocam.augment import AffineCropRanges, augment_batch, sample_matrices
+from pneumocam.data import AffineCropRanges, augment_batch, sample_matrices
 
 IDENTITY = AffineCropRanges(degrees=0, translate=0, scale=(1, 1), crop_scale=(1, 1), crop_ratio=(1, 1))
 
@@ -37,7 +37,7 @@ def test_parameter_ranges_match_the_course_augmentation():
 
 
 def test_shift_recipe_moves_and_turns_but_never_crops():
-    from pneumocam.augment import AUGMENT_RANGES
+    from pneumocam.data import AUGMENT_RANGES
 
     theta = sample_matrices(4000, torch.Generator().manual_seed(3), AUGMENT_RANGES["shift"]).double()
     det = torch.linalg.det(theta[:, :, :2]).abs()  # 1 / zoom^2 only: zoom in [0.9, 1.1]

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pneumocam.backends import BACKENDS, make_runner
+from pneumocam.deploy import Predictor
+from pneumocam.deploy.backends import BACKENDS, make_runner
 from pneumocam.errors import PneumocamError
-from pneumocam.inference import Predictor
 
 TOLERANCE = 1e-4  # the parity bound, for the logit and for the CAM
 
@@ -31,7 +31,8 @@ def test_backend_matches_eager_torch_in_logit_and_cam(eager, backend):
     images = _images()
     for batch in (1, 5):  # the batch axis is dynamic
         reference, result = eager.forward(images[:batch]), fast.forward(images[:batch])
-        for name, ref, got in zip(("logit", "raw CAM", "CAM"), reference, result, strict=True):
+        for name in ("logits", "raw", "maps"):  # the logit, the raw 7x7 CAM, the 224-px CAM
+            ref, got = getattr(reference, name), getattr(result, name)
             assert np.abs(ref - got).max() <= TOLERANCE, (backend, batch, name, np.abs(ref - got).max())
     ref, got = eager.predict_arrays(images), fast.predict_arrays(images)
     assert [p.predicted for p in ref] == [p.predicted for p in got]
@@ -57,7 +58,7 @@ def test_torch_backend_runs_the_network_itself(eager):
 def test_auto_is_onnxruntime_on_the_cpu_where_installed_else_torch(monkeypatch):
     import importlib.util
 
-    from pneumocam.backends import resolve_backend
+    from pneumocam.deploy import resolve_backend
 
     installed = importlib.util.find_spec("onnxruntime") is not None
     assert resolve_backend("auto") == ("onnxruntime" if installed else "torch")

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from pneumocam.batching import DynamicBatcher
+from pneumocam.deploy import DynamicBatcher
 
 
 def _run(coroutine):

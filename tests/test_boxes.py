@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pneumocam.boxes import box_mask, box_masks, cell_coverage, load_boxes, split_boxes, square_geometry
+from pneumocam.data import box_mask, box_masks, cell_coverage, load_boxes, split_boxes, square_geometry
 
 
 def _mask(x0, y0, x1, y1, size=224):
@@ -24,7 +24,7 @@ def test_box_mask_uses_pixel_centres():
 def test_box_masks_follow_the_scoring_rule_per_row_and_ignore_padding():
     import torch
 
-    from pneumocam.boxes import box_mask
+    from pneumocam.data import box_mask
 
     boxes = torch.tensor([[[1.0, 2.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0]],  # columns 1-2 of row 2; padding
                           [[0.5, 0.5, 3.0, 3.0], [3.0, 3.0, 1.0, 2.0]]])

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from pneumocam.calibration import sigmoid
 from pneumocam.cli import main
 from pneumocam.commands.calibrate import calibrate
 from pneumocam.commands.evaluate import evaluate
 from pneumocam.config import CalibrateConfig, EvalConfig
+from pneumocam.deploy import Predictor
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
-from pneumocam.inference import Predictor
+from pneumocam.model import sigmoid
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,7 @@ def test_calibrate_writes_a_calibrated_copy_that_every_stage_uses(calibrated, ph
     assert saved["before"]["ece"] >= 0 and saved["ood"]["quantile"] == 0.99
 
 
+@pytest.mark.slow
 def test_predict_flags_out_of_range_inputs_with_a_calibrated_checkpoint(calibrated, phantom_data, tmp_path):
     out, _ = calibrated
     npy = sorted((phantom_data / "Processed" / "val").rglob("*.npy"))[0]
@@ -97,6 +98,7 @@ def test_per_view_thresholds_follow_the_rule_within_each_view_and_skip_thin_view
     assert by_view["PA"]["threshold"] < by_view["AP"]["threshold"]
 
 
+@pytest.mark.slow
 def test_calibrate_per_view_stores_thresholds_that_predict_applies_by_view(tiny_checkpoint, phantom_data, tmp_path):
     report = calibrate(tiny_checkpoint, phantom_data, tmp_path / "cal",
                        CalibrateConfig(rule="youden", folds=2, per_view=True, min_view_images=1,

@@ -1,15 +1,8 @@
 import numpy as np
 import pytest
 
-from pneumocam.calibration import (
-    Calibration,
-    choose_threshold,
-    cross_fitted_probabilities,
-    fit_calibration,
-    logit,
-    sigmoid,
-)
-from pneumocam.metrics import expected_calibration_error, youden_threshold
+from pneumocam.evaluation import choose_threshold, expected_calibration_error, youden_threshold
+from pneumocam.model import Calibration, cross_fitted_probabilities, fit_calibration, logit, sigmoid
 
 
 def _model_logits(n, prevalence, rng, temperature=2.5, intercept=-1.0):

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import receptive_field_centres
-from pneumocam.cam import class_activation_map, normalize_maps, upsample_and_normalize
+from pneumocam.explain import class_activation_map, normalize_maps, upsample_and_normalize
 from pneumocam.model import PneumoniaNet
 
 
@@ -106,7 +106,7 @@ def test_shape_errors():
 
 
 def test_grad_cam_equals_relu_cam_over_hw(net):
-    from pneumocam.cam import grad_cam
+    from pneumocam.explain import grad_cam
 
     x = torch.randn(3, 1, 224, 224)
     logit, features = net(x)  # grad enabled: features are in the graph
@@ -115,7 +115,7 @@ def test_grad_cam_equals_relu_cam_over_hw(net):
 
 
 def test_grad_cam_plus_plus_is_nonnegative_and_batch_consistent(net):
-    from pneumocam.cam import grad_cam_plus_plus
+    from pneumocam.explain import grad_cam_plus_plus
 
     x = torch.randn(2, 1, 224, 224)
     logit, features = net(x)
@@ -126,7 +126,7 @@ def test_grad_cam_plus_plus_is_nonnegative_and_batch_consistent(net):
 
 
 def test_gradient_methods_need_the_graph(net):
-    from pneumocam.cam import grad_cam
+    from pneumocam.explain import grad_cam
 
     with torch.no_grad():
         logit, features = net(torch.randn(1, 1, 224, 224))

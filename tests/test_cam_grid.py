@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pneumocam.cam_grid import cam_cells, resize_matrix, upsample_and_normalize_cells, upsample_cells
+from pneumocam.explain import cam_cells, resize_matrix, upsample_and_normalize_cells, upsample_cells
 from pneumocam.model import PneumoniaNet
 
 

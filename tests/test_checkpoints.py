@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, require
-from pneumocam.checkpoints import BUNDLED_MODELS, bundle, load_checkpoint, resolve_checkpoint
+from pneumocam.deploy import Predictor
 from pneumocam.errors import PneumocamError
-from pneumocam.inference import Predictor
-from pneumocam.model import PneumoniaNet
+from pneumocam.model import BUNDLED_MODELS, PneumoniaNet, bundle, load_checkpoint, resolve_checkpoint
 
 
 @pytest.mark.slow
@@ -71,7 +70,7 @@ def test_both_versions_load_by_name_offline_and_version_2_has_a_threshold_per_vi
 
 
 def test_the_package_carries_at_most_50_mb_of_weights():
-    from pneumocam.checkpoints import bundled_file
+    from pneumocam.model import bundled_file
 
     folder = bundled_file("pneumocam-cxr.pt").parent
     assert sum(f.stat().st_size for f in folder.glob("*.pt")) <= 50 * 2**20
@@ -82,7 +81,7 @@ def test_the_package_carries_at_most_50_mb_of_weights():
 def test_the_model_cards_in_docs_are_the_ones_shipped_with_the_weights(name, page):
     from pathlib import Path
 
-    from pneumocam.models import model_card
+    from pneumocam.model import model_card
 
     docs = Path(__file__).resolve().parents[1] / "docs" / page
     assert docs.read_text(encoding="utf-8") == model_card(name)

@@ -3,7 +3,7 @@ import pickle
 
 import numpy as np
 
-from pneumocam.chexlocalize import TASK, export_chexlocalize, image_id
+from pneumocam.explain import TASK, export_chexlocalize, image_id
 
 
 def test_maps_and_boxes_are_written_in_chexlocalize_input_format(tmp_path):

@@ -83,11 +83,11 @@ def test_main_leaves_the_environment_alone(tiny_checkpoint, phantom_data, tmp_pa
 
 
 def test_config_choices_are_the_libraries_names():
-    from pneumocam.cam_extra import LIBRARY_METHODS
-    from pneumocam.checkpoints import BUNDLED_MODELS
     from pneumocam.cli.parser import BUNDLED_NAMES
     from pneumocam.config import CAM_METHODS, MONITORS, OPTIMIZERS
-    from pneumocam.inference import METHODS
+    from pneumocam.deploy import METHODS
+    from pneumocam.explain import LIBRARY_METHODS
+    from pneumocam.model import BUNDLED_MODELS
     from pneumocam.training import MONITOR_MODES, OPTIMIZER_CLASSES
 
     # gradcam-lib is pytorch-grad-cam's Grad-CAM, kept for comparing with the built-in one in the tests

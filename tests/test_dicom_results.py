@@ -11,7 +11,8 @@ from conftest import RSNA_SAMPLE, require
 from pneumocam.cli import main
 from pneumocam.commands.predict import run_predict
 from pneumocam.config import PredictConfig
-from pneumocam.dicom_results import (
+from pneumocam.data import write_dicom_jpeg
+from pneumocam.deploy.dicom_results import (
     ABSENT,
     PNEUMONIA,
     PRESENT,
@@ -21,7 +22,6 @@ from pneumocam.dicom_results import (
     result_panel,
     structured_report,
 )
-from pneumocam.synthetic import write_dicom_jpeg
 
 pytest.importorskip("highdicom", reason="DICOM results need pneumocam[dicom]")
 
@@ -113,7 +113,7 @@ def test_malformed_patient_age_is_rewritten_in_a_copy_only(tmp_path):
 
 
 def test_panel_draws_a_known_map_where_it_lies_with_its_colour_bar_beside_the_banner():
-    from pneumocam.overlay import ShownMap
+    from pneumocam.explain import ShownMap
 
     image = np.full((300, 300), 0.5, dtype=np.float32)
     evidence = np.full((224, 224), -4.0, np.float32)
@@ -148,7 +148,7 @@ def test_non_dicom_inputs_are_reported_and_patient_names_stay_out_of_logs(tmp_pa
 
 
 def test_sc_keeps_the_sources_orientation_or_assumes_the_conventional_one(tmp_path):
-    from pneumocam.dicom_results import display_orientation
+    from pneumocam.deploy import display_orientation
 
     source = pydicom.dcmread(_phantom_dicom(tmp_path / "a.dcm"), stop_before_pixels=True)
     assert display_orientation(source) == ("L", "F")
@@ -157,8 +157,8 @@ def test_sc_keeps_the_sources_orientation_or_assumes_the_conventional_one(tmp_pa
 
 
 def test_the_results_carry_the_threshold_of_the_films_view(tmp_path):
-    from pneumocam.dicom_results import THRESHOLD, result_objects
-    from pneumocam.inference import Prediction
+    from pneumocam.deploy import Prediction
+    from pneumocam.deploy.dicom_results import THRESHOLD, result_objects
 
     path = _phantom_dicom(tmp_path / "a.dcm")
     source = pydicom.dcmread(path)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pneumocam.faithfulness import (
+from pneumocam.explain import (
     linear_impute,
     multiscale_impute,
     perturbation_curves,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pneumocam.group_dro import DRO_STEP, GroupWeights, group_ids
+from pneumocam.training import DRO_STEP, GroupWeights, group_ids
 
 
 def test_groups_are_attribute_values_times_the_label_with_unknown_named():

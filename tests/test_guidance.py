@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pneumocam.boxes import cell_coverage
-from pneumocam.guidance import box_guidance_loss
+from pneumocam.data import cell_coverage
+from pneumocam.training import box_guidance_loss
 
 
 def _mask(x0, y0, x1, y1, size=224):

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumocam.io import ImageReadError, read_image
-from pneumocam.limits import MAX_ASPECT, MAX_SIDE, TOO_LARGE, embedded_frame_size, npy_header, size_problem
+from pneumocam.data import (
+    MAX_ASPECT,
+    MAX_SIDE,
+    TOO_LARGE,
+    ImageReadError,
+    embedded_frame_size,
+    npy_header,
+    read_image,
+    size_problem,
+)
 
 
 def test_the_longer_side_and_the_aspect_ratio_are_limited():
@@ -48,7 +56,7 @@ def test_an_embedded_frame_states_its_own_size():
 def test_a_dicom_whose_header_and_embedded_jpeg_disagree_is_refused_before_decoding(tmp_path):
     import pydicom
 
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "x.dcm", np.full((64, 64), 90, np.uint8), "p")
     assert read_image(tmp_path / "x.dcm").shape == (64, 64)

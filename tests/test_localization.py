@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pneumocam.boxes import box_mask
-from pneumocam.localization import (
+from pneumocam.data import box_mask
+from pneumocam.explain import (
     centre_prior,
     distance_to_boxes,
     energy_in_boxes,
@@ -68,7 +68,7 @@ def test_centre_prior_peaks_in_the_middle_and_rank_correlation():
 
 
 def test_otsu_splits_a_bimodal_map_and_pixel_auprc_ranks_box_pixels():
-    from pneumocam.localization import chexlocalize_iou, otsu_threshold, pixel_auprc
+    from pneumocam.explain import chexlocalize_iou, otsu_threshold, pixel_auprc
 
     rng = np.random.default_rng(0)
     saliency = np.where(np.arange(100)[None, :] < 40, 0.2, 0.8) + rng.normal(0, 0.02, (100, 100))

@@ -5,14 +5,14 @@ import pytest
 @pytest.mark.slow
 def test_randomization_check_resetting_layer4_changes_the_cam_and_fails_a_model_left_unchanged(
         tiny_checkpoint, phantom_data, monkeypatch):
-    import pneumocam.map_assessment as loc
+    import pneumocam.evaluation.map_assessment as loc
     from pneumocam.config import LocalizeConfig
-    from pneumocam.inference import Predictor
+    from pneumocam.deploy import Predictor
 
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
     images = [np.load(p) for p in sorted((phantom_data / "Processed").rglob("*.npy"))[:4]]
     randomized = loc.randomized_predictor(predictor, seed=0)
-    before, after = predictor.forward(images)[1], randomized.forward(images)[1]
+    before, after = predictor.forward(images).raw, randomized.forward(images).raw
     assert not np.allclose(before, after)  # the real randomised network ran and its CAM differs
     assert loc.randomization_check(predictor, images, ["cam"], LocalizeConfig())["cam"]["passed"]
     # a "randomisation" that leaves the network as it was gives the same maps: correlation 1, failed
@@ -21,12 +21,13 @@ def test_randomization_check_resetting_layer4_changes_the_cam_and_fails_a_model_
     assert result["cam"]["mean_rank_correlation"] == pytest.approx(1.0) and result["cam"]["passed"] is False
 
 
+@pytest.mark.slow
 def test_deletion_curves_follow_the_calibrated_probability_and_report_their_end_points(rsna_sample):
     """The bundled model is calibrated: the curves must start at the probability predict reports, not at the raw
     sigmoid, and the summary must say which and where the all-replaced images end."""
     from pneumocam.config import LocalizeConfig
-    from pneumocam.inference import Predictor
-    from pneumocam.map_assessment import faithfulness_summary, random_maps
+    from pneumocam.deploy import Predictor
+    from pneumocam.evaluation import faithfulness_summary, random_maps
 
     predictor = Predictor.from_checkpoint("pneumocam-cxr")
     files = sorted((rsna_sample / "stage_2_train_images").glob("*.dcm"))[:3]

@@ -1,6 +1,6 @@
 import pytest
 
-from pneumocam.metadata import Judge, normalise, read_metadata_csv
+from pneumocam.data import Judge, normalise, read_metadata_csv
 
 
 @pytest.mark.parametrize(("field", "raw", "value", "malformed"), [
@@ -24,7 +24,7 @@ def test_judge_counts_known_and_malformed_values(tmp_path):
 
 
 def test_rsna_detailed_classes_become_the_finding_column(tmp_path):
-    from pneumocam.metadata import read_source_metadata
+    from pneumocam.data import read_source_metadata
 
     (tmp_path / "metadata.csv").write_text("patientId,ViewPosition\na,PA\nb,AP\n")
     (tmp_path / "stage_2_detailed_class_info.csv").write_text(

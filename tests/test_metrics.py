@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pneumocam.metrics import Bootstrap, bootstrap_ci, classification_metrics
+from pneumocam.evaluation import Bootstrap, bootstrap_ci, classification_metrics
 
 PROBS = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])
@@ -70,7 +70,7 @@ def test_invalid_inputs():
 
 
 def test_target_sensitivity_threshold_reaches_the_target():
-    from pneumocam.metrics import threshold_for_sensitivity, threshold_metrics
+    from pneumocam.evaluation import threshold_for_sensitivity, threshold_metrics
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 300)
@@ -85,7 +85,7 @@ def test_target_sensitivity_threshold_reaches_the_target():
 
 
 def test_target_specificity_threshold_reaches_the_target_and_is_the_lowest_that_does():
-    from pneumocam.metrics import threshold_for_specificity, threshold_metrics
+    from pneumocam.evaluation import threshold_for_specificity, threshold_metrics
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 300)
@@ -100,14 +100,14 @@ def test_target_specificity_threshold_reaches_the_target_and_is_the_lowest_that_
 
 
 def test_youden_threshold_on_a_separable_example():
-    from pneumocam.metrics import youden_threshold
+    from pneumocam.evaluation import youden_threshold
 
     assert youden_threshold(np.array([0.1, 0.2, 0.7, 0.9]), np.array([0, 0, 1, 1])) == 0.7
     assert youden_threshold(np.array([0.1, 0.2]), np.array([0, 0])) is None
 
 
 def test_expected_calibration_error_exact():
-    from pneumocam.metrics import expected_calibration_error
+    from pneumocam.evaluation import expected_calibration_error
 
     # bin (0.2,0.3]: confidence 0.25, accuracy 0/2; bin (0.7,0.8]: confidence 0.75, accuracy 2/2
     probs = np.array([0.25, 0.25, 0.75, 0.75])
@@ -117,7 +117,7 @@ def test_expected_calibration_error_exact():
 
 
 def test_paired_auroc_difference():
-    from pneumocam.metrics import paired_auroc_difference
+    from pneumocam.evaluation import paired_auroc_difference
 
     rng = np.random.default_rng(5)
     labels = np.repeat([0, 1], 100)
@@ -130,7 +130,7 @@ def test_paired_auroc_difference():
 
 
 def test_operating_points_mark_unavailable_thresholds():
-    from pneumocam.metrics import operating_points
+    from pneumocam.evaluation import operating_points
 
     points = operating_points(PROBS, LABELS, {"default": 0.5, "youden": None})
     assert points[0]["available"] and points[0]["confusion"]["tp"] == 3
@@ -139,7 +139,7 @@ def test_operating_points_mark_unavailable_thresholds():
 
 @pytest.mark.slow
 def test_cluster_bootstrap_resamples_whole_patients_and_widens_the_ci_of_copies():
-    from pneumocam.metrics import bootstrap_mean_ci, resampler
+    from pneumocam.evaluation import bootstrap_mean_ci, resampler
 
     rng = np.random.default_rng(0)
     labels = np.repeat(rng.integers(0, 2, 60), 5)  # 60 patients with 5 images each, one label per patient
@@ -165,7 +165,7 @@ def test_cluster_bootstrap_resamples_whole_patients_and_widens_the_ci_of_copies(
 def test_paired_auroc_ci_resamples_patients_as_the_other_cis_do():
     """80 patients x 5 strongly correlated images: resampling images treats 400 images as independent; resampling
     patients sees 80. The paired difference's CI must widen as the unpaired AUROC CI does."""
-    from pneumocam.metrics import bootstrap_auroc_ci, paired_auroc_difference
+    from pneumocam.evaluation import bootstrap_auroc_ci, paired_auroc_difference
 
     rng = np.random.default_rng(0)
     patient_labels = np.repeat([0, 1], 40)
@@ -195,8 +195,7 @@ def test_one_binning_rule_for_the_ece_the_diagram_and_the_csv(tmp_path):
 
     matplotlib.use("Agg")
     from pneumocam.commands.calibrate import write_reliability
-    from pneumocam.metrics import expected_calibration_error, reliability_bins
-    from pneumocam.plots import calibration_figure
+    from pneumocam.evaluation import calibration_figure, expected_calibration_error, reliability_bins
 
     probs, labels = np.array([0.3, 0.3, 0.25, 0.25]), np.array([1, 1, 0, 0])
     bins = [row for row in reliability_bins(probs, labels) if row["n"]]
@@ -217,7 +216,7 @@ def test_the_ece_is_torchmetrics_away_from_bin_edges():
     import torch
     from torchmetrics.functional.classification import binary_calibration_error
 
-    from pneumocam.metrics import expected_calibration_error
+    from pneumocam.evaluation import expected_calibration_error
 
     rng = np.random.default_rng(3)
     probs = rng.uniform(0, 1, 500)

@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from conftest import RSNA_SAMPLE, require
-from pneumocam.inference import Predictor
-from pneumocam.onnx_cache import cache_folder, cache_key, load_cached
+from pneumocam.deploy import Predictor, cache_folder, cache_key, load_cached
 
 pytest.importorskip("onnxruntime", reason="the ONNX backends need pneumocam[fast]")
 
 # a fresh interpreter: start from the cache, predict, say whether torch was imported
 FRESH_START = """
 import json, sys
-from pneumocam.inference import Predictor
+from pneumocam.deploy.predictor import Predictor
 predictor = Predictor.from_checkpoint(sys.argv[1], backend="onnxruntime")
 predictions, _ = predictor.predict_files(sys.argv[2:])
 print(json.dumps({"torch": "torch" in sys.modules, "logits": [p.logit for p in predictions],
@@ -88,7 +87,7 @@ def test_an_unreadable_entry_is_remade_and_an_unwritable_cache_only_warns(tiny_c
     unwritable = Predictor.from_checkpoint(tiny_checkpoint, backend="onnxruntime")
     assert "could not cache the ONNX export" in caplog.text
     image = [np.full((224, 224), 0.3, np.float32)]
-    assert unwritable.forward(image)[0] == pytest.approx(again.forward(image)[0], abs=1e-5)
+    assert unwritable.forward(image).logits == pytest.approx(again.forward(image).logits, abs=1e-5)
 
 
 def test_a_missing_checkpoint_still_says_what_is_wrong(cache, tmp_path):

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumocam.ood import OutOfRange, fit_out_of_range
+from pneumocam.model import OutOfRange, fit_out_of_range
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "pneumocam" / "examples"
 
@@ -27,8 +27,8 @@ def test_the_bundled_model_flags_pictures_that_are_not_chest_x_rays_and_passes_r
     import matplotlib
     from PIL import Image
 
-    from pneumocam.inference import Predictor
-    from pneumocam.preprocess import to_model_input
+    from pneumocam.data import to_model_input
+    from pneumocam.deploy import Predictor
 
     predictor = Predictor.from_checkpoint("pneumocam-cxr")
     photo = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("L"))

@@ -2,7 +2,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from pneumocam.overlay import (
+from pneumocam.explain import (
     EVIDENCE_SPAN,
     ShownMap,
     colour_bar_description,
@@ -67,7 +67,7 @@ def test_evidence_is_warm_above_the_boundary_cool_below_and_the_xray_at_it():
 def test_a_constant_added_to_every_cell_changes_the_absolute_overlay_not_the_relative():
     import torch
 
-    from pneumocam.cam import upsample_and_normalize
+    from pneumocam.explain import upsample_and_normalize
 
     rng = np.random.default_rng(0)
     image, cells = rng.random((224, 224)).astype(np.float32), rng.normal(0, 2, (1, 7, 7)).astype(np.float32)
@@ -94,7 +94,7 @@ def test_the_colour_bar_as_pixels_and_as_data():
 @pytest.mark.slow
 def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
     from pneumocam.commands.explain import MIN_IMAGES_PER_WORKER, draw_side_by_sides
-    from pneumocam.overlay import SideBySideJob
+    from pneumocam.explain import SideBySideJob
 
     rng = np.random.default_rng(0)
     images = [(rng.random((32, 32)), rng.random((32, 32))) for _ in range(2 * MIN_IMAGES_PER_WORKER)]
@@ -118,7 +118,7 @@ def test_the_palette_layer_png_carries_the_layer_colours_and_weights(scale):
 
     from PIL import Image
 
-    from pneumocam.overlay import layer_png
+    from pneumocam.explain import layer_png
 
     rng = np.random.default_rng(0)
     values = rng.normal(0, 3, (64, 64)) if scale == "absolute" else rng.uniform(0, 1, (64, 64))

@@ -14,9 +14,8 @@ from conftest import RSNA_SAMPLE, free_port, require, wait_for_http
 from pneumocam.cli import main
 from pneumocam.commands.pacs import PacsState, connect, run_pass, state_lock, study_key
 from pneumocam.config import PacsConfig
-from pneumocam.dicom_results import reported_probability
+from pneumocam.deploy import Predictor, reported_probability
 from pneumocam.errors import PneumocamError
-from pneumocam.inference import Predictor
 
 pytest.importorskip("dicomweb_client", reason="the PACS connection needs pneumocam[pacs]")
 pytest.importorskip("highdicom", reason="DICOM results need pneumocam[dicom]")
@@ -225,7 +224,7 @@ class _FlakyServer:
 def _two_phantom_dicoms(folder: Path) -> list[Path]:
     import numpy as np
 
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     for i in range(2):
         write_dicom_jpeg(folder / f"{i}.dcm", np.random.default_rng(i).integers(30, 220, (256, 256), np.uint8),
@@ -235,7 +234,7 @@ def _two_phantom_dicoms(folder: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_a_failed_store_is_retried_for_that_image_only_with_the_same_uids(tmp_path):
-    from pneumocam.dicom_results import ModelIdentity
+    from pneumocam.deploy import ModelIdentity
 
     predictor = Predictor.from_checkpoint("pneumocam-cxr")
     model = ModelIdentity.from_predictor(predictor, "pneumocam-cxr")
@@ -303,7 +302,7 @@ class _StopsTheServerAfterFirstStore:
 
 @pytest.mark.slow
 def test_orthanc_stopped_mid_pass_nothing_lost_or_doubled(fresh_orthanc, tmp_path):
-    from pneumocam.dicom_results import ModelIdentity
+    from pneumocam.deploy import ModelIdentity
 
     predictor = Predictor.from_checkpoint("pneumocam-cxr")
     model = ModelIdentity.from_predictor(predictor, "pneumocam-cxr")

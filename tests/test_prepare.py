@@ -8,11 +8,10 @@ import xxhash
 
 from conftest import RSNA_SAMPLE, bomb_png, dead_pid, require
 from conftest import SHARED_DATA as SHARED_DATA_DIR
-from pneumocam.boxes import load_boxes
 from pneumocam.commands.prepare import assign_splits, prepare
 from pneumocam.config import PrepareConfig
+from pneumocam.data import SourceItem, load_boxes
 from pneumocam.errors import PneumocamError
-from pneumocam.sources import SourceItem
 
 
 def _rows(path):
@@ -176,7 +175,7 @@ def _bad_input_corpus(folder):
     """Every kind of bad or odd file a real export contains, in one class folder."""
     from PIL import Image
 
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     folder.mkdir(parents=True)
     (folder / "zero.png").write_bytes(b"")
@@ -230,7 +229,7 @@ def test_prepare_killed_midway_resumes_to_identical_outputs(tmp_path):
     import time
 
     from pneumocam.config import SynthConfig
-    from pneumocam.synthetic import synthesize
+    from pneumocam.data import synthesize
 
     source = synthesize(tmp_path / "src", SynthConfig(n_images=120, size=1024, seed=2, workers=2))
     command = [sys.executable, "-m", "pneumocam.cli", "prepare", str(source), "--workers", "1"]

@@ -19,7 +19,7 @@ def test_machine_paths_are_shortened_to_the_names_a_reader_needs():
 def test_the_bundled_models_carry_no_machine_path():
     import torch
 
-    from pneumocam.checkpoints import BUNDLED_MODELS, bundled_file
+    from pneumocam.model import BUNDLED_MODELS, bundled_file
 
     for model in BUNDLED_MODELS.values():
         for path in [bundled_file(name) for name in (model.weights, model.calibration) if name]:

@@ -9,9 +9,8 @@ import torch
 
 from conftest import SHARED_DATA, require
 from pneumocam.config import QuantizeConfig
+from pneumocam.deploy import Predictor, int8_path, read_description, weights_fingerprint
 from pneumocam.errors import PneumocamError
-from pneumocam.inference import Predictor
-from pneumocam.quantize import int8_path, read_description, weights_fingerprint
 
 pytest.importorskip("onnxruntime", reason="INT8 quantisation needs pneumocam[fast]")
 
@@ -53,7 +52,7 @@ def test_the_int8_cam_still_explains_its_logit_exactly(made, backend):
 
     predictor = Predictor.from_checkpoint("pneumocam-cxr", backend=backend)
     images = [predictor.load(f) for f in made["calibration"]["files"][:4]]
-    logits, raw, _ = predictor.forward(images)
+    logits, raw, *_ = predictor.forward(images)
     bias = float(predictor.net.fc.bias)
     assert np.abs(raw.mean(axis=(1, 2)) + bias - logits).max() < 1e-4
 

@@ -1,7 +1,7 @@
 import base64
 import html
 
-from pneumocam.report import build_report, png_data_uri
+from pneumocam.evaluation import build_report, png_data_uri
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
 

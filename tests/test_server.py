@@ -14,9 +14,8 @@ pytest.importorskip("fastapi", reason="the web service needs pneumocam[serve]")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pneumocam.config import ServeConfig
-from pneumocam.inference import Predictor  # noqa: E402
-from pneumocam.overlay import ShownMap, overlay_layer  # noqa: E402
-from pneumocam.server import create_app  # noqa: E402
+from pneumocam.deploy import Predictor, create_app
+from pneumocam.explain import ShownMap, overlay_layer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_an_unknown_picture_is_a_422_naming_the_choices(client):
 
 
 def _truncated_dicom(tmp_path) -> bytes:
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "x.dcm", (np.arange(4096) % 200).reshape(64, 64).astype(np.uint8), "p")
     data = (tmp_path / "x.dcm").read_bytes()
@@ -171,7 +170,7 @@ def test_logs_carry_no_file_names(client, caplog):
 
     image = io.BytesIO()
     Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image, format="PNG")
-    with caplog.at_level(logging.INFO, logger="pneumocam.server"):
+    with caplog.at_level(logging.INFO, logger="pneumocam.deploy.server"):
         _post(client, "DOE_JOHN_1970.png", image.getvalue())
     assert caplog.records and not any("DOE_JOHN" in r.getMessage() for r in caplog.records)
 
@@ -231,7 +230,7 @@ def _npy_header_only(shape: tuple, dtype: str = "<f8") -> bytes:
 def _dicom_with_wrong_rows(tmp_path) -> bytes:
     import pydicom
 
-    from pneumocam.synthetic import write_dicom_jpeg
+    from pneumocam.data import write_dicom_jpeg
 
     write_dicom_jpeg(tmp_path / "x.dcm", (np.arange(4096) % 200).reshape(64, 64).astype(np.uint8), "p")
     ds = pydicom.dcmread(tmp_path / "x.dcm")

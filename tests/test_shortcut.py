@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from pneumocam.metrics import Bootstrap
-from pneumocam.shortcut import header_baseline, within_view_auroc
+from pneumocam.evaluation import Bootstrap, header_baseline, within_view_auroc
 
 
 def _rows(n, rng):

@@ -3,14 +3,8 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA, require
+from pneumocam.data import detect_format, discover_class_folders, discover_medmnist, parse_class_map, patient_from_name
 from pneumocam.errors import PneumocamError
-from pneumocam.sources import (
-    detect_format,
-    discover_class_folders,
-    discover_medmnist,
-    parse_class_map,
-    patient_from_name,
-)
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,9 @@ def test_evaluate_writes_metrics_and_predictions(tiny_checkpoint, phantom_data, 
 def test_cam_writes_overlay_and_maps_per_image(tiny_checkpoint, phantom_data, tmp_path):
     import torch
 
-    from pneumocam.calibration import logit
-    from pneumocam.cam import upsample_and_normalize
-    from pneumocam.inference import Predictor
+    from pneumocam.deploy import Predictor
+    from pneumocam.explain import upsample_and_normalize
+    from pneumocam.model import logit
 
     inputs = [phantom_data / "Processed" / "val"]
     report = explain_files(tiny_checkpoint, inputs, tmp_path, CamConfig())
@@ -61,7 +61,7 @@ def test_cam_writes_overlay_and_maps_per_image(tiny_checkpoint, phantom_data, tm
 
 @pytest.mark.slow
 def test_localize_writes_scores_baselines_and_grid(tiny_checkpoint, phantom_data, tmp_path):
-    import pneumocam.map_assessment as maps
+    import pneumocam.evaluation.map_assessment as maps
     from pneumocam.commands.localize import localize
     from pneumocam.config import LocalizeConfig
 
@@ -73,8 +73,8 @@ def test_localize_writes_scores_baselines_and_grid(tiny_checkpoint, phantom_data
     assert set(on_disk["methods"]) == {"cam", "gradcam", "gradcam++"}
     assert on_disk["box_loss_weight"] == 0.0  # the tiny model learnt from labels only
     # the baselines, recomputed by hand: the centre prior's peak and the seeded random maps
-    from pneumocam.boxes import box_mask, load_boxes
-    from pneumocam.localization import centre_prior, peak, pointing_hit
+    from pneumocam.data import box_mask, load_boxes
+    from pneumocam.explain import centre_prior, peak, pointing_hit
 
     boxes = [b for f, b in sorted(load_boxes(phantom_data).items())]
     centre = peak(centre_prior((224, 224)))
@@ -190,7 +190,7 @@ def test_localize_faithfulness_cis_margins_and_chexlocalize_export(tiny_checkpoi
 @pytest.mark.slow
 def test_localize_by_default_never_reads_a_training_image(tiny_checkpoint, phantom_data, tmp_path, monkeypatch):
     import pneumocam.commands.localize as loc
-    import pneumocam.map_assessment as maps
+    import pneumocam.evaluation.map_assessment as maps
 
     read = []
     original = maps.load_file

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from pneumocam.metrics import Bootstrap, expected_calibration_error, fast_auroc
-from pneumocam.subgroups import age_band, attribute_values, calibration_error, known_attributes, subgroup_table
+from pneumocam.data import age_band, attribute_values
+from pneumocam.evaluation import (
+    Bootstrap,
+    calibration_error,
+    expected_calibration_error,
+    fast_auroc,
+    known_attributes,
+    subgroup_table,
+)
 
 
 @pytest.mark.parametrize(("age", "band"), [("0", "0-17"), ("17", "0-17"), ("18", "18-39"), ("39", "18-39"),
@@ -71,7 +78,7 @@ def test_an_unknown_attribute_is_an_error():
 def test_calls_by_view_apply_each_images_threshold_and_count_hard_negatives():
     import numpy as np
 
-    from pneumocam.subgroups import calls_by_view
+    from pneumocam.evaluation import calls_by_view
 
     probs = np.array([0.9, 0.4, 0.3, 0.2, 0.25, 0.1])
     labels = np.array([1, 0, 1, 0, 0, 1])

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from pneumocam.config import SynthConfig
-from pneumocam.io import read_image
-from pneumocam.synthetic import make_phantom, synthesize
+from pneumocam.data import make_phantom, read_image, synthesize
 
 
 def test_same_seed_gives_the_same_phantom():

@@ -136,7 +136,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(phantom_data, tmp_path):
 
 @pytest.mark.slow
 def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
-    from pneumocam.inference import Predictor
+    from pneumocam.deploy import Predictor
 
     result = fit(phantom_data, tmp_path, TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="original",
                                                      in_memory="on", seed=0))
@@ -154,8 +154,7 @@ def test_balanced_sampling_draws_both_classes_equally(phantom_data):
     import numpy as np
 
     from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import InMemorySplit
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import InMemorySplit, Normalization
     from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, balanced_sampling=True, in_memory="on", seed=0))
@@ -218,7 +217,7 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
 def test_checkpoints_are_renamed_into_place_beside_their_name(phantom_data, tmp_path, monkeypatch):
     import tempfile
 
-    from pneumocam.trainer_hooks import AtomicCheckpointIO
+    from pneumocam.training import AtomicCheckpointIO
 
     # Lightning's default save stages the file in the system temporary folder; ours must never touch it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
@@ -254,13 +253,12 @@ def test_box_guided_fit_logs_its_loss_and_records_its_weight(phantom_data, tmp_p
 
 def _share_of_cam_in_boxes(checkpoint, data_dir) -> float:
     """Mean softmax share of the raw CAM inside the boxes, over the boxed training images."""
-    from pneumocam.boxes import box_masks, cell_coverage, load_boxes
-    from pneumocam.inference import Predictor
-    from pneumocam.preprocess import load_file
+    from pneumocam.data import box_masks, cell_coverage, load_boxes, load_file
+    from pneumocam.deploy import Predictor
 
     boxes = load_boxes(data_dir)
     files = sorted(f for f in boxes if "/train/" in f)
-    _, raw, _ = Predictor.from_checkpoint(checkpoint).forward([load_file(data_dir / f) for f in files])
+    raw = Predictor.from_checkpoint(checkpoint).forward([load_file(data_dir / f) for f in files]).raw
     masks = torch.cat([box_masks(torch.tensor(boxes[f])[None]) for f in files])
     coverage = cell_coverage(masks, (7, 7))
     return float((torch.softmax(torch.from_numpy(raw).flatten(1), 1) * coverage.flatten(1)).sum(1).mean())
@@ -296,8 +294,7 @@ def test_balance_by_view_makes_the_drawn_prevalence_equal_across_views(phantom_d
     import numpy as np
 
     from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import dataset_files, dataset_labels, manifest_rows
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import Normalization, dataset_files, dataset_labels, manifest_rows
     from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, balance_by=("view",), in_memory="off", seed=0))
@@ -317,8 +314,8 @@ def test_balance_by_view_makes_the_drawn_prevalence_equal_across_views(phantom_d
 
 def test_balance_by_an_unknown_attribute_is_a_clear_error(phantom_data):
     from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import Normalization
     from pneumocam.errors import PneumocamError
-    from pneumocam.preprocess import Normalization
     from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, balance_by=("finding",), in_memory="off"))
@@ -330,8 +327,8 @@ def test_balance_by_an_unknown_attribute_is_a_clear_error(phantom_data):
 
 def test_source_shares_need_a_multi_source_data_set(phantom_data):
     from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import Normalization
     from pneumocam.errors import PneumocamError
-    from pneumocam.preprocess import Normalization
     from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, source_shares="a=1", in_memory="off"))
@@ -347,8 +344,7 @@ def test_source_shares_set_the_drawn_share_of_each_source(phantom_source, tmp_pa
     from pneumocam.commands.prepare import prepare
     from pneumocam.commands.train import resolve_runtime
     from pneumocam.config import PrepareConfig
-    from pneumocam.data import dataset_files
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import Normalization, dataset_files
     from pneumocam.training import PneumoniaDataModule
 
     (tmp_path / "children").symlink_to(phantom_source)
@@ -386,8 +382,7 @@ def test_finding_targets_follow_the_manifest_and_reach_each_training_batch(phant
     import math
 
     from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import dataset_files, finding_targets
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import Normalization, dataset_files, finding_targets
     from pneumocam.training import PneumoniaDataModule
 
     data, findings = _with_findings(phantom_data, tmp_path / "data")
@@ -427,9 +422,8 @@ def test_finding_loss_counts_only_the_images_whose_finding_is_known():
 @pytest.mark.slow
 @pytest.mark.parametrize("in_memory", ["off", "on"])
 def test_finding_head_trains_beside_the_logit_and_stays_out_of_the_network(phantom_data, tmp_path, in_memory):
-    from pneumocam.checkpoints import load_checkpoint, network_state
-    from pneumocam.inference import Predictor
-    from pneumocam.model import PneumoniaNet
+    from pneumocam.deploy import Predictor
+    from pneumocam.model import PneumoniaNet, load_checkpoint, network_state
 
     data, _ = _with_findings(phantom_data, tmp_path / "data")
     result = fit(data, tmp_path / "run", TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift",
@@ -465,7 +459,7 @@ def test_ema_weights_are_what_is_validated_saved_and_resumed(phantom_data, tmp_p
     from lightning.pytorch.callbacks import Callback
 
     import pneumocam.commands.train as train_command
-    from pneumocam.checkpoints import load_checkpoint, network_state
+    from pneumocam.model import load_checkpoint, network_state
 
     seen = []
 
@@ -498,8 +492,7 @@ def test_ema_decay_must_be_below_one(phantom_data, tmp_path):
 
 def test_group_dro_batches_carry_each_images_view_and_label_group(phantom_data):
     from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import dataset_files, manifest_rows
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import Normalization, dataset_files, manifest_rows
     from pneumocam.training import PneumoniaDataModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, group_dro=("view",), in_memory="off", seed=0))
@@ -521,8 +514,7 @@ def test_group_dro_batches_carry_each_images_view_and_label_group(phantom_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("in_memory", ["off", "on"])
 def test_group_dro_trains_logs_its_weights_and_resumes_them(phantom_data, tmp_path, in_memory):
-    from pneumocam.checkpoints import load_checkpoint, network_state
-    from pneumocam.model import PneumoniaNet
+    from pneumocam.model import PneumoniaNet, load_checkpoint, network_state
 
     data, _ = _with_findings(phantom_data, tmp_path / "data")
     config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
@@ -564,8 +556,7 @@ def test_soft_labels_blend_the_teachers_probability_into_what_the_loss_learns(ph
     from types import SimpleNamespace
 
     from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import dataset_files
-    from pneumocam.preprocess import Normalization
+    from pneumocam.data import Normalization, dataset_files
     from pneumocam.training import PneumoniaDataModule, PneumoniaModule
 
     config = resolve_runtime(TrainConfig(batch_size=4, in_memory="off", seed=0))
@@ -598,7 +589,7 @@ def test_soft_labels_blend_the_teachers_probability_into_what_the_loss_learns(ph
 @pytest.mark.slow
 @pytest.mark.parametrize("in_memory", ["off", "on"])
 def test_soft_labels_train_and_resume_on_both_data_paths(phantom_data, tmp_path, in_memory):
-    from pneumocam.checkpoints import load_checkpoint
+    from pneumocam.model import load_checkpoint
 
     files = [str(p.relative_to(phantom_data)) for p in sorted((phantom_data / "Processed" / "train").rglob("*.npy"))]
     teacher = _teacher_csv(phantom_data, tmp_path / "teacher.csv", files[:5], lambda label: 0.5)

@@ -16,7 +16,7 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
 
 def synth(args, config) -> int:
-    from pneumocam.synthetic import synthesize
+    from pneumocam.data import synthesize
 
     out = synthesize(args.out, config)
     print(f"wrote {config.n_images} phantom DICOMs and labels to {out}")
@@ -183,7 +183,7 @@ def predict(args, config) -> int:
 
 def serve(args, config) -> int:
     require_extra("pneumocam serve", "serve", "fastapi", "uvicorn", "multipart")
-    from pneumocam.server import serve
+    from pneumocam.deploy import serve
 
     serve(args.checkpoint, config)
     return EXIT_OK
@@ -212,7 +212,7 @@ def export(args, config) -> int:
 def quantize(args, config) -> int:
     require_extra("pneumocam quantize", "fast", "onnx", "onnxruntime")
     from pneumocam.commands.quantize import quantize_model
-    from pneumocam.quantize import description_path
+    from pneumocam.deploy import description_path
 
     made = quantize_model(args.checkpoint, args.images, config)
     calibration = made["calibration"]
@@ -252,8 +252,7 @@ def demo(args, config) -> int:
 
 
 def models(args, config) -> int:
-    from pneumocam.checkpoints import BUNDLED_MODELS
-    from pneumocam.models import describe, model_card
+    from pneumocam.model import BUNDLED_MODELS, describe, model_card
 
     if args.name:
         if args.json:

@@ -24,24 +24,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pneumocam.calibration import Calibration, choose_threshold, cross_fitted_probabilities, fit_calibration, sigmoid
-from pneumocam.checkpoints import checkpoint_label, load_checkpoint
 from pneumocam.config import CalibrateConfig
 from pneumocam.data import (
     dataset_files,
     dataset_labels,
+    load_file,
     manifest_patients,
     manifest_rows,
     read_fingerprint,
     split_dataset,
 )
+from pneumocam.deploy import Predictor, batches
 from pneumocam.errors import PneumocamError
+from pneumocam.evaluation import calibration_scores as scores
+from pneumocam.evaluation import choose_threshold, reliability_bins
 from pneumocam.files import atomic_open, atomic_path, write_csv, write_json
-from pneumocam.inference import Predictor, batches
-from pneumocam.metrics import calibration_scores as scores
-from pneumocam.metrics import reliability_bins
-from pneumocam.ood import OutOfRange, fit_out_of_range
-from pneumocam.preprocess import load_file
+from pneumocam.model import (
+    Calibration,
+    OutOfRange,
+    checkpoint_label,
+    cross_fitted_probabilities,
+    fit_calibration,
+    fit_out_of_range,
+    load_checkpoint,
+    sigmoid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +222,7 @@ def write_reliability(out_dir: Path, before: np.ndarray, after: np.ndarray, labe
                       n_bins: int = 10) -> None:
     import matplotlib.pyplot as plt
 
-    from pneumocam.plots import calibration_figure
+    from pneumocam.evaluation import calibration_figure
 
     figure = calibration_figure({"calibrated": after, "before calibrate": before}, labels, n_bins)
     with atomic_open(out_dir / "reliability.png", "wb") as f:

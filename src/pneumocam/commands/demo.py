@@ -19,18 +19,16 @@ from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-from pneumocam.boxes import load_boxes
-from pneumocam.checkpoints import BUNDLED_MODELS
 from pneumocam.commands.evaluate import evaluate
 from pneumocam.commands.explain import CAM_FIELDS, explain_files, write_cam_outputs
 from pneumocam.commands.localize import localize
 from pneumocam.commands.prepare import prepare
 from pneumocam.commands.train import fit
 from pneumocam.config import CamConfig, DemoConfig, EvalConfig, LocalizeConfig, PrepareConfig, SynthConfig, TrainConfig
-from pneumocam.data import dataset_files, split_dataset
+from pneumocam.data import dataset_files, load_boxes, split_dataset, synthesize
+from pneumocam.deploy import Predictor
 from pneumocam.files import write_csv, write_json
-from pneumocam.inference import Predictor
-from pneumocam.synthetic import synthesize
+from pneumocam.model import BUNDLED_MODELS
 
 log = logging.getLogger(__name__)
 BUNDLED_MODEL = next(iter(BUNDLED_MODELS))

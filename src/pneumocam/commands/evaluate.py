@@ -13,69 +13,45 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from pneumocam.calibration import sigmoid
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import EvalConfig
 from pneumocam.data import (
-    dataset_files,
-    dataset_labels,
+    attribute_values,
     evaluation_split,
-    manifest_patients,
+    load_file,
     manifest_rows,
     read_fingerprint,
-    split_dataset,
 )
-from pneumocam.errors import PneumocamError
-from pneumocam.files import atomic_open, read_csv, write_csv, write_json
-from pneumocam.inference import Predictor, batches
-from pneumocam.metrics import (
+from pneumocam.deploy import Predictor
+from pneumocam.evaluation import (
     Bootstrap,
+    SplitPredictions,
     bootstrap_ci,
     calibration_scores,
+    calls_by_view,
     classification_metrics,
     expected_calibration_error,
     fast_auroc,
+    header_baseline,
+    known_attributes,
     operating_points,
     paired_auroc_difference,
+    predict_split,
+    subgroup_rows,
+    subgroup_table,
     threshold_for_sensitivity,
+    within_view_auroc,
     youden_threshold,
 )
-from pneumocam.preprocess import load_file
+from pneumocam.files import atomic_open, read_csv, write_csv, write_json
+from pneumocam.model import checkpoint_label
 from pneumocam.provenance import package_versions
-from pneumocam.shortcut import header_baseline, within_view_auroc
-from pneumocam.subgroups import attribute_values, calls_by_view, known_attributes, subgroup_rows, subgroup_table
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SplitPredictions:
-    files: list[str]
-    patients: list[str]
-    labels: np.ndarray  # (N,) 0/1
-    logits: np.ndarray  # (N,) raw
-    probabilities: np.ndarray  # (N,) in [0, 1], calibrated when the checkpoint is
-    raw_probabilities: np.ndarray  # (N,) sigmoid of the raw logits
-
-
-def predict_split(predictor: Predictor, data_dir: str | Path, split: str, batch_size: int = 32) -> SplitPredictions:
-    """Run the model on every prepared image of a split, in batches, with a progress bar."""
-    dataset = split_dataset(data_dir, split)
-    files, labels = dataset_files(dataset, data_dir), dataset_labels(dataset)
-    if not files:
-        raise PneumocamError(f"{Path(data_dir) / 'Processed' / split}: no images to evaluate")
-    paths = [path for path, _ in dataset.samples]
-    logits = [predictor.forward([load_file(p) for p in chunk])[0]
-              for chunk in tqdm(list(batches(paths, batch_size)), desc=f"predict {split}", unit="batch")]
-    logits_arr = np.concatenate(logits)
-    return SplitPredictions(files, manifest_patients(data_dir, files), labels, logits_arr,
-                            predictor.probabilities(logits_arr), sigmoid(logits_arr))
 
 
 def compute_metrics(preds: SplitPredictions, choose: SplitPredictions, config: EvalConfig) -> dict:
@@ -264,9 +240,9 @@ def reliability_curves(preds: SplitPredictions, metrics: dict) -> dict[str, np.n
 def assess_trust(predictor: Predictor, data_dir: Path, config: EvalConfig):
     """The maps' localisation, faithfulness (deletion and insertion) and randomisation check on the evaluated
     split's boxed images; None without boxes there, or on the training boxes a box-guided model learned from."""
-    from pneumocam.boxes import load_boxes
     from pneumocam.config import LocalizeConfig
-    from pneumocam.map_assessment import assess_maps
+    from pneumocam.data import load_boxes
+    from pneumocam.evaluation import assess_maps
 
     boxed = [f for f in load_boxes(data_dir) if config.split == "all" or f.startswith(f"Processed/{config.split}/")]
     trained_on_boxes = predictor.metadata.get("config", {}).get("box_loss_weight", 0.0) > 0
@@ -293,7 +269,7 @@ def _write_png(out_dir: Path, name: str, figure) -> bytes:
 
 
 def _write_plots(out_dir: Path, metrics: dict, preds: SplitPredictions, config: EvalConfig, assessment) -> dict:
-    from pneumocam.plots import (
+    from pneumocam.evaluation import (
         calibration_figure,
         confusion_figure,
         faithfulness_figure,
@@ -320,7 +296,7 @@ def _write_plots(out_dir: Path, metrics: dict, preds: SplitPredictions, config: 
 def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
                    config: EvalConfig) -> dict:
     """The most and least confident calls of each kind, drawn with their CAM; indexed in gallery.csv."""
-    from pneumocam.overlay import ShownMap, side_by_side
+    from pneumocam.explain import ShownMap, side_by_side
 
     gallery, rows = {}, []
     for category, indices in gallery_indices(preds, config.threshold, config.gallery_size).items():
@@ -341,7 +317,7 @@ def _write_gallery(out_dir: Path, preds: SplitPredictions, predictor: Predictor,
 
 def _write_worst_misses(out_dir: Path, assessment, predictor: Predictor, scale: str) -> list[tuple[str, bytes]]:
     """The boxed images whose CAM peak lies farthest from a box, drawn with their boxes."""
-    from pneumocam.overlay import ShownMap, side_by_side
+    from pneumocam.explain import ShownMap, side_by_side
 
     misses, rows, indices = [], [], worst_misses(assessment)
     predictions = predictor.predict_arrays([assessment.images[i] for i in indices]) if indices else []
@@ -362,7 +338,7 @@ def _write_worst_misses(out_dir: Path, assessment, predictor: Predictor, scale: 
 def write_report(out_dir: Path, metrics: dict, preds: SplitPredictions, predictor: Predictor, data_dir: Path,
                  config: EvalConfig, assessment=None) -> None:
     """Plots as PNG files, a CAM gallery (PNG files + gallery.csv) and the self-contained report.html."""
-    from pneumocam.report import build_report
+    from pneumocam.evaluation import build_report
 
     plots = _write_plots(out_dir, metrics, preds, config, assessment)
     gallery = _write_gallery(out_dir, preds, predictor, data_dir, config)

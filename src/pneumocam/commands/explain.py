@@ -17,11 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumocam.config import CamConfig, workers_or_cores
+from pneumocam.data import expand_inputs, require_images
+from pneumocam.deploy import Prediction, Predictor
+from pneumocam.explain import ShownMap, SideBySideJob, peak, save_side_by_side
 from pneumocam.files import save_npy, unique_stems, write_csv
-from pneumocam.inference import Prediction, Predictor
-from pneumocam.inputs import expand_inputs, require_images
-from pneumocam.localization import peak
-from pneumocam.overlay import ShownMap, SideBySideJob, save_side_by_side
 
 log = logging.getLogger(__name__)
 

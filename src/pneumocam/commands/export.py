@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumocam.backends import export_onnx, onnxruntime_session
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import EXPORT_FORMATS, ExportConfig
+from pneumocam.deploy import Predictor, export_onnx, onnxruntime_session
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, write_json
-from pneumocam.inference import Predictor
+from pneumocam.model import checkpoint_label
 
 log = logging.getLogger(__name__)
 

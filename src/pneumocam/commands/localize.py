@@ -15,16 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocam.cam_extra import LIBRARY_METHODS
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import LocalizeConfig
 from pneumocam.data import evaluation_split
+from pneumocam.deploy import METHODS, Predictor
 from pneumocam.errors import PneumocamError
+from pneumocam.evaluation import assess_maps
+from pneumocam.explain import LIBRARY_METHODS, THRESHOLDS, ShownMap, overlay_grid
 from pneumocam.files import save_figure, write_csv, write_json
-from pneumocam.inference import METHODS, Predictor
-from pneumocam.localization import THRESHOLDS
-from pneumocam.map_assessment import assess_maps
-from pneumocam.overlay import ShownMap, overlay_grid
+from pneumocam.model import checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     write_csv(out_dir / "localization.csv", CSV_FIELDS, _csv_rows(files, assessment.probabilities, per_image))
     _write_grid(out_dir / "localization_grid.png", predictor, result["method"], assessment, config)
     if config.export == "chexlocalize":
-        from pneumocam.chexlocalize import export_chexlocalize
+        from pneumocam.explain import export_chexlocalize
 
         export_chexlocalize(out_dir / "chexlocalize", files, assessment.images, assessment.maps,
                             assessment.boxes, assessment.probabilities)

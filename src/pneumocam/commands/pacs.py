@@ -27,14 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import PacsConfig, resolve_token
-from pneumocam.dicom_results import MANUFACTURER, ModelIdentity, result_objects
+from pneumocam.data import ImageReadError, read_image
+from pneumocam.deploy import MANUFACTURER, ModelIdentity, Predictor, is_loopback, result_objects
 from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import write_json
-from pneumocam.http_guards import is_loopback
-from pneumocam.inference import Predictor
-from pneumocam.io import ImageReadError, read_image
+from pneumocam.model import checkpoint_label
 
 log = logging.getLogger(__name__)
 STUDY_UID, SERIES_UID, SOP_UID, MODALITY = "0020000D", "0020000E", "00080018", "00080060"

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import PredictConfig
+from pneumocam.data import is_dicom, require_images, resolve_inputs
+from pneumocam.deploy import Predictor, batches
 from pneumocam.errors import PneumocamError
+from pneumocam.explain import peak
 from pneumocam.files import atomic_open, unique_stems, write_csv, write_json
-from pneumocam.inference import Predictor, batches
-from pneumocam.inputs import require_images, resolve_inputs
-from pneumocam.io import is_dicom
-from pneumocam.localization import peak
+from pneumocam.model import checkpoint_label
 
 log = logging.getLogger(__name__)
 FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold_basis", "view", "ood", "ood_distance",
@@ -84,14 +83,14 @@ class _DicomWriter:
     failure row (its prediction stays in the table)."""
 
     def __init__(self, predictor: Predictor, checkpoint: str | Path, out_dir: str | Path, scale: str = "absolute"):
-        from pneumocam.dicom_results import ModelIdentity
+        from pneumocam.deploy import ModelIdentity
 
         self.model = ModelIdentity.from_predictor(predictor, checkpoint_label(checkpoint))
         self.out_dir = Path(out_dir)
         self.resize_mode, self.scale = predictor.contract.resize_mode, scale
 
     def write(self, prediction, stem: str, row: dict) -> dict | None:
-        from pneumocam.dicom_results import write_results
+        from pneumocam.deploy import write_results
 
         if not is_dicom(prediction.source):
             return {"source": prediction.source, "reason": "not a DICOM file: no DICOM results written for it"}
@@ -106,7 +105,7 @@ class _DicomWriter:
 
 def _write_overlay(prediction, stem: str, out_dir: Path, scale: str = "absolute") -> str:
     """The overlay with its colour bar burned in below it."""
-    from pneumocam.overlay import ShownMap, colour_bar_strip, overlay_map, to_png  # matplotlib: only when drawing
+    from pneumocam.explain import ShownMap, colour_bar_strip, overlay_map, to_png
 
     name = f"overlays/{stem}_cam.png"
     shown = ShownMap.of(prediction, scale)

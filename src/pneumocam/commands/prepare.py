@@ -27,24 +27,29 @@ import xxhash
 from tqdm import tqdm
 
 from pneumocam import __version__
-from pneumocam.boxes import square_geometry
 from pneumocam.config import IMAGE_SIZE, PrepareConfig, workers_or_cores
-from pneumocam.data import data_fingerprint
-from pneumocam.errors import PneumocamError
-from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
-from pneumocam.io import (
+from pneumocam.data import (
     DICOM_SUFFIXES,
+    SOURCE_FORMATS,
     ImageReadError,
+    Judge,
+    SourceItem,
+    data_fingerprint,
+    detect_format,
+    discover,
+    from_header,
     import_dicom_support,
     read_header,
     read_image_and_size,
     read_npy,
     read_size,
+    read_source_metadata,
+    square_geometry,
+    to_model_input,
 )
-from pneumocam.metadata import FIELDS as METADATA_FIELDS
-from pneumocam.metadata import Judge, from_header, read_source_metadata
-from pneumocam.preprocess import to_model_input
-from pneumocam.sources import SOURCE_FORMATS, SourceItem, detect_format, discover
+from pneumocam.data import FIELDS as METADATA_FIELDS
+from pneumocam.errors import PneumocamError
+from pneumocam.files import prefetch, remove_stale_temporaries, save_npy, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocam.backends import export_onnx
-from pneumocam.checkpoints import checkpoint_label
 from pneumocam.config import QuantizeConfig
+from pneumocam.data import ImageReadError, collate_images, require_images, resolve_inputs
+from pneumocam.deploy import Predictor, description_path, export_onnx, int8_path, quantize_onnx, read_description
 from pneumocam.errors import PneumocamError
 from pneumocam.files import write_json
-from pneumocam.inference import Predictor
-from pneumocam.inputs import require_images, resolve_inputs
-from pneumocam.io import ImageReadError
-from pneumocam.preprocess import collate_images
-from pneumocam.quantize import description_path, int8_path, quantize_onnx, read_description
+from pneumocam.model import checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +38,10 @@ def compare(reference: Predictor, other: Predictor, images: Sequence[np.ndarray]
     p_ref, p_other, rho = [], [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        logits_ref, raw_ref, _ = reference.forward(chunk)
-        logits_other, raw_other, _ = other.forward(chunk)
-        p_ref += reference.probabilities(logits_ref).tolist()
-        p_other += other.probabilities(logits_other).tolist()
-        rho += [float(spearmanr(a.ravel(), b.ravel()).statistic) for a, b in zip(raw_ref, raw_other, strict=True)]
+        mine, theirs = reference.forward(chunk), other.forward(chunk)
+        p_ref += reference.probabilities(mine.logits).tolist()
+        p_other += other.probabilities(theirs.logits).tolist()
+        rho += [float(spearmanr(a.ravel(), b.ravel()).statistic) for a, b in zip(mine.raw, theirs.raw, strict=True)]
     return np.array(p_ref), np.array(p_other), np.array(rho)
 
 

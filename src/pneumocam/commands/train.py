@@ -25,13 +25,19 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pneumocam.config import AUGMENTATIONS, AUTO_ON_OFF, MONITORS, OPTIMIZERS, SCHEDULES, TrainConfig, write_yaml
-from pneumocam.data import dataset_labels, read_fingerprint, split_dataset
+from pneumocam.data import data_contract, dataset_labels, read_fingerprint, read_normalization, split_dataset
 from pneumocam.errors import PneumocamError
 from pneumocam.files import remove_stale_temporaries, write_json
-from pneumocam.preprocess import data_contract, read_normalization
 from pneumocam.provenance import git_commit, package_versions
-from pneumocam.trainer_hooks import AtomicCheckpointIO, EpochSummary, report_level
-from pneumocam.training import MONITOR_MODES, PneumoniaDataModule, PneumoniaModule, resolve_pos_weight
+from pneumocam.training import (
+    MONITOR_MODES,
+    AtomicCheckpointIO,
+    EpochSummary,
+    PneumoniaDataModule,
+    PneumoniaModule,
+    report_level,
+    resolve_pos_weight,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,228 @@
+"""The LightningModule of `pneumocam train`: a thin wrapper around PneumoniaNet with the losses (labels, box
+guidance, the finding head, group DRO, soft labels), metrics and optimisation.
+
+The train step (commands/train.py) puts it into a Trainer with the data module (training.datamodule) and the
+plugin and callback of training.hooks; only the training package and that step import lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from pneumocam.data.augment import AUGMENT_RANGES, augment_batch
+from pneumocam.data.boxes import cell_coverage
+from pneumocam.data.datasets import (
+    positive_weight,
+)
+from pneumocam.errors import PneumocamError
+from pneumocam.explain.cam import class_activation_map
+from pneumocam.model.network import FEATURE_CHANNELS, PneumoniaNet
+from pneumocam.training.group_dro import GroupWeights
+from pneumocam.training.guidance import box_guidance_loss
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# metric -> mode for best.ckpt; val_loss by default, since AUROC can peak while BatchNorm statistics still lag
+MONITOR_MODES = {"val_loss": "min", "val_auroc": "max", "val_acc": "max"}
+
+
+def _warmup_cosine(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Batch(NamedTuple):
+    """A batch taken apart (PneumoniaModule._unpack); `targets` are the labels the loss learns (blended with a
+    teacher's probability under --soft-labels)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: list
+    findings: torch.Tensor | None
+    groups: torch.Tensor | None
+    targets: torch.Tensor
+
+
+class PneumoniaModule(L.LightningModule):
+    """Loss, metrics and optimisation around a PneumoniaNet; the network itself stays a plain nn.Module."""
+
+    def __init__(self, config: dict, pos_weight: float, normalization: dict, metadata: dict,
+                 load_pretrained: bool = True, dro_groups: list[str] | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["load_pretrained"])
+        self.config = config
+        # on resume the weights come from the checkpoint, so do not fetch pretrained ones again
+        self.net = PneumoniaNet(config["pretrained"] if load_pretrained else "none")
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+        # validate_args=False: torchmetrics' label check (torch.unique, then a Python `if`) waits for the
+        # device every step; the labels come from prepare's 0/1 folders, so there is nothing to check
+        self.train_acc = BinaryAccuracy(validate_args=False)
+        self.val_acc = BinaryAccuracy(validate_args=False)
+        self.val_auroc = BinaryAUROC(validate_args=False)
+        self._augment_generator = torch.Generator().manual_seed(config["seed"])
+        if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
+            self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
+        if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
+            self.group_weights = GroupWeights(len(dro_groups))
+        # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
+        object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """In-memory path: batches arrive on the device in [0, 1]; augment them (and their box masks, alike)
+        there, then normalise."""
+        if self.config["in_memory"] != "on":
+            return batch
+        images, labels, *rest = batch
+        split = len(rest) - self._target_count()
+        masks, targets = rest[:split], rest[split:]
+        images = images.float()
+        augment = self.config["augment"]
+        if self.trainer.training and augment != "none":
+            both = augment_batch(torch.cat([images, *(m.float() for m in masks)], dim=1), self._augment_generator,
+                                 AUGMENT_RANGES[augment])
+            images, masks = both[:, :1], [both[:, 1:]] if masks else []
+        norm = self.hparams["normalization"]
+        return ((images - norm["mean"]) / norm["std"], labels, *masks, *targets)
+
+    def _target_count(self) -> int:
+        """How many per-image targets training batches carry after the images, labels and box masks."""
+        on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"))
+        return sum(map(bool, on)) if self.trainer.training else 0
+
+    def _finding_weight(self) -> float:
+        return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
+
+    def _unpack(self, batch) -> Batch:
+        """Training batches carry the findings, the teacher's soft labels and the group indices last
+        (data.datasets.WithTargets) when those are on; validation batches never do."""
+        images, labels, *rest = batch
+        training = self.trainer.training
+        groups = rest.pop() if self.hparams.get("dro_groups") and training else None
+        targets = labels.float()
+        if self.config.get("soft_labels") and training:  # NaN: an image the teacher does not name keeps its label
+            soft, weight = rest.pop(), float(self.config["soft_label_weight"])
+            targets = torch.where(torch.isnan(soft), targets, (1 - weight) * targets + weight * soft)
+        findings = rest.pop() if self._finding_weight() > 0 and training else None
+        return Batch(images, labels, rest, findings, groups, targets)
+
+    def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
+        """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
+        masked rather than indexed, so the step never waits for the device to count them."""
+        known = ~torch.isnan(findings)
+        logits = self.finding_head(torch.flatten(self.net.pool(features), 1))[:, 0].float()
+        each = F.binary_cross_entropy_with_logits(logits, torch.where(known, findings, 0.0), reduction="none")
+        return (each * known).sum() / known.sum().clamp(min=1)
+
+    def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
+        --finding-loss-weight in training also the finding targets."""
+        images, labels, masks, findings, groups, targets = self._unpack(batch)
+        if self.config["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits, features = self._run_net(images)
+        logits = logits[:, 0]  # (B,)
+        if groups is not None:  # the worst-group objective over each image's own loss
+            each = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none",
+                                                      pos_weight=self.loss.pos_weight)
+            loss = self.group_weights(each, groups)
+        else:
+            loss = self.loss(logits, targets)
+        if masks and self.config["box_loss_weight"] > 0:
+            cams = class_activation_map(features, self.net.fc.weight)
+            guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
+            self.log("train_box_loss", guidance, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+            loss = loss + self.config["box_loss_weight"] * guidance
+        if findings is not None:
+            finding = self._finding_loss(features, findings)
+            self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(labels))
+            loss = loss + self._finding_weight() * finding
+        return loss, logits, labels
+
+    def training_step(self, batch, batch_idx):
+        loss, logits, labels = self._step(batch)
+        self.train_acc(torch.sigmoid(logits), labels)
+        # Across processes (DDP) only the epoch value is averaged: a per-step all-reduce would cost every step.
+        self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, labels = self._step(batch)
+        probs = torch.sigmoid(logits)
+        self.val_acc(probs, labels)
+        self.val_auroc(probs, labels)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("val_auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(labels))
+
+    def on_train_epoch_end(self) -> None:
+        """The group DRO weights, one column each in the metrics (once an epoch: reading them syncs)."""
+        if self.hparams.get("dro_groups"):
+            for name, weight in zip(self.hparams["dro_groups"], self.group_weights.q.tolist(), strict=True):
+                self.log(f"dro_weight/{name}", weight)
+
+    def configure_optimizers(self):
+        cfg = self.config
+        optimizer_class = OPTIMIZER_CLASSES[cfg["optimizer"]]
+        optimizer = optimizer_class(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if cfg["schedule"] == "none":
+            return optimizer
+        if cfg["schedule"] == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITOR_MODES[cfg["monitor"]],
+                                                                   factor=0.5, patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"],
+                                                             "interval": "epoch"}}
+        if cfg["schedule"] == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total)
+        else:
+            warmup = max(1, int(total * cfg["warmup_fraction"]))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.config["channels_last"]:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["pneumocam"] = {**self.hparams["metadata"], "normalization": self.hparams["normalization"],
+                                   "pos_weight": self.hparams["pos_weight"], "epoch": self.current_epoch}
+
+
+def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:
+    """The BCE positive-class weight. "auto" corrects the class imbalance once: n_neg / n_pos, or 1 when
+    balanced sampling already draws both classes equally often (both together would over-call pneumonia)."""
+    if setting == "auto":
+        if balanced_sampling:
+            log.warning("--balanced-sampling already corrects the class imbalance: --pos-weight auto means 1 here")
+            return 1.0
+        return positive_weight(labels)
+    try:
+        value = float(setting)
+    except ValueError as exc:
+        raise PneumocamError(f"--pos-weight must be 'auto' or a number, got {setting!r}") from exc
+    if value <= 0:
+        raise PneumocamError(f"--pos-weight must be positive, got {value}")
+    if balanced_sampling and value != 1:
+        log.warning("--pos-weight %g with --balanced-sampling corrects the class imbalance twice; probabilities "
+                    "will be shifted by log(%g)", value, value)
+    return value
