@@ -264,19 +264,20 @@ def _cell(stats: dict) -> str:
 
 
 def print_table(table: dict) -> None:
-    print(f"\n{'recipe':<21}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'ECE':>16}{'children AUROC':>16}"
+    width = max(len("recipe"), *map(len, table["recipes"])) + 2
+    print(f"\n{'recipe':<{width}}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'ECE':>16}{'children AUROC':>16}"
           f"{'pointing - prior':>18}{'min/fold':>10}")
     for name, entry in table["recipes"].items():
         s = entry["summary"]
         wall = s["wall_s"]["mean"] / 60 if s["wall_s"]["mean"] is not None else 0
-        print(f"{name:<21}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
+        print(f"{name:<{width}}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
               f"{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}{_cell(s['margin']):>18}{wall:>10.1f}")
-    print(f"\n{'recipe':<21}{'operating rule':<28}{'PA sensitivity':>16}{'sensitivity':>16}{'specificity':>16}"
+    print(f"\n{'recipe':<{width}}{'operating rule':<28}{'PA sensitivity':>16}{'sensitivity':>16}{'specificity':>16}"
           f"{'Not Normal called':>20}")
     for name, entry in table["recipes"].items():
         for rule in RULES:
             r = entry["summary"][rule]
-            print(f"{name:<21}{rule:<28}{_cell(r['sensitivity_pa']):>16}{_cell(r['sensitivity']):>16}"
+            print(f"{name:<{width}}{rule:<28}{_cell(r['sensitivity_pa']):>16}{_cell(r['sensitivity']):>16}"
                   f"{_cell(r['specificity']):>16}{_cell(r['not_normal_called']):>20}")
     print(f"\nmean ± sd over {table['k']} folds; thresholds chosen on the other folds' out-of-fold predictions; "
           f"machine: {table['machine']}")

@@ -205,7 +205,7 @@ def test_two_process_ddp_on_cpu(phantom_data, tmp_path, in_memory):
     best_lines = re.findall(r" (INFO|DEBUG) pneumocam\.commands\.train: best val_loss = (\S+)", result.stderr)
     assert sorted(level for level, _ in best_lines) == ["DEBUG", "INFO"], best_lines
     assert len({score for _, score in best_lines}) == 1, best_lines
-    assert len(re.findall(r"INFO pneumocam\.training: epoch 0:", result.stderr)) == 1
+    assert len(re.findall(r"INFO pneumocam\.training\.hooks: epoch 0:", result.stderr)) == 1
     assert result.stdout.count("best checkpoint:") == 1
     # 18 training images, batch 4, over 2 processes: 2 steps each (files: 9 images per process, drop_last;
     # in memory: 4 whole batches dealt out in turn)
