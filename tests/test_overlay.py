@@ -93,7 +93,7 @@ def test_the_colour_bar_as_pixels_and_as_data():
 
 @pytest.mark.slow
 def test_parallel_drawing_writes_the_same_pngs_as_serial(tmp_path):
-    from pneumocam.commands.explain import MIN_IMAGES_PER_WORKER, draw_side_by_sides
+    from pneumocam.commands.cam import MIN_IMAGES_PER_WORKER, draw_side_by_sides
     from pneumocam.explain import SideBySideJob
 
     rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from pneumocam.commands.cam import explain_files
 from pneumocam.commands.evaluate import evaluate
-from pneumocam.commands.explain import explain_files
 from pneumocam.config import CamConfig, EvalConfig
 
 QUICK = EvalConfig(bootstrap=0, report=False, maps=False)  # point metrics only

@@ -114,7 +114,7 @@ def evaluate(args, config) -> int:
 
 
 def cam(args, config) -> int:
-    from pneumocam.commands.explain import explain_files
+    from pneumocam.commands.cam import explain_files
 
     report = explain_files(args.checkpoint, args.images, args.out, config)
     print(f"wrote {len(report.rows)} CAM overlays and maps to {report.out_dir} (index: cams.csv)")

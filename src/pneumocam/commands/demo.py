@@ -19,8 +19,8 @@ from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
+from pneumocam.commands.cam import CAM_FIELDS, explain_files, write_cam_outputs
 from pneumocam.commands.evaluate import evaluate
-from pneumocam.commands.explain import CAM_FIELDS, explain_files, write_cam_outputs
 from pneumocam.commands.localize import localize
 from pneumocam.commands.prepare import prepare
 from pneumocam.commands.train import fit
