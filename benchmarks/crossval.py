@@ -96,6 +96,10 @@ RECIPES = {
     "adult-finding-ema-kermany": Recipe(EMA, start="kermany-only"),
     # learning without forgetting: the children also learn the yardstick's probabilities
     "adult-finding-ema-lwf": Recipe(EMA, teacher="kermany-only"),
+    # stronger geometry: the original augmentation adds a random resized crop (0.35-1) to the affine
+    "adult-finding-ema-crop": Recipe([*EMA, "--augment", "original"]),
+    # the hard-negative head weighing twice as much
+    "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
 }
 
 
