@@ -11,9 +11,9 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
               rsna_1000, so every fold may start from it; with the recipe kermany-only also WORK/kermany-data
               (kermany224 alone, the same split) and WORK/runs/kermany-only, the children's yardstick
-  3. folds    pneumocam.data.folds.assign_folds over the rsna_1000 images (k folds, grouped by patient,
+  3. folds    pneumocam.data.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
-  4. recipes  per fold: a fold folder (crossval.write_fold: that fold as val, the other folds plus a seeded
+  4. recipes  per fold: a fold folder (pneumocam.data.write_fold: that fold as val, the other folds plus a seeded
               share of each other source as train), `pneumocam train` from the base model, the last epoch's
               checkpoint (no checkpoint chosen on the scored fold), its predictions on the fold and on the
               Kermany validation split -> WORK/cv/RECIPE/foldF.json
@@ -58,7 +58,6 @@ FINDING = [*ADULT, "--finding-loss-weight", "1"]
 EMA = [*FINDING, "--ema-decay", "0.98"]  # the saved weights an average over about the last 50 of ~104 steps
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
-TRAINED_ONCE = ("base", "kermany-only")
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,10 @@ class Recipe:
     teacher: str | None = None
 
     def train_arguments(self, work: Path) -> list[str]:
-        soft = ["--soft-labels", str(teacher_csv(work, self.teacher)), "--soft-label-weight", "0.5"]
-        return ["--pretrained", str(model_path(work, self.start)), *self.arguments, *(soft if self.teacher else []),
-                "--epochs", str(self.epochs)]
+        soft = []
+        if self.teacher:
+            soft = ["--soft-labels", str(teacher_csv(work, self.teacher)), "--soft-label-weight", "0.5"]
+        return ["--pretrained", str(model_path(work, self.start)), *self.arguments, *soft, "--epochs", str(self.epochs)]
 
 
 RECIPES = {
@@ -104,7 +104,7 @@ RECIPES = {
 
 
 def model_path(work: Path, name: str) -> Path:
-    """The last checkpoint of a model trained once (TRAINED_ONCE)."""
+    """The last checkpoint of a model trained once: "base" or "kermany-only"."""
     return work / "runs" / name / "checkpoints" / "last.ckpt"
 
 
@@ -162,7 +162,7 @@ def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, flo
 
 
 def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], fraction: float = 1.0) -> dict:
-    """One recipe on one fold (the models trained once, TRAINED_ONCE, already there)."""
+    """One recipe on one fold (the models trained once, "base" and "kermany-only", already there)."""
     tag = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
     out = work / "cv" / tag / f"fold{fold}.json"
     if out.exists():

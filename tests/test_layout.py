@@ -73,6 +73,23 @@ def test_sub_packages_export_each_public_name_from_its_module():
         assert package.__all__ == sorted(package._HOMES)
         for public, module in package._HOMES.items():
             assert hasattr(importlib.import_module(f"pneumocam.{name}.{module}"), public), f"{name}.{public}"
+        for path in sorted((PACKAGE / name).glob("*.py")):  # and every public name of the room is listed
+            if path.name != "__init__.py":
+                for public in defined_names(path):
+                    assert package._HOMES.get(public) == path.stem, f"pneumocam.{name} does not list {public}"
+
+
+def defined_names(path: Path) -> list[str]:
+    """The public names a module defines at its top level (functions, classes, assigned constants)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return [n for n in names if not n.startswith("_") and n != "log"]
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))

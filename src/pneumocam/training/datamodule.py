@@ -127,7 +127,8 @@ class PneumoniaDataModule(L.LightningDataModule):
                           num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
 
     def _training_targets(self) -> list[torch.Tensor]:
-        """What training batches carry after the images: the finding targets, the group DRO indices."""
+        """What training batches carry after the images, in this order: the finding targets, the teacher's soft
+        labels, the group DRO indices (PneumoniaModule._unpack takes them apart)."""
         files = self._training_files()[0]
         targets = []
         if self.config.finding_loss_weight > 0:
