@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from crossval import ADULTS, BASE, CHILDREN, COMMON, RECIPES, source_of  # this folder's
+from crossval import ADULTS, CHILDREN, COMMON, RECIPES, TRAINED_ONCE, lineage, source_of  # this folder's
 from real_data import evaluated, localized, run
 
 from pneumocam.data import manifest_rows, write_fold
@@ -94,7 +94,8 @@ def main() -> None:
         "train_command": shlex.join(["pneumocam", "train", f"WORK/folds/{recipe}/fold{args.fold}",
                                      f"WORK/runs/{recipe}/fold{args.fold}", *COMMON,
                                      *RECIPES[recipe].train_arguments(Path("WORK"))]),
-        "lineage": {"base": table["base_command"].replace(str(work), "WORK"),
+        "lineage": {**{name: table["trained_once_commands"][name].replace(str(work), "WORK")
+                       for name in lineage(recipe)[:-1]},
                     recipe: shlex.join(RECIPES[recipe].arguments)},
         "fine_tuning_images": {ADULTS: "the other folds' adults", **RECIPES[recipe].shares},
         "calibrate_command": shlex.join(["pneumocam", "calibrate", "MODEL", "FOLD", "OUT", *CALIBRATE,
@@ -105,7 +106,8 @@ def main() -> None:
         "per_view_operating_point": operating,
         "thresholds_by_view": calibration.get("thresholds_by_view"),
         "calibration": {k: calibration[k] for k in ("before", "after_in_sample", "after_cross_fitted")},
-        "localization": localization, "measured_on": table["machine"], "base_training_epochs": BASE[-1],
+        "localization": localization, "measured_on": table["machine"],
+        "base_training_epochs": sum(int(TRAINED_ONCE[name].arguments[-1]) for name in lineage(recipe)[:-1]),
     }
     bundle(calibrated, args.out, card)
     (here / "bundled_model.json").write_text(json.dumps(card, indent=2))

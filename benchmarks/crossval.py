@@ -9,8 +9,9 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
   1. prepare  WORK/pool   kermany224 + rsna_covidx256 + rsna_1000 (each source split as if alone, seed 0)
               WORK/base-data  kermany224 + rsna_covidx256 (the same splits)
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
-              rsna_1000, so every fold may start from it; with the recipe kermany-only also WORK/kermany-data
-              (kermany224 alone, the same split) and WORK/runs/kermany-only, the children's yardstick
+              rsna_1000, so every fold may start from it; the other models of TRAINED_ONCE where a chosen
+              recipe names or starts from them: base-long (the base trained 4 more epochs) and kermany-only
+              (WORK/kermany-data: kermany224 alone, the same split; the children's yardstick)
   3. folds    pneumocam.data.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
   4. recipes  per fold: a fold folder (pneumocam.data.write_fold: that fold as val, the other folds plus a seeded
@@ -50,14 +51,35 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ADULTS, EXTRA_ADULTS, CHILDREN = "rsna_1000", "rsna_covidx256", "kermany224"
 COMMON = ["--augment", "shift", "--pos-weight", "1", "--no-data-stats", "--batch-size", "32", "--seed", "0"]
-BASE = ["--pretrained", "none", "--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
+BASE = ["--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
 # the children's yardstick: the same schedule from scratch on the Kermany training split alone (it has no boxes)
-KERMANY_ONLY = ["--pretrained", "none", "--lr", "1e-3", "--epochs", "4"]
+KERMANY_ONLY = ["--lr", "1e-3", "--epochs", "4"]
 ADULT = ["--lr", "5e-4", "--box-loss-weight", "0.5"]  # every fine-tuning recipe starts from these
 FINDING = [*ADULT, "--finding-loss-weight", "1"]
 EMA = [*FINDING, "--ema-decay", "0.98"]  # the saved weights an average over about the last 50 of ~104 steps
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
+
+
+@dataclass(frozen=True)
+class TrainedOnce:
+    """A model trained once, never on rsna_1000, so every fold may start from it or be scored by it: `arguments`
+    on the prepared folder `data` (`pneumocam prepare` of `sources`), from the model `start` (None: from scratch)."""
+
+    data: str
+    sources: tuple[str, ...]
+    arguments: list[str]
+    start: str | None = None
+
+
+TRAINED_ONCE = {
+    "base": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), BASE),
+    # the children's yardstick: split as in the pool (each source is split as if prepared alone)
+    "kermany-only": TrainedOnce("kermany-data", (CHILDREN,), KERMANY_ONLY),
+    # the longer schedule: the base model trained 4 more epochs on its own data (a second warm-up and cosine)
+    "base-long": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS),
+                             ["--lr", "5e-4", "--box-loss-weight", "0.5", "--epochs", "4"], start="base"),
+}
 
 
 @dataclass(frozen=True)
@@ -100,12 +122,42 @@ RECIPES = {
     "adult-finding-ema-crop": Recipe([*EMA, "--augment", "original"]),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
+    "base-long": Recipe(None),
+    # version 2's recipe from the longer-trained base model
+    "adult-finding-ema-long": Recipe(EMA, start="base-long"),
 }
 
 
 def model_path(work: Path, name: str) -> Path:
-    """The last checkpoint of a model trained once: "base" or "kermany-only"."""
+    """The last checkpoint of a model in TRAINED_ONCE."""
     return work / "runs" / name / "checkpoints" / "last.ckpt"
+
+
+def once_arguments(work: Path, name: str) -> list[str]:
+    """What a model of TRAINED_ONCE adds to COMMON: the model it starts from and its own arguments."""
+    once = TRAINED_ONCE[name]
+    return ["--pretrained", str(model_path(work, once.start)) if once.start else "none", *once.arguments]
+
+
+def train_once_command(work: Path, name: str) -> list[str]:
+    """The `pneumocam train` command line of a model in TRAINED_ONCE."""
+    return ["pneumocam", "train", str(work / TRAINED_ONCE[name].data), str(work / "runs" / name), *COMMON,
+            *once_arguments(work, name)]
+
+
+def lineage(name: str) -> list[str]:
+    """The models of TRAINED_ONCE a model starts from, the first trained from scratch, ending with `name`."""
+    start = TRAINED_ONCE[name].start if name in TRAINED_ONCE else RECIPES[name].start
+    return [*lineage(start), name] if start else [name]
+
+
+def trained_once(work: Path, shared: Path, name: str) -> Path:
+    """A model of TRAINED_ONCE, and the one it starts from, trained (or resumed) where missing."""
+    once = TRAINED_ONCE[name]
+    if once.start:
+        trained_once(work, shared, once.start)
+    prepared(work, shared, once.data, list(once.sources))
+    return trained(work / once.data, work / "runs" / name, once_arguments(work, name))
 
 
 def teacher_csv(work: Path, teacher: str) -> Path:
@@ -302,12 +354,10 @@ def main() -> None:
             raise SystemExit(f"{args.shared / source}: not found (pass --shared)")
     work = args.work
     pool = prepared(work, args.shared, "pool", [CHILDREN, EXTRA_ADULTS, ADULTS])
-    base_data = prepared(work, args.shared, "base-data", [CHILDREN, EXTRA_ADULTS])
-    trained(base_data, work / "runs" / "base", BASE)
+    trained_once(work, args.shared, "base")
     chosen = [RECIPES[r] for r in args.recipes]
-    if "kermany-only" in {*args.recipes, *(r.start for r in chosen), *(r.teacher for r in chosen)}:
-        # split as in the pool: each source is split as if prepared alone
-        trained(prepared(work, args.shared, "kermany-data", [CHILDREN]), work / "runs" / "kermany-only", KERMANY_ONLY)
+    for name in {*args.recipes, *(r.start for r in chosen), *(r.teacher for r in chosen)} & set(TRAINED_ONCE):
+        trained_once(work, args.shared, name)
     for teacher in {r.teacher for r in chosen} - {None}:
         write_teacher_labels(work, pool, teacher)
     rows = list(manifest_rows(pool).values())
@@ -316,8 +366,7 @@ def main() -> None:
     table = {"k": args.k, "seed": args.seed, "recipes": {},
              "machine": f"{platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-             "base_command": shlex.join(["pneumocam", "train", str(base_data), str(work / "runs" / "base"),
-                                         *COMMON, *BASE]),
+             "trained_once_commands": {name: shlex.join(train_once_command(work, name)) for name in TRAINED_ONCE},
              "recipes_defined": {name: asdict(r) for name, r in RECIPES.items()}}
     jobs = [(recipe, 1.0) for recipe in args.recipes]
     if args.learning_curve:

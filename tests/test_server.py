@@ -274,7 +274,8 @@ def test_the_bundled_models_description_carries_no_machine_path():
 
     model = _client(create_app(Predictor.from_checkpoint("pneumocam-cxr"))).get("/v1/model").json()
     text = json.dumps(model)
-    assert model["config"]["pretrained"] == ".../base/checkpoints/last.ckpt"
+    pretrained = model["config"]["pretrained"]  # the model it was fine-tuned from, its machine path cut
+    assert pretrained.startswith(".../") and pretrained.endswith("/checkpoints/last.ckpt")
     assert "/work/" not in text and "/home/" not in text
 
 
