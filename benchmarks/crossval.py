@@ -10,7 +10,8 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
               WORK/base-data  kermany224 + rsna_covidx256 (the same splits)
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
               rsna_1000, so every fold may start from it; the other models of TRAINED_ONCE where a chosen
-              recipe names or starts from them: base-long (the base trained 4 more epochs) and kermany-only
+              recipe names or starts from them: base-long and base-longer (the base trained 4 and 8 more
+              epochs) and kermany-only
               (WORK/kermany-data: kermany224 alone, the same split; the children's yardstick)
   3. folds    pneumocam.data.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
@@ -79,6 +80,9 @@ TRAINED_ONCE = {
     # the longer schedule: the base model trained 4 more epochs on its own data (a second warm-up and cosine)
     "base-long": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS),
                              ["--lr", "5e-4", "--box-loss-weight", "0.5", "--epochs", "4"], start="base"),
+    # and 4 more again (12 epochs in all): does the trend go on?
+    "base-longer": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS),
+                               ["--lr", "5e-4", "--box-loss-weight", "0.5", "--epochs", "4"], start="base-long"),
 }
 
 
@@ -125,6 +129,8 @@ RECIPES = {
     "base-long": Recipe(None),
     # version 2's recipe from the longer-trained base model
     "adult-finding-ema-long": Recipe(EMA, start="base-long"),
+    "base-longer": Recipe(None),
+    "adult-finding-ema-longer": Recipe(EMA, start="base-longer"),
 }
 
 
