@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from crossval import ADULTS, CHILDREN, COMMON, RECIPES, TRAINED_ONCE, lineage, source_of  # this folder's
+from crossval import ADULTS, CHILDREN, COMMON, RECIPES, TRAINED_ONCE, epochs_of, lineage, source_of  # this folder's
 from real_data import evaluated, localized, run
 
 from pneumocam.data import manifest_rows, write_fold
@@ -107,7 +107,7 @@ def main() -> None:
         "thresholds_by_view": calibration.get("thresholds_by_view"),
         "calibration": {k: calibration[k] for k in ("before", "after_in_sample", "after_cross_fitted")},
         "localization": localization, "measured_on": table["machine"],
-        "base_training_epochs": sum(int(TRAINED_ONCE[name].arguments[-1]) for name in lineage(recipe)[:-1]),
+        "base_training_epochs": sum(epochs_of(TRAINED_ONCE[name].arguments) for name in lineage(recipe)[:-1]),
     }
     bundle(calibrated, args.out, card)
     (here / "bundled_model.json").write_text(json.dumps(card, indent=2))

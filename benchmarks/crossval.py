@@ -60,6 +60,8 @@ FINDING = [*ADULT, "--finding-loss-weight", "1"]
 EMA = [*FINDING, "--ema-decay", "0.98"]  # the saved weights an average over about the last 50 of ~104 steps
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
+# a trained-once model trained further on its own data: a second warm-up and cosine, 4 epochs
+MORE_EPOCHS = [*ADULT, "--epochs", "4"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,9 @@ TRAINED_ONCE = {
     # the children's yardstick: split as in the pool (each source is split as if prepared alone)
     "kermany-only": TrainedOnce("kermany-data", (CHILDREN,), KERMANY_ONLY),
     # the longer schedule: the base model trained 4 more epochs on its own data (a second warm-up and cosine)
-    "base-long": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS),
-                             ["--lr", "5e-4", "--box-loss-weight", "0.5", "--epochs", "4"], start="base"),
+    "base-long": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base"),
     # and 4 more again (12 epochs in all): does the trend go on?
-    "base-longer": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS),
-                               ["--lr", "5e-4", "--box-loss-weight", "0.5", "--epochs", "4"], start="base-long"),
+    "base-longer": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base-long"),
 }
 
 
@@ -107,8 +107,7 @@ class Recipe:
 
 
 RECIPES = {
-    "base": Recipe(None),
-    "kermany-only": Recipe(None),
+    **{name: Recipe(None) for name in TRAINED_ONCE},  # each scored on every fold as it is
     "adult": Recipe(ADULT),
     "adult-view": Recipe([*ADULT, "--balance-by", "view"]),
     "adult-finding": Recipe(FINDING),
@@ -126,10 +125,8 @@ RECIPES = {
     "adult-finding-ema-crop": Recipe([*EMA, "--augment", "original"]),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
-    "base-long": Recipe(None),
     # version 2's recipe from the longer-trained base model
     "adult-finding-ema-long": Recipe(EMA, start="base-long"),
-    "base-longer": Recipe(None),
     "adult-finding-ema-longer": Recipe(EMA, start="base-longer"),
 }
 
@@ -187,9 +184,13 @@ def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
     return out
 
 
+def epochs_of(arguments: list[str]) -> int:
+    return int(arguments[arguments.index("--epochs") + 1])
+
+
 def trained(data: Path, run_dir: Path, arguments: list[str]) -> Path:
-    """`pneumocam train` with `arguments` (which end in --epochs N), resumed where a run stopped."""
-    done, epochs = finished_epochs(run_dir), int(arguments[arguments.index("--epochs") + 1])
+    """`pneumocam train` with `arguments` (which name --epochs N), resumed where a run stopped."""
+    done, epochs = finished_epochs(run_dir), epochs_of(arguments)
     if done < epochs:
         run(["pneumocam", "train", str(data), str(run_dir), *COMMON, *arguments] + (["--resume"] if done else []))
     return run_dir / "checkpoints" / "last.ckpt"
@@ -220,7 +221,7 @@ def predictions(checkpoint: Path, data: Path, rows: list[dict]) -> dict[str, flo
 
 
 def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str, int], fraction: float = 1.0) -> dict:
-    """One recipe on one fold (the models trained once, "base" and "kermany-only", already there)."""
+    """One recipe on one fold (the models of TRAINED_ONCE it needs already there)."""
     tag = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
     out = work / "cv" / tag / f"fold{fold}.json"
     if out.exists():
