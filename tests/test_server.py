@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pneumocam.config import ServeConfig
 from pneumocam.deploy import Predictor, create_app
-from pneumocam.explain import ShownMap, overlay_layer
+from pneumocam.explain import EVIDENCE_SPAN, ShownMap, overlay_layer
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,14 @@ def test_real_rsna_dicoms_and_kermany_jpeg(predictor):
         assert body["cam_scale"]["scale"] == "absolute" and body["cam_scale"]["ticks"][2]["label"] == "0.5"
         with Image.open(io.BytesIO(base64.b64decode(body["cam_layer_png_base64"]))) as layer:
             sent = np.asarray(layer.convert("RGBA"), dtype=np.float32) / 255
-        drawn = overlay_layer(ShownMap.of(offline[path.name], "absolute"))  # what the page blends
-        assert sent.shape == (224, 224, 4) and np.abs(sent - drawn).max() <= 1.5 / 255
+        shown = ShownMap.of(offline[path.name], "absolute")
+        drawn = overlay_layer(shown)  # what the page blends
+        # the server's CAM may differ from predict's in the 6th digit: a pixel that close to the edge between two
+        # of the colormap's 256 colours may take the next one
+        bins = (np.clip(np.asarray(shown.values) / EVIDENCE_SPAN, -1, 1) + 1) / 2 * 256
+        on_edge = (np.abs(bins - np.round(bins)) < 1e-3) & (bins > 0.5) & (bins < 255.5)  # not at the clipped ends
+        assert sent.shape == (224, 224, 4) and np.abs(sent - drawn)[~on_edge].max() <= 1.5 / 255
+        assert on_edge.mean() < 0.01
         assert "label" not in body  # the model's call is "predicted"; "label" means the truth
         assert body["ood"] is None and body["ood_reason"] == ""  # an uncalibrated checkpoint has no detector
         assert _decodes(body["cam_png_base64"]) == (224, 224) and _decodes(body["image_png_base64"]) == (224, 224)

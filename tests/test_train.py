@@ -608,3 +608,61 @@ def test_soft_labels_must_exist_and_their_weight_lie_in_0_1(phantom_data, tmp_pa
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", soft_labels=str(tmp_path / "nope.csv")))
     with pytest.raises(PneumocamError, match=r"--soft-label-weight must be in \[0, 1\]"):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", soft_label_weight=1.5))
+
+
+def test_freeze_batchnorm_keeps_the_start_models_statistics_while_the_rest_learns(tiny_checkpoint, phantom_data,
+                                                                                   tmp_path):
+    """--freeze-batchnorm: the running statistics stay those of --pretrained while the weights (the layers' scale
+    and shift among them) learn; the same run without it moves the statistics."""
+    from pneumocam.model import load_checkpoint, network_state
+
+    start = network_state(load_checkpoint(tiny_checkpoint))
+
+    def trained(freeze: bool) -> dict:
+        config = TrainConfig(epochs=1, batch_size=6, pretrained=str(tiny_checkpoint), seed=0, freeze_batchnorm=freeze)
+        return network_state(load_checkpoint(fit(phantom_data, tmp_path / f"run-{freeze}", config).last_checkpoint))
+
+    frozen, free = trained(True), trained(False)
+    statistics = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    scales = [k.replace("running_mean", "weight") for k in statistics if k.endswith("running_mean")]
+    assert len(statistics) == 40 and all(torch.equal(frozen[k], start[k]) for k in statistics)
+    assert not any(torch.equal(free[k], start[k]) for k in statistics)
+    assert not any(torch.equal(frozen[k], start[k]) for k in scales)
+
+
+def test_freeze_batchnorm_needs_a_trained_model(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--freeze-batchnorm keeps what a trained model knew: give --pretrained"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", freeze_batchnorm=True))
+
+
+def test_anchor_weight_pulls_the_weights_toward_the_start_and_keeps_it_on_resume(tiny_checkpoint, phantom_data,
+                                                                                  tmp_path):
+    """--anchor-weight (L2-SP): the fine-tuned weights end nearer those of --pretrained than without it, the penalty
+    is logged, and a resumed run is still pulled toward the --pretrained weights (saved with the run), not toward
+    the weights it resumed from."""
+    from pneumocam.model import PneumoniaNet, load_checkpoint, network_state
+
+    start = network_state(load_checkpoint(tiny_checkpoint))
+    names = [name for name, _ in PneumoniaNet("none").named_parameters()]
+
+    def distance(result) -> float:
+        state = network_state(load_checkpoint(result.last_checkpoint))
+        return float(sum(((state[k] - start[k]) ** 2).sum() for k in names))
+
+    config = TrainConfig(epochs=1, batch_size=6, pretrained=str(tiny_checkpoint), seed=0, lr=1e-2)
+    anchored = fit(phantom_data, tmp_path / "anchored", replace(config, anchor_weight=1e3))
+    free = fit(phantom_data, tmp_path / "free", config)
+    assert distance(anchored) < 0.5 * distance(free)
+    assert "train_anchor_loss" in (tmp_path / "anchored" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    resumed = fit(phantom_data, tmp_path / "anchored", replace(config, anchor_weight=1e3, epochs=2, resume=True))
+    saved = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[f"anchor_{i}"], start[name]) for i, name in enumerate(names))
+
+
+def test_anchor_weight_must_not_be_negative(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--anchor-weight must be >= 0"):
+        fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", anchor_weight=-1.0))

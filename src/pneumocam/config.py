@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumocam.errors import PneumocamError
-
 IMAGE_SIZE = 224
 RESIZE_MODES = ("pad", "stretch")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
@@ -77,16 +75,6 @@ def _cam_scale() -> Any:
 
 def _token_env() -> Any:
     return option(None, "name of an environment variable holding a bearer token")
-
-
-def resolve_token(env_name: str | None) -> str | None:
-    """The bearer token a `token_env` setting names; an empty or unset variable is an error, not "no token"."""
-    if not env_name:
-        return None
-    token = os.environ.get(env_name)
-    if not token:
-        raise PneumocamError(f"--token-env {env_name}: that environment variable is empty or unset")
-    return token
 
 
 _SEED = "random seed; the same seed repeats a run exactly on CPU"
@@ -172,6 +160,12 @@ class TrainConfig:
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")
+    anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
+                                       "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
+                                       "forgets less of what that model knew (0: off)")
+    freeze_batchnorm: bool = option(False, "keep the BatchNorm statistics of the --pretrained model (their scale "
+                                           "and shift still learn): fine-tuning on a new population then does not "
+                                           "change how the images of the old one are normalised")
     pretrained: str = option("imagenet", "imagenet (torchvision download), none (from scratch), a resnet18 state "
                                          "dict, or a checkpoint pneumocam trained")
     data_stats: bool | None = option(None, "normalise with the data's own mean/std from stats.json (--no-data-stats: "

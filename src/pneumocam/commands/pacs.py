@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pneumocam.config import PacsConfig, resolve_token
+from pneumocam.config import PacsConfig
 from pneumocam.data import ImageReadError, read_image
-from pneumocam.deploy import MANUFACTURER, ModelIdentity, Predictor, is_loopback, result_objects
+from pneumocam.deploy import MANUFACTURER, ModelIdentity, Predictor, is_loopback, resolve_token, result_objects
 from pneumocam.errors import PneumocamError, missing_extra
 from pneumocam.files import write_json
 from pneumocam.model import checkpoint_label

@@ -90,6 +90,11 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         raise PneumocamError(f"--soft-labels {config.soft_labels}: no such file")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
+    if not config.anchor_weight >= 0:
+        raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
+    for on, flag in ((config.freeze_batchnorm, "--freeze-batchnorm"), (config.anchor_weight > 0, "--anchor-weight")):
+        if on and config.pretrained == "none":
+            raise PneumocamError(f"{flag} keeps what a trained model knew: give --pretrained")
     if not config.resume:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -18,7 +18,7 @@ _HOMES = {  # public name -> the module of this package that holds it
     "save_dicom": "dicom_results", "secondary_capture": "dicom_results", "structured_report": "dicom_results",
     "write_results": "dicom_results",
     "BodyLimit": "http_guards", "LoopbackHostOnly": "http_guards", "host_name": "http_guards",
-    "is_loopback": "http_guards", "send_error": "http_guards",
+    "is_loopback": "http_guards", "resolve_token": "http_guards", "send_error": "http_guards",
     "ARRAY": "onnx_cache", "CACHE_FORMAT": "onnx_cache", "CachedModel": "onnx_cache", "cache_folder": "onnx_cache",
     "cache_key": "onnx_cache", "load_cached": "onnx_cache", "save_cached": "onnx_cache",
     "Compiled": "predictor", "ForwardPass": "predictor", "GRADIENT_METHODS": "predictor", "LoadedImage": "predictor",

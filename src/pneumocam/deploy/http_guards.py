@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+
+from pneumocam.errors import PneumocamError
 
 
 def is_loopback(host: str | None) -> bool:
@@ -89,3 +92,13 @@ class LoopbackHostOnly:
                                                    "(Host 127.0.0.1, localhost or [::1]); to serve others, bind "
                                                    "--host to their address and set --token-env")
         return await self.app(scope, receive, send)
+
+
+def resolve_token(env_name: str | None) -> str | None:
+    """The bearer token a `token_env` setting names; an empty or unset variable is an error, not "no token"."""
+    if not env_name:
+        return None
+    token = os.environ.get(env_name)
+    if not token:
+        raise PneumocamError(f"--token-env {env_name}: that environment variable is empty or unset")
+    return token

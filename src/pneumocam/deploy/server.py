@@ -33,11 +33,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pneumocam.config import ServeConfig, resolve_token
+from pneumocam.config import ServeConfig
 from pneumocam.data.limits import TOO_LARGE
 from pneumocam.data.readers import ImageReadError
 from pneumocam.deploy.batching import DynamicBatcher
-from pneumocam.deploy.http_guards import BodyLimit, LoopbackHostOnly, is_loopback
+from pneumocam.deploy.http_guards import BodyLimit, LoopbackHostOnly, is_loopback, resolve_token
 from pneumocam.deploy.predictor import LoadedImage, Prediction, Predictor
 from pneumocam.explain.overlay import ShownMap, colour_bar_description, layer_png, overlay_map, to_png
 from pneumocam.provenance import without_machine_paths

@@ -78,11 +78,29 @@ class PneumoniaModule(L.LightningModule):
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
         if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
             self.group_weights = GroupWeights(len(dro_groups))
+        if self._anchor_weight() > 0:  # --anchor-weight: the starting weights, saved so that a resumed run keeps them
+            for i, parameter in enumerate(self.net.parameters()):
+                self.register_buffer(f"anchor_{i}", parameter.detach().clone())
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        """--freeze-batchnorm: the BatchNorm layers stay in eval mode while the rest trains, so they normalise
+        with the running statistics of the model training started from; their scale and shift still learn.
+        Lightning leaves the modes as it finds them at fit start (and restores them after validation)."""
+        if getattr(self, "config", {}).get("freeze_batchnorm"):
+            for layer in self.net.modules():
+                if isinstance(layer, nn.BatchNorm2d):
+                    layer.eval()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """In-memory path: batches arrive on the device in [0, 1]; augment them (and their box masks, alike)
@@ -105,6 +123,14 @@ class PneumoniaModule(L.LightningModule):
         """How many per-image targets training batches carry after the images, labels and box masks."""
         on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"))
         return sum(map(bool, on)) if self.trainer.training else 0
+
+    def _anchor_weight(self) -> float:
+        return float(self.config.get("anchor_weight", 0.0))
+
+    def _anchor_loss(self) -> torch.Tensor:
+        """L2-SP: half the squared distance of the network's weights to those training started from."""
+        anchors = (getattr(self, f"anchor_{i}") for i in range(len(list(self.net.parameters()))))
+        return 0.5 * sum(((p - a) ** 2).sum() for p, a in zip(self.net.parameters(), anchors, strict=True))
 
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
@@ -154,6 +180,11 @@ class PneumoniaModule(L.LightningModule):
             self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
             loss = loss + self._finding_weight() * finding
+        if self._anchor_weight() > 0 and self.trainer.training:
+            anchor = self._anchor_loss()
+            self.log("train_anchor_loss", anchor, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(labels))
+            loss = loss + self._anchor_weight() * anchor
         return loss, logits, labels
 
     def training_step(self, batch, batch_idx):
@@ -200,6 +231,7 @@ class PneumoniaModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
+        self._freeze_batchnorm()
         if self.config["channels_last"]:
             self.net.to(memory_format=torch.channels_last)
 
