@@ -77,7 +77,7 @@ def _token_env() -> Any:
     return option(None, "name of an environment variable holding a bearer token")
 
 
-_SEED = "random seed; the same seed repeats a run exactly on CPU"
+_SEED = "random seed; the same seed repeats a run exactly on the same kind of CPU"
 _DEVICE = "cpu, cuda or auto"
 _BATCH = "images per forward pass"
 
@@ -182,8 +182,9 @@ class TrainConfig:
     in_memory: str = option("auto", "hold the data in memory and augment on the device (auto: on a GPU)",
                             choices=AUTO_ON_OFF)
     compile: bool = option(False, "torch.compile the network")
-    deterministic: str = option("auto", "deterministic algorithms (auto: on for CPU, so a seed repeats a run; off "
-                                        "on a GPU, where cuDNN autotuning is faster)", choices=AUTO_ON_OFF)
+    deterministic: str = option("auto", "deterministic algorithms (auto: on for CPU, so a seed repeats a run on "
+                                        "that kind of CPU; off on a GPU, where cuDNN autotuning is faster)",
+                                choices=AUTO_ON_OFF)
     resume: bool = option(False, "continue from RUN/checkpoints/last.ckpt (weights, optimiser, schedule, epoch)")
     fast_dev_run: bool = option(False, "one training and one validation batch, to check the set-up")
 
