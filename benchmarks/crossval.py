@@ -132,6 +132,8 @@ RECIPES = {
     "adult-finding-ema-long-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
     "adult-finding-ema-long-sp": Recipe([*EMA, "--anchor-weight", "0.1"], start="base-long"),
+    # both: the statistics kept for the adults' ranking, the anchor for the children
+    "adult-finding-ema-long-bn-sp": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.1"], start="base-long"),
 }
 
 
