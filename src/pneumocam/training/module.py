@@ -129,8 +129,7 @@ class PneumoniaModule(L.LightningModule):
 
     def _anchor_loss(self) -> torch.Tensor:
         """L2-SP: half the squared distance of the network's weights to those training started from."""
-        anchors = (getattr(self, f"anchor_{i}") for i in range(len(list(self.net.parameters()))))
-        return 0.5 * sum(((p - a) ** 2).sum() for p, a in zip(self.net.parameters(), anchors, strict=True))
+        return 0.5 * sum(((p - getattr(self, f"anchor_{i}")) ** 2).sum() for i, p in enumerate(self.net.parameters()))
 
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
