@@ -134,6 +134,9 @@ RECIPES = {
     "adult-finding-ema-long-sp": Recipe([*EMA, "--anchor-weight", "0.1"], start="base-long"),
     # both: the statistics kept for the adults' ranking, the anchor for the children
     "adult-finding-ema-long-bn-sp": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.1"], start="base-long"),
+    # the anchor 3 and 10 times as strong: how much of the children it keeps, and what the adults give for it
+    "adult-finding-ema-long-bn-sp3": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.3"], start="base-long"),
+    "adult-finding-ema-long-bn-sp10": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "1"], start="base-long"),
 }
 
 
