@@ -128,6 +128,8 @@ RECIPES = {
     # version 2's recipe from the longer-trained base model
     "adult-finding-ema-long": Recipe(EMA, start="base-long"),
     "adult-finding-ema-longer": Recipe(EMA, start="base-longer"),
+    # the shipped recipe from the base trained 12 epochs
+    "adult-finding-ema-longer-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-longer"),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
     "adult-finding-ema-long-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
