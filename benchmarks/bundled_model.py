@@ -5,8 +5,8 @@ the highest mean adult AUROC; recipes within 0.005 of it are tied, and the tie g
 sensitivity at the shipped operating rule (per view, specificity >= 0.85). The shipped network is that recipe's
 model of fold --fold (fold 0 unless told otherwise; never the fold that scored best): it never saw that fold's
 adults, which then calibrate it. With 1,000 adults, a third held out is the price of a calibration and of
-per-view operating points measured on adults the network never saw; the learning curve (docs/crossval.md)
-shows a quarter of the adults ranking as well as all of them, so the third costs little.
+per-view operating points measured on adults the network never saw; the shipped recipe's learning curve
+(docs/crossval.md) still rises, so that third costs some ranking.
 
 Steps, each a pneumocam command or library call, each kept in WORK/bundle/RECIPE-foldN/ and skipped when done:
   1. the fold model as a bundled (float16) file;
