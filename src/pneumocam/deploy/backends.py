@@ -63,7 +63,7 @@ def openvino_model(path: str | Path):
     except ImportError as exc:
         raise missing_extra("the openvino backend", "openvino", "fast") from exc
     # latency hint: one request uses every core, which is what a batch of any size wants here. f32: on a CPU with
-    # avx512_bf16 or AMX, OpenVINO otherwise computes the float layers in bfloat16 (logits 0.008 off measured)
+    # avx512_bf16 or AMX, OpenVINO otherwise computes the float layers in bfloat16, and the logits drift from torch's
     return openvino.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                             "INFERENCE_PRECISION_HINT": "f32"})
 
