@@ -10,8 +10,8 @@ Steps (each skipped when its output exists, so the script can be stopped and rer
               WORK/base-data  kermany224 + rsna_covidx256 (the same splits)
   2. base     `pneumocam train WORK/base-data WORK/runs/base` from scratch: a model that has never seen
               rsna_1000, so every fold may start from it; the other models of TRAINED_ONCE where a chosen
-              recipe names or starts from them: base-long, base-longer and base-longest (the base trained 4, 8 and 12 more
-              epochs) and kermany-only
+              recipe names or starts from them: base-long, base-longer, base-longest and base-20ep (the base
+              trained 4, 8, 12 and 16 more epochs) and kermany-only
               (WORK/kermany-data: kermany224 alone, the same split; the children's yardstick)
   3. folds    pneumocam.data.assign_folds over the rsna_1000 images (k folds, grouped by patient,
               stratified by view x label); WORK/folds.json
@@ -83,8 +83,9 @@ TRAINED_ONCE = {
     "base-long": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base"),
     # and 4 more again (12 epochs in all): does the trend go on?
     "base-longer": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base-long"),
-    # and 4 more again (16 epochs in all)
+    # and 4 more again, twice (16 and 20 epochs in all)
     "base-longest": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base-longer"),
+    "base-20ep": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="base-longest"),
 }
 
 
@@ -130,14 +131,13 @@ RECIPES = {
     # version 2's recipe from the longer-trained base model
     "adult-finding-ema-long": Recipe(EMA, start="base-long"),
     "adult-finding-ema-longer": Recipe(EMA, start="base-longer"),
-    # the shipped recipe from the base trained 12 epochs
+    # frozen BatchNorm statistics from the base trained 12 epochs, with and without an anchor of 0.3
     "adult-finding-ema-longer-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-longer"),
-    # the shipped recipe with the anchor that kept most of the children at no cost to the adults from base-long
     "adult-finding-ema-longer-bn-sp3": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.3"],
                                               start="base-longer"),
-    # the shipped recipe fine-tuned 3 epochs instead of 2, and from the base trained 16 epochs
-    "adult-finding-ema-longer-bn-3ep": Recipe([*EMA, "--freeze-batchnorm"], epochs=3, start="base-longer"),
+    # the shipped recipe: frozen BatchNorm statistics from the base trained 16 epochs
     "adult-finding-ema-longest-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-longest"),
+    "adult-finding-ema-20ep-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-20ep"),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
     "adult-finding-ema-long-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
