@@ -58,6 +58,8 @@ KERMANY_ONLY = ["--lr", "1e-3", "--epochs", "4"]
 ADULT = ["--lr", "5e-4", "--box-loss-weight", "0.5"]  # every fine-tuning recipe starts from these
 FINDING = [*ADULT, "--finding-loss-weight", "1"]
 EMA = [*FINDING, "--ema-decay", "0.98"]  # the saved weights an average over about the last 50 of ~104 steps
+# BatchNorm keeps normalising with the starting model's statistics (their scale and shift still learn)
+EMA_BN = [*EMA, "--freeze-batchnorm"]
 # training images per fold from the sources that only train (source balance, set explicitly)
 SHARES = {CHILDREN: 500, EXTRA_ADULTS: 500}
 # a trained-once model trained further on its own data: a second warm-up and cosine, 4 epochs
@@ -132,21 +134,20 @@ RECIPES = {
     "adult-finding-ema-long": Recipe(EMA, start="base-long"),
     "adult-finding-ema-longer": Recipe(EMA, start="base-longer"),
     # frozen BatchNorm statistics from the base trained 12 epochs, with and without an anchor of 0.3
-    "adult-finding-ema-longer-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-longer"),
-    "adult-finding-ema-longer-bn-sp3": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.3"],
-                                              start="base-longer"),
-    # the shipped recipe: frozen BatchNorm statistics from the base trained 16 epochs
-    "adult-finding-ema-longest-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-longest"),
-    "adult-finding-ema-20ep-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-20ep"),
+    "adult-finding-ema-longer-bn": Recipe(EMA_BN, start="base-longer"),
+    "adult-finding-ema-longer-bn-sp3": Recipe([*EMA_BN, "--anchor-weight", "0.3"], start="base-longer"),
+    # the same from the bases trained 16 (shipped) and 20 epochs
+    "adult-finding-ema-longest-bn": Recipe(EMA_BN, start="base-longest"),
+    "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
-    "adult-finding-ema-long-bn": Recipe([*EMA, "--freeze-batchnorm"], start="base-long"),
+    "adult-finding-ema-long-bn": Recipe(EMA_BN, start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
     "adult-finding-ema-long-sp": Recipe([*EMA, "--anchor-weight", "0.1"], start="base-long"),
     # both: the statistics kept for the adults' ranking, the anchor for the children
-    "adult-finding-ema-long-bn-sp": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.1"], start="base-long"),
+    "adult-finding-ema-long-bn-sp": Recipe([*EMA_BN, "--anchor-weight", "0.1"], start="base-long"),
     # the anchor 3 and 10 times as strong: how much of the children it keeps, and what the adults give for it
-    "adult-finding-ema-long-bn-sp3": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "0.3"], start="base-long"),
-    "adult-finding-ema-long-bn-sp10": Recipe([*EMA, "--freeze-batchnorm", "--anchor-weight", "1"], start="base-long"),
+    "adult-finding-ema-long-bn-sp3": Recipe([*EMA_BN, "--anchor-weight", "0.3"], start="base-long"),
+    "adult-finding-ema-long-bn-sp10": Recipe([*EMA_BN, "--anchor-weight", "1"], start="base-long"),
 }
 
 
