@@ -139,6 +139,10 @@ RECIPES = {
     # the same from the bases trained 16 (shipped) and 20 epochs
     "adult-finding-ema-longest-bn": Recipe(EMA_BN, start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
+    # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
+    # a recipe's mean moves by chance alone, against the 0.005 the bundled model's rule counts as a tie
+    "adult-finding-ema-longest-bn-seed1": Recipe([*EMA_BN, "--seed", "1"], start="base-longest"),
+    "adult-finding-ema-longest-bn-seed2": Recipe([*EMA_BN, "--seed", "2"], start="base-longest"),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
     "adult-finding-ema-long-bn": Recipe(EMA_BN, start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
