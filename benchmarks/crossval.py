@@ -143,6 +143,9 @@ RECIPES = {
     # a recipe's mean moves by chance alone, against the 0.005 the bundled model's rule counts as a tie
     "adult-finding-ema-longest-bn-seed1": Recipe([*EMA_BN, "--seed", "1"], start="base-longest"),
     "adult-finding-ema-longest-bn-seed2": Recipe([*EMA_BN, "--seed", "2"], start="base-longest"),
+    # the shipped recipe one epoch longer, and at twice the learning rate (pneumocam train keeps the last --lr given)
+    "adult-finding-ema-longest-bn-3ep": Recipe(EMA_BN, epochs=3, start="base-longest"),
+    "adult-finding-ema-longest-bn-lr2": Recipe([*EMA_BN, "--lr", "1e-3"], start="base-longest"),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
     "adult-finding-ema-long-bn": Recipe(EMA_BN, start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
@@ -265,18 +268,25 @@ def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str,
         checkpoint = model_path(work, recipe)
     else:
         checkpoint = trained(data, work / "runs" / tag / f"fold{fold}", spec.train_arguments(work))
-    scored = [r for r in rows if folds.get(r["file"]) == fold]
-    children = [r for r in rows if source_of(r) == CHILDREN and r["split"] == "val"]
-    probs = predictions(checkpoint, pool, scored + children)
-    result = {"recipe": tag, "fold": fold, "wall_s": round(time.perf_counter() - start),
-              "adults": [{"file": r["file"], "label": int(r["label"]), "view": r["view"], "finding": r["finding"],
-                          "probability": probs[r["file"]]} for r in scored],
-              "children_auroc": fast_auroc(np.array([probs[r["file"]] for r in children]),
-                                           np.array([int(r["label"]) for r in children])),
-              "localization": localized(checkpoint, data, work / "localize" / tag / f"fold{fold}")}
+    result = scored_fold(checkpoint, pool, rows, fold, folds, data, work / "localize" / tag / f"fold{fold}")
+    result = {"recipe": tag, "fold": fold, "wall_s": round(time.perf_counter() - start), **result}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
     return result
+
+
+def scored_fold(checkpoint: Path, pool: Path, rows: list[dict], fold: int, folds: dict[str, int], data: Path,
+                localize_dir: Path) -> dict:
+    """A network scored on one fold: its probability for each of the fold's adults, its AUROC on the children's
+    validation split, and its CAM's pointing game on the fold folder `data` (written under `localize_dir`)."""
+    scored = [r for r in rows if folds.get(r["file"]) == fold]
+    children = [r for r in rows if source_of(r) == CHILDREN and r["split"] == "val"]
+    probs = predictions(checkpoint, pool, scored + children)
+    return {"adults": [{"file": r["file"], "label": int(r["label"]), "view": r["view"], "finding": r["finding"],
+                        "probability": probs[r["file"]]} for r in scored],
+            "children_auroc": fast_auroc(np.array([probs[r["file"]] for r in children]),
+                                         np.array([int(r["label"]) for r in children])),
+            "localization": localized(checkpoint, data, localize_dir)}
 
 
 def localized(checkpoint: Path, data: Path, out: Path) -> dict:
@@ -370,6 +380,11 @@ def print_table(table: dict) -> None:
           f"machine: {table['machine']}")
 
 
+def machine() -> str:
+    return (f"{platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("cv-bench"))
@@ -395,8 +410,7 @@ def main() -> None:
     folds = assign_folds(rows, args.k, args.seed, eligible=lambda r: source_of(r) == ADULTS)
     (work / "folds.json").write_text(json.dumps(folds))
     table = {"k": args.k, "seed": args.seed, "recipes": {},
-             "machine": f"{platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+             "machine": machine(),
              "trained_once_commands": {name: shlex.join(train_once_command(work, name)) for name in TRAINED_ONCE},
              "recipes_defined": {name: asdict(r) for name, r in RECIPES.items()}}
     jobs = [(recipe, 1.0) for recipe in args.recipes]

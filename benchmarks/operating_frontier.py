@@ -1,0 +1,109 @@
+"""Can any pair of per-view thresholds meet the issue's operating-point targets on a fold, even chosen on that fold?
+
+Why: at the shipped rule (specificity 0.85 per view, thresholds from the other folds) a recipe misses PA
+sensitivity >= 0.50 on a fold, or "Not Normal" called <= 0.20 on the mean. This says whether a better rule could
+fix that or the ranking itself is the limit. Per fold of a recipe's out-of-fold predictions (WORK/cv/RECIPE/foldF.json,
+from benchmarks/crossval.py), every AP threshold is tried with every PA threshold, chosen on the scored fold itself
+(an oracle: optimistic by construction, an upper bound for any rule), and the best pair kept that meets
+
+    "Not Normal" called <= 0.20, specificity >= 0.75 overall, sensitivity overall >= FLOOR,
+
+best = the highest PA sensitivity, then the highest overall sensitivity. FLOOR 0 lets the thresholds spend every
+false alarm on PA films by calling almost no AP film (most pneumonias are on AP films): the floors say what the
+targets cost once the AP films are not given up. Last, per fold, the highest overall sensitivity at which PA
+sensitivity >= 0.50 can still be had with the targets above: what meeting all of them costs the AP films.
+
+usage: python benchmarks/operating_frontier.py [--work cv-bench] [--recipe adult-finding-ema-longest-bn]
+       [--floors 0 0.45 0.5]   -> WORK/frontier/RECIPE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+MAX_NOT_NORMAL, MIN_SPECIFICITY = 0.20, 0.75
+
+
+def view_counts(probs: np.ndarray, labels: np.ndarray, hard: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Candidate thresholds of one view (each probability, and one above all: call none) and, per candidate, how
+    many positives, negatives and "Not Normal" negatives it calls (probability >= threshold)."""
+    thresholds = np.append(np.unique(probs), np.inf)
+    called = probs[None, :] >= thresholds[:, None]
+    return thresholds, {"pos": called[:, labels == 1].sum(1), "neg": called[:, labels == 0].sum(1),
+                        "hard": called[:, hard].sum(1)}
+
+
+def best_pair(adults: list[dict], floor: float, min_pa: float = 0.0, pa_first: bool = True) -> dict | None:
+    """The best (AP, PA) threshold pair on these adults under the targets, overall sensitivity >= `floor` and PA
+    sensitivity >= `min_pa`, or None if none meets them. Best: the highest PA sensitivity, then overall
+    sensitivity (`pa_first`), or the other way round."""
+    probs = np.array([a["probability"] for a in adults])
+    labels = np.array([a["label"] for a in adults])
+    views = np.array([a["view"] for a in adults])
+    hard = np.array([a["finding"] == "not-normal" for a in adults])
+    ap, pa = views == "AP", views == "PA"
+    t_ap, c_ap = view_counts(probs[ap], labels[ap], hard[ap])
+    t_pa, c_pa = view_counts(probs[pa], labels[pa], hard[pa])
+    total = {k: c_ap[k][:, None] + c_pa[k][None, :] for k in c_ap}  # (AP candidates, PA candidates)
+    n_pos, n_neg, n_hard = (labels == 1).sum(), (labels == 0).sum(), hard.sum()
+    sensitivity, specificity = total["pos"] / n_pos, 1 - total["neg"] / n_neg
+    not_normal = total["hard"] / n_hard
+    pa_sensitivity = np.broadcast_to(c_pa["pos"][None, :] / ((labels == 1) & pa).sum(), sensitivity.shape)
+    ok = ((not_normal <= MAX_NOT_NORMAL) & (specificity >= MIN_SPECIFICITY) & (sensitivity >= floor)
+          & (pa_sensitivity >= min_pa))
+    if not ok.any():
+        return None
+    first, second = (pa_sensitivity, sensitivity) if pa_first else (sensitivity, pa_sensitivity)
+    score = np.where(ok, first * 10 + second, -np.inf)  # sensitivities are steps of at least 1/90: 10x orders
+    i, j = np.unravel_index(np.argmax(score), score.shape)
+    return {"threshold_ap": float(t_ap[i]), "threshold_pa": float(t_pa[j]),
+            "sensitivity_pa": float(pa_sensitivity[i, j]), "sensitivity": float(sensitivity[i, j]),
+            "sensitivity_ap": float(c_ap["pos"][i] / ((labels == 1) & ap).sum()),
+            "specificity": float(specificity[i, j]), "not_normal_called": float(not_normal[i, j])}
+
+
+def describe(best: dict | None) -> str:
+    if best is None:
+        return "no pair meets the targets"
+    return (f"PA sensitivity {best['sensitivity_pa']:.3f}, AP {best['sensitivity_ap']:.3f}, overall "
+            f"{best['sensitivity']:.3f}, specificity {best['specificity']:.3f}, 'Not Normal' called "
+            f"{best['not_normal_called']:.3f} (AP >= {best['threshold_ap']:.3f}, PA >= {best['threshold_pa']:.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("cv-bench"))
+    parser.add_argument("--recipe", default="adult-finding-ema-longest-bn")
+    parser.add_argument("--floors", type=float, nargs="+", default=[0, 0.45, 0.5])
+    parser.add_argument("--k", type=int, default=3)
+    args = parser.parse_args()
+    table = {"recipe": args.recipe, "max_not_normal": MAX_NOT_NORMAL, "min_specificity": MIN_SPECIFICITY,
+             "floors": {}}
+    for floor in args.floors:
+        rows = []
+        for fold in range(args.k):
+            scored = args.work / "cv" / args.recipe / f"fold{fold}.json"
+            if not scored.exists():
+                raise SystemExit(f"{scored}: not found (run benchmarks/crossval.py --recipes {args.recipe} first)")
+            best = best_pair(json.loads(scored.read_text())["adults"], floor)
+            rows.append(best)
+            print(f"floor {floor:g}, fold {fold}: {describe(best)}")
+        table["floors"][f"{floor:g}"] = rows
+    table["with_pa_sensitivity_0.5"] = []
+    for fold in range(args.k):
+        best = best_pair(json.loads((args.work / "cv" / args.recipe / f"fold{fold}.json").read_text())["adults"],
+                         0.0, min_pa=0.5, pa_first=False)
+        table["with_pa_sensitivity_0.5"].append(best)
+        print(f"PA sensitivity >= 0.50, fold {fold}: {describe(best)}")
+    out = args.work / "frontier" / f"{args.recipe}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
