@@ -109,20 +109,18 @@ def main() -> None:
     parser.add_argument("--floors", type=float, nargs="+", default=[0, 0.4, 0.45, 0.5])
     parser.add_argument("--k", type=int, default=3)
     args = parser.parse_args()
+    folds = []
+    for fold in range(args.k):
+        scored = args.work / "cv" / args.recipe / f"fold{fold}.json"
+        if not scored.exists():
+            raise SystemExit(f"{scored}: not found (run benchmarks/crossval.py --recipes {args.recipe} first)")
+        folds.append(json.loads(scored.read_text())["adults"])
     table = {"recipe": args.recipe, "max_not_normal": MAX_NOT_NORMAL, "min_specificity": MIN_SPECIFICITY,
              "floors": {}}
     for floor in args.floors:
-        rows = []
-        for fold in range(args.k):
-            scored = args.work / "cv" / args.recipe / f"fold{fold}.json"
-            if not scored.exists():
-                raise SystemExit(f"{scored}: not found (run benchmarks/crossval.py --recipes {args.recipe} first)")
-            best = best_pair(json.loads(scored.read_text())["adults"], floor)
-            rows.append(best)
+        table["floors"][f"{floor:g}"] = [best_pair(adults, floor) for adults in folds]
+        for fold, best in enumerate(table["floors"][f"{floor:g}"]):
             print(f"floor {floor:g}, fold {fold}: {describe(best)}")
-        table["floors"][f"{floor:g}"] = rows
-    folds = [json.loads((args.work / "cv" / args.recipe / f"fold{fold}.json").read_text())["adults"]
-             for fold in range(args.k)]
     table["with_pa_sensitivity_0.5"] = [best_pair(adults, 0.0, min_pa=0.5, pa_first=False) for adults in folds]
     for fold, best in enumerate(table["with_pa_sensitivity_0.5"]):
         print(f"PA sensitivity >= 0.50, fold {fold}: {describe(best)}")

@@ -36,6 +36,7 @@ from crossval import RECIPES, machine, model_path, print_table, scored_fold, sum
 
 from pneumocam.data import manifest_rows
 from pneumocam.files import atomic_path
+from pneumocam.model.calibration import logit, sigmoid
 from pneumocam.model.checkpoints import load_checkpoint
 
 
@@ -92,25 +93,21 @@ def interpolation(work: Path, recipe: str, alphas: list[float], k: int, folds: d
 
 def soup(work: Path, recipes: list[str], k: int, folds: dict, rows: list[dict]) -> dict:
     weights = [1 / len(recipes)] * len(recipes)
-    souped, ensembled = [], []
-    for fold in range(k):
-        souped.append(scored_average(work, work / "soup" / recipes[0] / f"fold{fold}.json", f"{recipes[0]}@soup",
-                                     [fold_network(work, r, fold) for r in recipes], weights,
-                                     work / "folds" / recipes[0] / f"fold{fold}", fold, folds, rows))
-        ensembled.append(logit_average([json.loads((work / "cv" / r / f"fold{fold}.json").read_text())
-                                        for r in recipes]))
-    each = {r: summarize([json.loads((work / "cv" / r / f"fold{f}.json").read_text()) for f in range(k)])
-            for r in recipes}
+    stored = {r: [json.loads((work / "cv" / r / f"fold{fold}.json").read_text()) for fold in range(k)]
+              for r in recipes}  # each recipe's own out-of-fold results, as crossval wrote them
+    souped = [scored_average(work, work / "soup" / recipes[0] / f"fold{fold}.json", f"{recipes[0]}@soup",
+                             [fold_network(work, r, fold) for r in recipes], weights,
+                             work / "folds" / recipes[0] / f"fold{fold}", fold, folds, rows) for fold in range(k)]
+    ensembled = [logit_average([stored[r][fold] for r in recipes]) for fold in range(k)]
+    each = {r: summarize(results) for r, results in stored.items()}
     return {**each, "soup (one network)": summarize(souped), "logit average (ensemble)": summarize(ensembled)}
 
 
 def logit_average(results: list[dict]) -> dict:
     """The networks' out-of-fold results on one fold combined as an ensemble: the mean logit per adult. The
     ensemble's children AUROC and pointing game are not measured (None)."""
-    logits = np.mean([[np.log(a["probability"] / (1 - a["probability"])) for a in r["adults"]] for r in results],
-                     axis=0)
-    adults = [{**a, "probability": float(1 / (1 + np.exp(-z)))} for a, z in zip(results[0]["adults"], logits,
-                                                                               strict=True)]
+    logits = np.mean([[logit(a["probability"]) for a in r["adults"]] for r in results], axis=0)
+    adults = [{**a, "probability": float(p)} for a, p in zip(results[0]["adults"], sigmoid(logits), strict=True)]
     nothing = {"pointing_game": None, "box_prior": None, "margin": None, "margin_ci95": None}
     return {**results[0], "adults": adults, "children_auroc": None, "localization": nothing, "wall_s": 0}
 
