@@ -51,6 +51,7 @@ from pneumocam.files import write_csv
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = Path(os.environ.get("PNEUMOCAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ADULTS, EXTRA_ADULTS, CHILDREN = "rsna_1000", "rsna_covidx256", "kermany224"
+POOL_SOURCES = [CHILDREN, EXTRA_ADULTS, ADULTS]
 COMMON = ["--augment", "shift", "--pos-weight", "1", "--no-data-stats", "--batch-size", "32", "--seed", "0"]
 BASE = ["--lr", "1e-3", "--box-loss-weight", "0.5", "--epochs", "4"]
 # the children's yardstick: the same schedule from scratch on the Kermany training split alone (it has no boxes)
@@ -95,14 +96,16 @@ TRAINED_ONCE = {
 class Recipe:
     """A fine-tuning recipe: `arguments` added to `pneumocam train` for `epochs`, from the model `start`, with
     `shares` of the training-only sources in each fold folder; `teacher`: a model trained once whose probabilities
-    on the training children become --soft-labels (weight 0.5). `arguments` None: a model trained once, scored on
-    every fold as it is."""
+    on the training children become --soft-labels (weight 0.5); `image_size`: the fold folders (and the scoring)
+    come from a pool prepared at this side (WORK/pool<size>; the start model, trained at 224, is fine-tuned at
+    it). `arguments` None: a model trained once, scored on every fold as it is."""
 
     arguments: list[str] | None
     epochs: int = 2
     start: str = "base"
     shares: dict[str, int] = field(default_factory=lambda: dict(SHARES))
     teacher: str | None = None
+    image_size: int = 224
 
     def train_arguments(self, work: Path) -> list[str]:
         soft = []
@@ -146,6 +149,10 @@ RECIPES = {
     # the shipped recipe one epoch longer, and at twice the learning rate (pneumocam train keeps the last --lr given)
     "adult-finding-ema-longest-bn-3ep": Recipe(EMA_BN, epochs=3, start="base-longest"),
     "adult-finding-ema-longest-bn-lr2": Recipe([*EMA_BN, "--lr", "1e-3"], start="base-longest"),
+    # the same at 320 px: finer input (and a 10x10 CAM) for the fine-tuning and the scoring; and without frozen
+    # BatchNorm statistics, which were gathered at 224 px
+    "adult-finding-ema-longest-bn-320": Recipe(EMA_BN, start="base-longest", image_size=320),
+    "adult-finding-ema-longest-320": Recipe(EMA, start="base-longest", image_size=320),
     # to forget less of base-long (the children): its BatchNorm statistics kept, the weights learn
     "adult-finding-ema-long-bn": Recipe(EMA_BN, start="base-long"),
     # the same aim by L2-SP: the weights pulled toward base-long's (the paper's weight, 0.1)
@@ -203,12 +210,18 @@ def write_teacher_labels(work: Path, pool: Path, teacher: str) -> None:
         write_csv(out, ["file", "probability"], [{"file": f, "probability": p} for f, p in probabilities.items()])
 
 
-def prepared(work: Path, shared: Path, name: str, sources: list[str]) -> Path:
+def prepared(work: Path, shared: Path, name: str, sources: list[str], image_size: int = 224) -> Path:
     out = work / name
     if not (out / "stats.json").exists():
         run(["pneumocam", "prepare", *(str(shared / s) for s in sources), str(out), "--val-fraction", "0.1",
-             "--seed", "0"])
+             "--seed", "0", *(["--image-size", str(image_size)] if image_size != 224 else [])])
     return out
+
+
+def pool_of(work: Path, shared: Path, recipe: str) -> Path:
+    """The prepared pool a recipe's folds are written from and scored on: WORK/pool, or WORK/pool<size>."""
+    size = RECIPES[recipe].image_size
+    return prepared(work, shared, "pool" if size == 224 else f"pool{size}", POOL_SOURCES, size)
 
 
 def epochs_of(arguments: list[str]) -> int:
@@ -399,7 +412,7 @@ def main() -> None:
         if not (args.shared / source).is_dir():
             raise SystemExit(f"{args.shared / source}: not found (pass --shared)")
     work = args.work
-    pool = prepared(work, args.shared, "pool", [CHILDREN, EXTRA_ADULTS, ADULTS])
+    pool = prepared(work, args.shared, "pool", POOL_SOURCES)
     trained_once(work, args.shared, "base")
     chosen = [RECIPES[r] for r in args.recipes]
     for name in {*args.recipes, *(r.start for r in chosen), *(r.teacher for r in chosen)} & set(TRAINED_ONCE):
@@ -417,7 +430,8 @@ def main() -> None:
     if args.learning_curve:
         jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
     for recipe, fraction in jobs:
-        results = [fold_result(work, pool, recipe, fold, folds, fraction) for fold in range(args.k)]
+        results = [fold_result(work, pool_of(work, args.shared, recipe), recipe, fold, folds, fraction)
+                   for fold in range(args.k)]
         name = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
         table["recipes"][name] = summarize(results)
         (work / "crossval.json").write_text(json.dumps(table, indent=2))

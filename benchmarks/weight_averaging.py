@@ -114,7 +114,8 @@ def logit_average(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fine_tuned = [name for name, r in RECIPES.items() if r.arguments is not None]
+    # recipes at 224 px only: the averages are scored on WORK/pool
+    fine_tuned = [name for name, r in RECIPES.items() if r.arguments is not None and r.image_size == 224]
     parser.add_argument("--work", type=Path, default=Path("cv-bench"))
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--interpolate", choices=fine_tuned, metavar="RECIPE")

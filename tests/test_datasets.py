@@ -26,6 +26,19 @@ def test_load_file_returns_the_saved_array(tmp_path):
     assert np.array_equal(load_file(tmp_path / "x.npy"), array)
 
 
+def test_a_hand_made_folder_takes_its_size_from_its_images_and_refuses_a_mixed_one(tmp_path):
+    from pneumocam.data import data_contract, load_split_in_memory
+
+    for label, name, side in ((0, "a", 96), (1, "b", 96), (1, "c", 128)):
+        (tmp_path / "Processed" / "train" / str(label)).mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "Processed" / "train" / str(label) / f"{name}.npy", np.zeros((side, side), np.float32))
+    assert data_contract(tmp_path).image_size == 96  # no stats.json: the first image's side
+    with pytest.raises(PneumocamError, match=r"c\.npy: a 128x128 image in a data set of 96x96 images"):
+        load_split_in_memory(tmp_path, "train")
+    (tmp_path / "Processed" / "train" / "1" / "c.npy").unlink()
+    assert tuple(load_split_in_memory(tmp_path, "train").images.shape) == (2, 1, 96, 96)
+
+
 def test_boxed_split_moves_the_mask_with_the_image(tmp_path):
     import torch
     from torchvision.datasets import DatasetFolder

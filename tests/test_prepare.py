@@ -96,6 +96,27 @@ def test_changed_settings_are_refused(phantom_source, tmp_path):
         prepare(phantom_source, tmp_path, PrepareConfig(seed=1, workers=1))
 
 
+def test_image_size_sets_the_side_of_every_image_and_the_space_of_the_boxes(phantom_source, phantom_data, tmp_path):
+    report = prepare(phantom_source, tmp_path, PrepareConfig(val_fraction=0.25, seed=0, workers=1, image_size=96))
+    assert report.n_rejected == 0
+    files = sorted((tmp_path / "Processed").rglob("*.npy"))
+    assert files and all(np.load(f).shape == (96, 96) for f in files)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["image_size"] == stats["settings"]["image_size"] == 96
+    # the same images and splits as at 224 px, the boxes scaled by 96 / 224
+    at_224, at_96 = _rows(phantom_data / "boxes.csv"), _rows(tmp_path / "boxes.csv")
+    assert len(at_96) == len(at_224) > 0
+    for small, large in zip(at_96, at_224, strict=True):
+        assert small["file"] == large["file"]
+        assert [float(small[k]) for k in ("x", "y", "width", "height")] == pytest.approx(
+            [float(large[k]) * 96 / 224 for k in ("x", "y", "width", "height")], abs=0.01)
+    with pytest.raises(PneumocamError, match="different settings"):  # a resume at another size is refused
+        prepare(phantom_source, tmp_path, PrepareConfig(val_fraction=0.25, seed=0, workers=1))
+    for bad in (100, 32):
+        with pytest.raises(PneumocamError, match="multiple of 32 and at least 64"):
+            prepare(phantom_source, tmp_path / str(bad), PrepareConfig(workers=1, image_size=bad))
+
+
 def test_bad_and_unlabelled_files_are_rejected_not_fatal(phantom_source, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(phantom_source, source)

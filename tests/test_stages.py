@@ -311,3 +311,50 @@ def test_subgroups_recomputed_from_the_written_files_agree_with_metrics_json(tin
     assert set(maps["faithfulness"]["maps"]) >= {"cam", "random", "centre"} and maps["randomization_check"]
     assert (tmp_path / "eval" / "faithfulness.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "subgroups_sensitivity.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_model_trained_at_another_image_size_keeps_it_through_every_stage(phantom_source, tmp_path):
+    """prepare --image-size 96 -> train (in memory and from files) -> predict, cam, localize and export at 96 px,
+    with a 3x3 CAM that still explains the logit."""
+    import torch
+
+    from pneumocam.commands.export import export_model
+    from pneumocam.commands.localize import localize
+    from pneumocam.commands.prepare import prepare
+    from pneumocam.commands.train import fit
+    from pneumocam.config import ExportConfig, LocalizeConfig, PrepareConfig, TrainConfig
+    from pneumocam.data import load_boxes
+    from pneumocam.deploy import Predictor
+    from pneumocam.errors import PneumocamError
+
+    data = tmp_path / "data"
+    prepare(phantom_source, data, PrepareConfig(val_fraction=0.25, seed=0, workers=1, image_size=96))
+    for in_memory in ("on", "off"):
+        result = fit(data, tmp_path / in_memory, TrainConfig(epochs=1, batch_size=6, pretrained="none",
+                                                             augment="original", box_loss_weight=0.5,
+                                                             in_memory=in_memory, seed=0))
+        meta = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["pneumocam"]
+        assert meta["image_size"] == meta["preprocessing"]["image_size"] == 96
+    checkpoint = result.last_checkpoint
+    predictor = Predictor.from_checkpoint(checkpoint)
+    source = sorted(phantom_source.rglob("*.dcm"))[0]  # a 256-px DICOM, read and resized as in training
+    [prediction], failures = predictor.predict_files([source])
+    assert failures == [] and prediction.image.shape == prediction.cam.shape == (96, 96)
+    assert prediction.cam_raw.shape == (3, 3)
+    assert prediction.cam_raw.mean() + predictor.head_bias == pytest.approx(prediction.logit, abs=1e-4)
+    with pytest.raises(PneumocamError, match="a 224x224 input for a model trained at 96x96"):
+        predictor.forward([np.zeros((224, 224), np.float32)])  # prepared at another size: refused, not run
+    report = explain_files(checkpoint, [source], tmp_path / "cams", CamConfig())
+    assert report.failures == [] and np.load(tmp_path / "cams" / report.rows[0]["cam224"]).shape == (96, 96)
+    located = localize(checkpoint, data, tmp_path / "located", LocalizeConfig(batch_size=8, split="val",
+                                                                               methods=("cam",)))
+    boxed = {f for f in load_boxes(data) if f.startswith("Processed/val/")}
+    assert located["n_images"] == len(boxed) > 0 and 0 <= located["baseline_box_prior"]["pointing_game"] <= 1
+    pytest.importorskip("onnxruntime", reason="ONNX export needs pneumocam[export]")
+    parity = export_model(checkpoint, tmp_path / "model.onnx", ExportConfig())
+    assert parity["parity_passed"]
+    description = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert description["inputs"]["image"].startswith("(B, 1, 96, 96)")
+    [fast], _ = Predictor.from_checkpoint(checkpoint, backend="onnxruntime").predict_files([source])
+    assert fast.logit == pytest.approx(prediction.logit, abs=1e-4) and fast.cam_raw.shape == (3, 3)

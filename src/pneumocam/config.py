@@ -51,8 +51,9 @@ def workers_or_cores(workers: int | None) -> int:
 
 
 def _alignment() -> Any:
-    return option(None, "where each 7x7 cell sits in the 224-px image: receptive-field (cell p at pixel 32p, the "
-                        "centre of what it sees) or block-centre ((p + 0.5) * 32, as cv2.resize places it)",
+    return option(None, "where each CAM cell (7x7 at 224 px) sits in the image: receptive-field (cell p at "
+                        "pixel 32p, the centre of what it sees) or block-centre ((p + 0.5) * 32, as cv2.resize "
+                        "places it)",
                   choices=ALIGNMENTS, shown="the checkpoint's")
 
 
@@ -104,6 +105,8 @@ class PrepareConfig:
     workers: int | None = option(None, "processes", shown="all cores")
     resize_mode: str = option("pad", "non-square images: pad to a square with black, then resize; or stretch",
                               choices=RESIZE_MODES)
+    image_size: int = option(IMAGE_SIZE, "side of the square model input in pixels, a multiple of 32 (the CAM has "
+                                         "one cell per 32 px: 7x7 at 224, 10x10 at 320); compute grows as its square")
     source_format: str = option("auto", "source layout (auto: detected)", choices=SOURCE_FORMATS, flag="--format")
     class_map: str | None = option(None, "class folders: folder name -> label", shown="NORMAL=0,PNEUMONIA=1")
     box_space: float | None = option(None, "RSNA layout: side of the pixel space the labels' boxes are given in; "
@@ -112,7 +115,7 @@ class PrepareConfig:
     def split_settings(self) -> dict:
         """The settings that decide which file goes where; a resume must not change them."""
         return {"val_fraction": self.val_fraction, "seed": self.seed, "resize_mode": self.resize_mode,
-                "image_size": IMAGE_SIZE, "class_map": self.class_map, "box_space": self.box_space,
+                "image_size": self.image_size, "class_map": self.class_map, "box_space": self.box_space,
                 "test_fraction": self.test_fraction}
 
 

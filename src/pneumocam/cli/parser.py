@@ -47,14 +47,16 @@ COMMANDS = (
     Command("synth", "Make a phantom chest X-ray set in the RSNA layout (JPEG DICOMs + labels CSV with boxes).",
             handlers.synth, ("pneumocam synth phantoms/", "pneumocam synth phantoms/ --n-images 200 --seed 3"),
             SynthConfig, (("out", {"help": "output folder (stage_2_train_images/, stage_2_train_labels.csv)"}),)),
-    Command("prepare", "Turn a data set into 224x224 float .npy files under OUT/Processed/{train,val,test}/{0,1}/.",
+    Command("prepare", "Turn a data set into square float .npy files (224x224 unless --image-size) under "
+                       "OUT/Processed/{train,val,test}/{0,1}/.",
             handlers.prepare,
             ("pneumocam prepare rsna-pneumonia-detection-challenge/ data/",
              "pneumocam prepare chest_xray/ kermany-data/ --class-map NORMAL=0,PNEUMONIA=1",
              "pneumocam prepare rsna-as-png-512/ data/            # boxes follow the image size",
              "pneumocam prepare pneumoniamnist.npz mnist-data/",
              "pneumocam prepare kermany/ rsna/ both-data/        # two sources, one data set",
-             "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1"),
+             "pneumocam prepare phantoms/ data/ --val-fraction 0.2 --seed 1",
+             "pneumocam prepare rsna-pneumonia-detection-challenge/ data320/ --image-size 320   # a 10x10 CAM"),
             PrepareConfig,
             (("sources", {"nargs": "+", "metavar": "SOURCE",
                           "help": "RSNA layout (stage_2_train_images/ + stage_2_train_labels.csv), class folders "

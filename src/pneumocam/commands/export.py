@@ -1,9 +1,10 @@
 """Export a trained PneumoniaNet to ONNX or TorchScript, with a parity check against PyTorch.
 
-The exported model keeps the contract of PneumoniaNet: input `image` (B, 1, 224, 224), normalised
-with the mean/std stored beside it; outputs `logit` (B, 1) and `feature_map` (B, 512, 7, 7), so CAM
-works on the exported model too. OUT.json beside the model records the normalisation, threshold,
-data fingerprint and the measured parity. If parity fails, the export is deleted and an error raised.
+The exported model keeps the contract of PneumoniaNet: input `image` (B, 1, S, S), normalised with the mean/std
+stored beside it; outputs `logit` (B, 1) and `feature_map` (B, 512, S/32, S/32), so CAM works on the exported
+model too (S = 224, a 7x7 map, unless the model was trained on data prepared with another --image-size).
+OUT.json beside the model records the normalisation, threshold, data fingerprint and the measured parity. If
+parity fails, the export is deleted and an error raised.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     net = predictor.net.eval()
     generator = torch.Generator().manual_seed(config.seed)
-    example = torch.randn(2, 1, 224, 224, generator=generator)
-    check = torch.randn(3, 1, 224, 224, generator=generator)  # another batch size: the batch axis is dynamic
+    size = predictor.contract.image_size
+    example = torch.randn(2, 1, size, size, generator=generator)
+    check = torch.randn(3, 1, size, size, generator=generator)  # another batch size: the batch axis is dynamic
     with atomic_path(out) as tmp:
         if config.format == "onnx":
             export_onnx(net, tmp, example)
@@ -68,11 +70,12 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
                                  f"{config.tolerance}: {report}; nothing was written")
     meta = predictor.metadata
     write_json(out.with_name(out.name + ".json"), {
-        **report, "inputs": {"image": "(B, 1, 224, 224) float32, (x - mean) / std of a [0, 1] gray image"},
+        **report, "inputs": {"image": f"(B, 1, {size}, {size}) float32, (x - mean) / std of a [0, 1] gray image"},
         "outputs": {"logit": "(B, 1) raw pneumonia logit; probability = sigmoid(logit / temperature + intercept + "
                              "prevalence_shift), with the calibration below (identity when uncalibrated)",
-                    "feature_map": "(B, 512, 7, 7); CAM = fc_weight . feature_map; cell (p, q) is centred on "
-                                   "input pixel (32 p, 32 q), as pneumocam's receptive-field alignment draws it"},
+                    "feature_map": f"(B, 512, {size // 32}, {size // 32}); CAM = fc_weight . feature_map; "
+                                   "cell (p, q) is centred on input pixel (32 p, 32 q), as pneumocam's "
+                                   "receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
         "threshold_rule": meta.get("threshold_rule"), "calibration": predictor.calibration.to_metadata(),
         # how a file becomes the input above: read as gray [0, 1], then this size and resize mode

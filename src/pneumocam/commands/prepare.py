@@ -4,9 +4,9 @@ Sources (see sources.py): the RSNA challenge layout, class folders (Kermany styl
 train/val/test folders kept), or a MedMNIST .npz.
 
 Outputs (all written atomically, so an interrupted run never leaves a half-written file):
-  Processed/<split>/<label>/<stem>.npy   float32 (224, 224) in [0, 1]
+  Processed/<split>/<label>/<stem>.npy   float32 (S, S) in [0, 1], S = --image-size (224 by default)
   manifest.csv    file, label, split, patient, source, xxh3_128 (hash of the saved pixels), sex, age, view, finding
-  boxes.csv       file, patient, x, y, width, height   (ground-truth boxes in 224-px space)
+  boxes.csv       file, patient, x, y, width, height   (ground-truth boxes in the S-px space)
   rejected.csv    source, reason                        (every input file not in the manifest)
   stats.json      counts, training-split pixel mean/std, data fingerprint, settings, version
 A rerun with the same settings skips finished images (resume); nothing is silently dropped:
@@ -27,7 +27,7 @@ import xxhash
 from tqdm import tqdm
 
 from pneumocam import __version__
-from pneumocam.config import IMAGE_SIZE, PrepareConfig, workers_or_cores
+from pneumocam.config import PrepareConfig, workers_or_cores
 from pneumocam.data import (
     DICOM_SUFFIXES,
     SOURCE_FORMATS,
@@ -76,6 +76,7 @@ class _Job:
     out_file: str  # relative to OUT
     out_root: str
     resize_mode: str
+    image_size: int
     finished: bool  # its output exists already (a resumed run)
 
     @property
@@ -142,17 +143,17 @@ def _process(job: _Job) -> dict:
                 height, width = read_size(item.source) if item.boxes else (0, 0)
         else:
             if item.array is None:  # decoded at reduced scale where possible; boxes need the full size
-                image, (height, width) = read_image_and_size(item.source, min_side=IMAGE_SIZE, header=header)
+                image, (height, width) = read_image_and_size(item.source, min_side=job.image_size, header=header)
             else:
                 image = item.array
                 height, width = image.shape
-            array = to_model_input(image, IMAGE_SIZE, job.resize_mode)
+            array = to_model_input(image, job.image_size, job.resize_mode)
             save_npy(out_path, array)
     except ImageReadError as exc:
         return {"source": item.source, "reason": exc.reason}
     except Exception as exc:  # a batch never dies on one file: record what happened instead
         return {"source": item.source, "reason": f"{type(exc).__name__}: {exc}"}
-    geometry = square_geometry(height, width, IMAGE_SIZE, job.resize_mode) if item.boxes else None
+    geometry = square_geometry(height, width, job.image_size, job.resize_mode) if item.boxes else None
     # boxes given in another pixel space (RSNA's 1024 px) follow the image's actual size
     sx, sy = (width / item.box_space, height / item.box_space) if item.box_space else (1.0, 1.0)
     values = array.astype(np.float64).ravel()
@@ -231,6 +232,9 @@ def prepare(source: str | Path | list, out_dir: str | Path, config: PrepareConfi
     """
     sources = [Path(s) for s in source] if isinstance(source, list | tuple) else [Path(source)]
     out_dir = Path(out_dir)
+    if config.image_size < 64 or config.image_size % 32:
+        raise PneumocamError(f"--image-size {config.image_size}: must be a multiple of 32 and at least 64 "
+                             "(the network's feature map has one cell per 32 px)")
     if len({s.name for s in sources}) != len(sources):
         raise PneumocamError(f"sources must have different folder names, got {[s.name for s in sources]}")
     found = [_discover_source(s, config) for s in sources]
@@ -245,7 +249,8 @@ def prepare(source: str | Path | list, out_dir: str | Path, config: PrepareConfi
     for f in found:
         for it, split in zip(f.items, f.splits, strict=True):
             out_file = f"Processed/{split}/{it.label}/{it.stem}.npy"
-            jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, out_file in finished))
+            jobs.append(_Job(it, split, out_file, str(out_dir), config.resize_mode, config.image_size,
+                             out_file in finished))
     if n_finished := sum(job.finished for job in jobs):
         log.info("resuming: %d of %d images are prepared already", n_finished, len(jobs))
     results = _run_jobs(jobs, workers_or_cores(config.workers))
@@ -348,7 +353,8 @@ def _write_outputs(out_dir: Path, jobs: list[_Job], results: list[dict], rejecte
     fingerprint = data_fingerprint(manifest)
     settings = json.loads((out_dir / SETTINGS_FILE).read_text())
     stats = {
-        "mean": round(mean, 6), "std": round(std, 6), "stats_split": stats_split, "image_size": IMAGE_SIZE,
+        "mean": round(mean, 6), "std": round(std, 6), "stats_split": stats_split,
+        "image_size": settings["image_size"],
         "counts": {s: {str(lab): counts[(s, lab)] for lab in (0, 1)} for s in SPLITS},
         "n_images": len(manifest), "n_rejected": len(rejected), "n_boxes": len(boxes),
         "patients_in_several_source_splits": n_shared_patients,

@@ -100,7 +100,8 @@ def quantize_model(checkpoint: str | Path, inputs: Sequence[str | Path], config:
     batches = (collate_images(images[i:i + config.batch_size], predictor.normalization).numpy()
                for i in range(0, len(images), config.batch_size))
     with tempfile.TemporaryDirectory(prefix="pneumocam-quantize-") as folder:
-        quantize_onnx(export_onnx(predictor.net, Path(folder) / "float32.onnx"), batches, path, description)
+        float_model = export_onnx(predictor.net, Path(folder) / "float32.onnx", size=predictor.contract.image_size)
+        quantize_onnx(float_model, batches, path, description)
     if check_images:
         int8 = Predictor.from_checkpoint(checkpoint, backend="onnxruntime-int8")
         compared = compare(predictor, int8, check_images, config.batch_size)

@@ -156,11 +156,12 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     L.seed_everything(config.seed, workers=True, verbose=False)
     norm = read_normalization(data_dir, config.data_stats)
     labels = dataset_labels(split_dataset(data_dir, "train"))
+    contract = data_contract(data_dir)
     pos_weight = resolve_pos_weight(config.pos_weight, labels, config.balanced_sampling)
     metadata = {
         "config": asdict(config), "data_dir": str(data_dir.resolve()), "data_fingerprint": read_fingerprint(data_dir),
-        "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5, "image_size": 224,
-        "preprocessing": asdict(data_contract(data_dir)),
+        "versions": package_versions(), "git_commit": git_commit(), "threshold": 0.5,
+        "image_size": contract.image_size, "preprocessing": asdict(contract),
     }
     normalization = asdict(norm)
     datamodule = PneumoniaDataModule(data_dir, norm, config)

@@ -1,7 +1,8 @@
 """Prepared data for training and evaluation: the transforms, splits and datasets over Processed/<split>/<label>/*.npy.
 
 The datasets are torchvision `DatasetFolder`s with `load_file` as the loader, exactly the course's
-layout, so any folder of 224x224 float .npy files in class sub-folders `0` and `1` works.
+layout, so any folder of square float .npy files of one size (224x224 by default) in class sub-folders `0` and
+`1` works.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import DatasetFolder
 
-from pneumocam.config import AUGMENTATIONS, EVALUATION_SPLITS
+from pneumocam.config import AUGMENTATIONS, EVALUATION_SPLITS, IMAGE_SIZE
 from pneumocam.data.boxes import box_masks
-from pneumocam.data.preprocess import Normalization, load_file
+from pneumocam.data.preprocess import Normalization, data_contract, load_file
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
 
@@ -42,17 +43,17 @@ def read_fingerprint(data_dir: str | Path) -> str | None:
     return json.loads(stats_path.read_text()).get("fingerprint") if stats_path.exists() else None
 
 
-def geometric_transform(augment: str = "none") -> transforms.Compose | None:
-    """The training augmentation's geometric part, on (C, H, W) tensors (every channel moved alike).
+def geometric_transform(augment: str = "none", size: int = IMAGE_SIZE) -> transforms.Compose | None:
+    """The training augmentation's geometric part, on (C, size, size) tensors (every channel moved alike).
 
     "original" (the course's): RandomAffine(±5°, translate 5%, scale 0.9-1.1) then
-    RandomResizedCrop(224, scale 0.35-1). "shift": RandomAffine(±5°, translate 10%, scale 0.9-1.1) and
+    RandomResizedCrop(size, scale 0.35-1). "shift": RandomAffine(±5°, translate 10%, scale 0.9-1.1) and
     no crop, so the lesion keeps its size and the whole chest stays in view. "none": None.
     """
     if augment == "original":
         return transforms.Compose([
             transforms.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)),
-            transforms.RandomResizedCrop(224, scale=(0.35, 1.0), antialias=True),
+            transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
         ])
     if augment == "shift":
         return transforms.Compose([transforms.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1))])
@@ -61,10 +62,10 @@ def geometric_transform(augment: str = "none") -> transforms.Compose | None:
     return None
 
 
-def build_transform(norm: Normalization, augment: str = "none") -> transforms.Compose:
-    """ToTensor + Normalize, with `geometric_transform(augment)` between them for training."""
+def build_transform(norm: Normalization, augment: str = "none", size: int = IMAGE_SIZE) -> transforms.Compose:
+    """ToTensor + Normalize, with `geometric_transform(augment, size)` between them for training."""
     steps: list = [transforms.ToTensor()]  # (H, W) float32 -> (1, H, W), values unchanged
-    if (geometric := geometric_transform(augment)) is not None:
+    if (geometric := geometric_transform(augment, size)) is not None:
         steps.append(geometric)
     steps.append(transforms.Normalize(mean=[norm.mean], std=[norm.std]))
     return transforms.Compose(steps)
@@ -81,7 +82,7 @@ def evaluation_split(data_dir: str | Path, split: str) -> str:
 
 
 def split_dataset(data_dir: str | Path, split: str, transform=None) -> DatasetFolder:
-    """DATA/Processed/<split>/{0,1}/*.npy as a dataset of (tensor (1, 224, 224), label int)."""
+    """DATA/Processed/<split>/{0,1}/*.npy as a dataset of (tensor (1, S, S), label int)."""
     root = Path(data_dir) / "Processed" / split
     if not root.is_dir():
         raise PneumocamError(f"{root}: split folder not found (expected DATA/Processed/{split}/<label>/*.npy)")
@@ -200,14 +201,15 @@ def manifest_patients(data_dir: str | Path, files: list[str]) -> list[str]:
 class BoxedSplit(torch.utils.data.Dataset):
     """A split whose samples carry their box mask, moved by the same random augmentation as the image.
 
-    Sample: (normalised image (1, 224, 224), label, mask (1, 224, 224) in [0, 1]); for box-guided training.
+    Sample: (normalised image (1, S, S), label, mask (1, S, S) in [0, 1]); for box-guided training.
     """
 
-    def __init__(self, dataset: DatasetFolder, boxes: torch.Tensor, norm: Normalization, augment: str = "none"):
+    def __init__(self, dataset: DatasetFolder, boxes: torch.Tensor, norm: Normalization, augment: str = "none",
+                 size: int = IMAGE_SIZE):
         if len(boxes) != len(dataset):
             raise ValueError(f"{len(boxes)} box rows for {len(dataset)} samples")
         self.dataset, self.boxes, self.norm = dataset, boxes, norm
-        self.geometric = geometric_transform(augment)
+        self.geometric = geometric_transform(augment, size)
         self.labels = dataset_labels(dataset)
 
     def __len__(self) -> int:
@@ -232,10 +234,10 @@ def positive_weight(labels: np.ndarray) -> float:
 
 
 class InMemorySplit(torch.utils.data.Dataset):
-    """A whole split held as one float16 tensor (N, 1, 224, 224) in [0, 1]: RSNA's 26,684 images take
+    """A whole split held as one float16 tensor (N, 1, S, S) in [0, 1]: RSNA's 26,684 images take
     2.4 GB. Indexed with a list of indices it returns a whole batch in one tensor operation, so a
     DataLoader with a BatchSampler feeds a GPU without per-image Python work. With `boxes` (N, K, 4)
-    a batch also carries its box masks (B, 1, 224, 224) bool, drawn per batch rather than stored."""
+    a batch also carries its box masks (B, 1, S, S) bool, drawn per batch rather than stored."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None = None):
         if images.ndim != 4 or images.shape[1] != 1 or len(images) != len(labels):
@@ -259,9 +261,14 @@ def load_split_in_memory(data_dir: str | Path, split: str, boxes: torch.Tensor |
     from tqdm import tqdm
 
     dataset = split_dataset(data_dir, split)
-    images = torch.empty((len(dataset), 1, 224, 224), dtype=torch.float16)
+    size = data_contract(data_dir).image_size
+    images = torch.empty((len(dataset), 1, size, size), dtype=torch.float16)
     for i, (path, _) in enumerate(tqdm(dataset.samples, desc=f"load {split} into memory", unit="img")):
-        images[i, 0] = torch.from_numpy(load_file(path))
+        image = load_file(path)
+        if image.shape != (size, size):
+            raise PneumocamError(f"{path}: a {'x'.join(map(str, image.shape))} image in a data set of {size}x{size} "
+                                 "images (prepare every image of a folder with one --image-size)")
+        images[i, 0] = torch.from_numpy(image)
     return InMemorySplit(images, torch.from_numpy(dataset_labels(dataset)), boxes)
 
 

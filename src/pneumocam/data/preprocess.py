@@ -1,7 +1,8 @@
 """The preprocessing contract, from a file to the network's input tensor, shared by training and prediction.
 
-Single images: any (H, W) gray image in [0, 1] -> the model's 224x224 input (`to_model_input`). Prepared
-images (`load_file`) and batches: `collate_images` normalises with the `Normalization` a checkpoint records.
+Single images: any (H, W) gray image in [0, 1] -> the model's square input, 224 px unless the data were
+prepared with another `--image-size` (`to_model_input`). Prepared images (`load_file`) and batches:
+`collate_images` normalises with the `Normalization` a checkpoint records.
 
 Non-square images are padded to a square (centred, with black = air) before resizing by default, so
 anatomy keeps its aspect ratio; `resize_mode="stretch"` resizes directly instead. Downsampling is
@@ -76,7 +77,7 @@ def to_model_input(image: np.ndarray, size: int = IMAGE_SIZE, resize_mode: str =
 
 
 def load_file(path: str | Path) -> np.ndarray:
-    """Read one prepared image: a (224, 224) float32 array in [0, 1]. A damaged file raises ImageReadError
+    """Read one prepared image: a (S, S) float32 array in [0, 1]. A damaged file raises ImageReadError
     naming it (evaluate and localize then stop with that one line, not a traceback)."""
     try:
         return np.load(path, allow_pickle=False).astype(np.float32)
@@ -110,16 +111,22 @@ def read_normalization(data_dir: str | Path, use_data_stats: bool | None = None)
 
 def data_contract(data_dir: str | Path) -> Contract:
     """The preprocessing `prepare` applied to DATA (its image size and resize mode, from stats.json), which
-    training records so that prediction repeats it. A hand-made folder gets the defaults."""
+    training records so that prediction repeats it. A hand-made folder gets the default resize mode and the
+    side of its first image."""
     stats_path = Path(data_dir) / "stats.json"
     settings = json.loads(stats_path.read_text()).get("settings", {}) if stats_path.exists() else {}
     default = Contract()
-    return Contract(int(settings.get("image_size", default.image_size)),
-                    settings.get("resize_mode", default.resize_mode), default.cam_alignment)
+    size = settings.get("image_size") or _first_image_side(Path(data_dir)) or default.image_size
+    return Contract(int(size), settings.get("resize_mode", default.resize_mode), default.cam_alignment)
+
+
+def _first_image_side(data_dir: Path) -> int | None:
+    first = next(iter(sorted((data_dir / "Processed").glob("*/*/*.npy"))), None)
+    return int(np.load(first, mmap_mode="r").shape[0]) if first is not None else None
 
 
 def normalised_batch(batch: Sequence[np.ndarray], norm: Normalization) -> np.ndarray:
-    """A list of (224, 224) images in [0, 1] -> the normalised (B, 1, 224, 224) float32 array the network reads."""
+    """A list of (S, S) images in [0, 1] -> the normalised (B, 1, S, S) float32 array the network reads."""
     stacked = np.stack([np.asarray(b, dtype=np.float32) for b in batch])[:, None]
     return ((stacked - np.float32(norm.mean)) / np.float32(norm.std)).astype(np.float32, copy=False)
 

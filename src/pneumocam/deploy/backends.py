@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pneumocam.config import BACKENDS
+from pneumocam.config import BACKENDS, IMAGE_SIZE
 from pneumocam.deploy.quantize import INT8_BACKENDS, cached_int8_model
 from pneumocam.errors import PneumocamError, missing_extra
 
@@ -31,15 +31,17 @@ if TYPE_CHECKING:
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
-    """Write `net` as ONNX with input `image` and outputs `logit` and `feature_map`, batch axis dynamic."""
+def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor | None = None,
+                size: int = IMAGE_SIZE) -> Path:
+    """Write `net` as ONNX with input `image` (B, 1, size, size) and outputs `logit` and `feature_map`; only the
+    batch axis is dynamic, so the runtimes plan for the model's one input size."""
     import torch
 
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError as exc:
         raise missing_extra("ONNX export", "onnx", "export") from exc
-    example = torch.zeros(2, 1, 224, 224) if example is None else example
+    example = torch.zeros(2, 1, size, size) if example is None else example
     axes = {"image": {0: "batch"}, "logit": {0: "batch"}, "feature_map": {0: "batch"}}
     torch.onnx.export(net.eval(), (example,), str(path), input_names=["image"],
                       output_names=["logit", "feature_map"], dynamic_axes=axes, dynamo=False)
@@ -100,8 +102,10 @@ def resolve_backend(backend: str, device: str = "cpu") -> str:
     return backend
 
 
-def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.device | None = None) -> Runner:
-    """The forward pass of `net` on `backend`. The ONNX backends run on the CPU only."""
+def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.device | None = None,
+                size: int = IMAGE_SIZE) -> Runner:
+    """The forward pass of `net` on `backend` for (B, 1, size, size) inputs. The ONNX backends run on the CPU
+    only."""
     backend = resolve_backend(backend, "cpu" if device is None else device.type)
     if backend == "torch":
         return torch_runner(net, device or "cpu")
@@ -110,7 +114,7 @@ def make_runner(net: torch.nn.Module, backend: str = "torch", device: torch.devi
     if backend in INT8_BACKENDS:
         return onnx_runner(cached_int8_model(net, backend), INT8_BACKENDS[backend])
     with tempfile.TemporaryDirectory(prefix="pneumocam-backend-") as folder:  # loaded into memory, then deleted
-        return onnx_runner(export_onnx(net.cpu(), Path(folder) / "model.onnx"), backend)
+        return onnx_runner(export_onnx(net.cpu(), Path(folder) / "model.onnx", size=size), backend)
 
 
 def onnx_runner(path: str | Path, engine: str) -> Runner:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumocam import __version__
+from pneumocam.data.preprocess import Contract
 from pneumocam.deploy.quantize import cache_dir
 from pneumocam.model.checkpoints import BUNDLED_MODELS, bundled_file, resolve_checkpoint
 
@@ -100,7 +101,8 @@ def save_cached(name_or_path: str | Path, net: torch.nn.Module, metadata: dict) 
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            export_onnx(net.cpu(), staging / "model.onnx")
+            size = (Contract.from_metadata(metadata) or Contract()).image_size
+            export_onnx(net.cpu(), staging / "model.onnx", size=size)
             np.savez(staging / "arrays.npz", **arrays)
             (staging / "model.json").write_text(json.dumps(description, indent=1))
             shutil.rmtree(folder, ignore_errors=True)  # an unreadable entry of the same key

@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumocam.config import ALIGNMENTS
 from pneumocam.data.metadata import HEADER_KEYWORDS, normalise
-from pneumocam.data.preprocess import Contract, Normalization, collate_images, normalised_batch, to_model_input
+from pneumocam.data.preprocess import Contract, Normalization, normalised_batch, to_model_input
 from pneumocam.data.readers import ImageReadError, read_image_and_size
 from pneumocam.deploy.backends import INT8_BACKENDS, Runner, make_runner, onnx_runner, resolve_backend
 from pneumocam.deploy.onnx_cache import CachedModel, load_cached, save_cached
@@ -154,7 +154,7 @@ class Predictor:
         if net is not None:
             self.device = resolve_device(device)
             self._net, self._load_net = net.eval().to(self.device), None
-            self.run = make_runner(self._net, backend, self.device)
+            self.run = make_runner(self._net, backend, self.device, contract.image_size)
             self.head_weight = net.fc.weight.detach().float().cpu().numpy().reshape(-1)
             self.head_bias = float(net.fc.bias.detach())
         elif compiled is not None:
@@ -241,17 +241,27 @@ class Predictor:
         view, _ = normalise("view", header.get(HEADER_KEYWORDS["view"]))
         return LoadedImage(to_model_input(image, size, self.contract.resize_mode), view)
 
+    def _batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The normalised batch, refused where an image is not the size the model was trained at: the network would
+        run on it anyway (it is fully convolutional), but it would not be the model that was measured."""
+        size = self.contract.image_size
+        if wrong := next((np.shape(im) for im in images if np.shape(im) != (size, size)), None):
+            raise PneumocamError(f"a {wrong[0]}x{wrong[-1]} input for a model trained at {size}x{size}: prepare the "
+                                 f"data with `pneumocam prepare --image-size {size}`, or give the original files")
+        return normalised_batch(images, self.normalization)
+
     def forward(self, images: Sequence[np.ndarray]) -> ForwardPass:
-        """(B, 224, 224) images in [0, 1] -> the logits and the CAM at both resolutions."""
-        x = normalised_batch(images, self.normalization)
+        """(B, S, S) images in [0, 1] (S: the contract's size, 224 by default) -> the logits and the CAM at both
+        resolutions."""
+        x = self._batch(images)
         logits, features = self.run(x)  # (B, 1), (B, 512, 7, 7)
         raw = cam_cells(features, self.head_weight)  # (B, 7, 7)
         maps = upsample_and_normalize_cells(raw, (x.shape[-2], x.shape[-1]), self.alignment)  # (B, 224, 224)
         return ForwardPass(logits[:, 0], raw, maps, pooled(features))
 
     def features(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 224, 224) images -> raw logits (B,) and the pooled feature vectors (B, 512) the classifier reads."""
-        logits, features = self.run(normalised_batch(images, self.normalization))
+        """(B, S, S) images -> raw logits (B,) and the pooled feature vectors (B, 512) the classifier reads."""
+        logits, features = self.run(self._batch(images))
         return logits[:, 0], pooled(features)
 
     def saliency(self, images: Sequence[np.ndarray], method: str = "cam") -> ForwardPass:
@@ -264,7 +274,7 @@ class Predictor:
         from pneumocam.explain.cam import grad_cam, grad_cam_plus_plus
         from pneumocam.explain.library_cams import LIBRARY_METHODS, library_saliency
 
-        x = collate_images(images, self.normalization).to(self.device)
+        x = torch.from_numpy(self._batch(images)).to(self.device)
         if method in LIBRARY_METHODS:
             with torch.no_grad():
                 logits, features = self.net(x)

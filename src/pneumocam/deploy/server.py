@@ -147,7 +147,7 @@ def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute"
         "ood_distance": prediction.ood_distance,
         "model": {"fingerprint": predictor.metadata.get("data_fingerprint"),
                   "git_commit": predictor.metadata.get("git_commit")},
-        # the 7x7 CAM in raw logit units, rows from the top: their mean plus the classifier's bias is the logit
+        # the CAM (7x7 at 224 px) in raw logit units, rows from the top: their mean plus the bias is the logit
         "cam_cells": None if prediction.cam_raw is None else np.round(prediction.cam_raw, 5).tolist(),
         "cam_scale": colour_bar_description(shown),  # what the pictures' colours mean: stops, ticks, label
     }

@@ -68,9 +68,9 @@ def box_prior(boxes: dict[str, list], size: int = 224) -> np.ndarray | None:
 
 
 class ComputedMaps(NamedTuple):
-    maps: dict[str, np.ndarray]  # method -> (N, 224, 224) in [0, 1]
+    maps: dict[str, np.ndarray]  # method -> (N, S, S) in [0, 1], S the model input side
     logits: np.ndarray  # (N,)
-    # method -> (N, 7, 7) at the network's own resolution: the raw map, or, for a library method that has none,
+    # method -> (N, S/32, S/32) at the network's own resolution: the raw map, or, for a library method that has none,
     # the mean of each cell's 32x32 block
     cells: dict[str, np.ndarray]
 
@@ -90,16 +90,18 @@ def compute_maps(predictor: Predictor, images: list[np.ndarray], methods, batch_
                         {m: np.concatenate(v) for m, v in cells.items()})
 
 
-def _cells(raw: np.ndarray | None, maps: np.ndarray, cells: int = 7) -> np.ndarray:
+def _cells(raw: np.ndarray | None, maps: np.ndarray) -> np.ndarray:
     if raw is not None:
         return raw
     n, height, width = maps.shape
+    cells = height // 32  # the network's feature map has one cell per 32 px
     return maps.reshape(n, cells, height // cells, cells, width // cells).mean(axis=(2, 4))
 
 
-def random_maps(n: int, seed: int, size: int = 224, cells: int = 7,
-                alignment: str = "receptive-field") -> np.ndarray:
-    """Uniform random maps at the CAM's own 7x7 resolution, upsampled like a CAM: a fair chance level."""
+def random_maps(n: int, seed: int, size: int = 224, alignment: str = "receptive-field") -> np.ndarray:
+    """Uniform random maps at the CAM's own resolution (size / 32 cells a side), upsampled like a CAM: a fair
+    chance level."""
+    cells = size // 32
     generator = torch.Generator().manual_seed(seed)
     return upsample_and_normalize(torch.rand(n, cells, cells, generator=generator), (size, size), alignment).numpy()
 
@@ -117,9 +119,9 @@ def randomized_predictor(predictor: Predictor, seed: int) -> Predictor:
 
 def randomization_check(predictor: Predictor, images, methods, config: LocalizeConfig,
                         original: dict[str, np.ndarray] | None = None) -> dict:
-    """Spearman correlation, per image at the maps' own 7x7 resolution, between the trained model's maps and
+    """Spearman correlation, per image at the maps' own cell resolution, between the trained model's maps and
     those of the same model with layer4 and fc re-initialised; a faithful method's maps must change.
-    original: the trained model's 7x7 maps when the caller has them already (compute_maps' cells)."""
+    original: the trained model's cell maps when the caller has them already (compute_maps' cells)."""
     if original is None:
         original = compute_maps(predictor, images, list(methods), config.batch_size).cells
     randomized = compute_maps(randomized_predictor(predictor, config.seed), images, list(methods),
@@ -139,7 +141,7 @@ class MapAssessment:
     files: list[str]
     boxes: list[list]
     images: list[np.ndarray]
-    maps: dict[str, np.ndarray]  # method -> (N, 224, 224)
+    maps: dict[str, np.ndarray]  # method -> (N, S, S)
     per_image: dict[str, list[dict]]  # method -> score_image results
     probabilities: np.ndarray
 
@@ -163,9 +165,10 @@ def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: Locali
     maps, logits, cells = compute_maps(predictor, images, config.methods, config.batch_size)
     probabilities = predictor.probabilities(logits)
     cutoff = predictor.threshold
-    baselines = {"random": random_maps(len(images), config.seed, alignment=predictor.alignment),
-                 "centre": np.repeat(centre_prior((224, 224))[None], len(images), axis=0)}
-    prior = box_prior(all_boxes)
+    size = images[0].shape[-1]
+    baselines = {"random": random_maps(len(images), config.seed, size, alignment=predictor.alignment),
+                 "centre": np.repeat(centre_prior((size, size))[None], len(images), axis=0)}
+    prior = box_prior(all_boxes, size)
     if prior is not None:
         baselines["box_prior"] = np.repeat(prior[None], len(images), axis=0)
     groups = np.asarray(manifest_patients(data_dir, files))

@@ -13,7 +13,7 @@ Then, in a CheXlocalize checkout:
   python eval.py --metric hitmiss --gt_path gt.json --pred_path OUT/cam/maps
 
 RSNA's boxes mark lung opacities; of CheXlocalize's ten tasks the one that means that is "Airspace Opacity",
-so that is the task name used. Everything is in the 224x224 model-input space the maps live in.
+so that is the task name used. Everything is in the model-input space the maps live in (224x224 by default).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pneumocam.config import REPLACEMENTS
 TARGETS = ("logit", "probability")
 STEPS = 10
 ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-BLUR_SIGMA = 8.0  # pixels at 224 px: a 7x7 CAM cell is 32 px, so detail below a cell is gone
+BLUR_SIGMA = 8.0  # pixels: a CAM cell is 32 px at any input size, so detail below a cell is gone
 ROAD_NOISE = 0.01  # standard deviation of the noise added to imputed pixels, in [0, 1] pixel units
 
 Score = Callable[[np.ndarray], np.ndarray]  # (B, H, W) images in [0, 1] -> (B, K) network outputs

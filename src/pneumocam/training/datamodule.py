@@ -29,7 +29,7 @@ from pneumocam.data.datasets import (
     soft_targets,
     split_dataset,
 )
-from pneumocam.data.preprocess import Normalization
+from pneumocam.data.preprocess import Normalization, data_contract
 from pneumocam.errors import PneumocamError
 from pneumocam.training.group_dro import group_ids
 
@@ -56,8 +56,10 @@ class PneumoniaDataModule(L.LightningDataModule):
             self.train_set = load_split_in_memory(self.data_dir, "train", boxes)
             self.val_set = load_split_in_memory(self.data_dir, "val")
         else:
-            self.train_set = (BoxedSplit(train, boxes, self.norm, self.config.augment) if boxes is not None else
-                              split_dataset(self.data_dir, "train", build_transform(self.norm, self.config.augment)))
+            size = data_contract(self.data_dir).image_size
+            self.train_set = (BoxedSplit(train, boxes, self.norm, self.config.augment, size) if boxes is not None
+                              else split_dataset(self.data_dir, "train",
+                                                 build_transform(self.norm, self.config.augment, size)))
             self.val_set = split_dataset(self.data_dir, "val", build_transform(self.norm, "none"))
 
     def _training_boxes(self, train) -> torch.Tensor:
