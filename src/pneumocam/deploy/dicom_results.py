@@ -103,7 +103,7 @@ def _equipment(model: ModelIdentity):
 
 def result_panel(image: np.ndarray, shown: ShownMap, probability: float, predicted: int, threshold: float,
                  resize_mode: str = "pad") -> np.ndarray:
-    """(H, W) source image in [0, 1] and the model's (224, 224) map -> (H', W', 3) uint8: the image beside
+    """(H, W) source image in [0, 1] and the model's (S, S) map -> (H', W', 3) uint8: the image beside
     its overlay at PANEL_SIDE pixels, the text banner below, the overlay's colour bar beside the banner. The map
     is drawn on the image as the network saw it."""
     gray = to_model_input(image, PANEL_SIDE, resize_mode)
