@@ -150,6 +150,9 @@ RECIPES = {
     # the shipped recipe one epoch longer, and at twice the learning rate (pneumocam train keeps the last --lr given)
     "adult-finding-ema-longest-bn-3ep": Recipe(EMA_BN, epochs=3, start="base-longest"),
     "adult-finding-ema-longest-bn-lr2": Recipe([*EMA_BN, "--lr", "1e-3"], start="base-longest"),
+    # the source balance of the shipped recipe: three times as many children in each fold folder
+    "adult-finding-ema-longest-bn-children": Recipe(EMA_BN, start="base-longest",
+                                                    shares={CHILDREN: 1500, EXTRA_ADULTS: 500}),
     # box guidance 4 times as strong, and none (the last --box-loss-weight given counts)
     "adult-finding-ema-longest-bn-box2": Recipe([*EMA_BN, "--box-loss-weight", "2"], start="base-longest"),
     "adult-finding-ema-longest-bn-box0": Recipe([*EMA_BN, "--box-loss-weight", "0"], start="base-longest"),
