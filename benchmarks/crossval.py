@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from real_data import finished_epochs, run  # this folder's script: the same command runner and resume check
 
-from pneumocam.data import assign_folds, manifest_rows, summarize_folds, write_fold
+from pneumocam.config import IMAGE_SIZE
+from pneumocam.data import assign_folds, data_contract, manifest_rows, summarize_folds, write_fold
 from pneumocam.evaluation import calls_by_view, choose_threshold, expected_calibration_error, fast_auroc
 from pneumocam.files import read_csv, write_csv
 
@@ -106,7 +107,7 @@ class Recipe:
     start: str = "base"
     shares: dict[str, int] = field(default_factory=lambda: dict(SHARES))
     teacher: str | None = None
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
 
     def train_arguments(self, work: Path) -> list[str]:
         soft = []
@@ -217,18 +218,18 @@ def write_teacher_labels(work: Path, pool: Path, teacher: str) -> None:
         write_csv(out, ["file", "probability"], [{"file": f, "probability": p} for f, p in probabilities.items()])
 
 
-def prepared(work: Path, shared: Path, name: str, sources: list[str], image_size: int = 224) -> Path:
+def prepared(work: Path, shared: Path, name: str, sources: list[str], image_size: int = IMAGE_SIZE) -> Path:
     out = work / name
     if not (out / "stats.json").exists():
         run(["pneumocam", "prepare", *(str(shared / s) for s in sources), str(out), "--val-fraction", "0.1",
-             "--seed", "0", *(["--image-size", str(image_size)] if image_size != 224 else [])])
+             "--seed", "0", *(["--image-size", str(image_size)] if image_size != IMAGE_SIZE else [])])
     return out
 
 
 def pool_of(work: Path, shared: Path, recipe: str) -> Path:
     """The prepared pool a recipe's folds are written from and scored on: WORK/pool, or WORK/pool<size>."""
     size = RECIPES[recipe].image_size
-    return prepared(work, shared, "pool" if size == 224 else f"pool{size}", POOL_SOURCES, size)
+    return prepared(work, shared, "pool" if size == IMAGE_SIZE else f"pool{size}", POOL_SOURCES, size)
 
 
 def epochs_of(arguments: list[str]) -> int:
@@ -333,7 +334,7 @@ def pooled_margin(work: Path, tag: str, k: int) -> dict:
         data, scored = work / "folds" / tag / f"fold{fold}", work / "localize" / tag / f"fold{fold}"
         rows = [r for r in read_csv(scored / "localization.csv") if r["method"] == "cam"]
         boxes = load_boxes(data)
-        size = int(json.loads((data / "stats.json").read_text()).get("image_size", 224))
+        size = data_contract(data).image_size
         prior = box_prior(boxes, size)
         prior_hits = [pointing_hit(prior, box_mask(boxes[r["file"]], (size, size))) for r in rows]
         per_fold.append(float(np.mean(prior_hits)))
@@ -465,8 +466,8 @@ def main() -> None:
     if args.learning_curve:
         jobs += [(args.learning_curve, fraction) for fraction in (0.25, 0.5)]
     for recipe, fraction in jobs:
-        results = [fold_result(work, pool_of(work, args.shared, recipe), recipe, fold, folds, fraction)
-                   for fold in range(args.k)]
+        recipe_pool = pool_of(work, args.shared, recipe)
+        results = [fold_result(work, recipe_pool, recipe, fold, folds, fraction) for fold in range(args.k)]
         name = recipe if fraction == 1.0 else f"{recipe}@{fraction:g}"
         table["recipes"][name] = summarize(results)
         table["recipes"][name]["summary"]["pooled_margin"] = pooled_margin(work, name, args.k)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from crossval import RECIPES, machine, model_path, print_table, scored_fold, summarize  # this folder's script
 
+from pneumocam.config import IMAGE_SIZE
 from pneumocam.data import manifest_rows
 from pneumocam.files import atomic_path
 from pneumocam.model.calibration import logit, sigmoid
@@ -114,8 +115,8 @@ def logit_average(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # recipes at 224 px only: the averages are scored on WORK/pool
-    fine_tuned = [name for name, r in RECIPES.items() if r.arguments is not None and r.image_size == 224]
+    # recipes at the default size only: the averages are scored on WORK/pool
+    fine_tuned = [name for name, r in RECIPES.items() if r.arguments is not None and r.image_size == IMAGE_SIZE]
     parser.add_argument("--work", type=Path, default=Path("cv-bench"))
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--interpolate", choices=fine_tuned, metavar="RECIPE")

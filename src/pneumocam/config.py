@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SIZE = 224
+CAM_STRIDE = 32  # input pixels per CAM cell: the ResNet18 trunk halves its input five times
 RESIZE_MODES = ("pad", "stretch")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
 ALIGNMENTS = ("receptive-field", "block-centre")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumocam.config import EXPORT_FORMATS, ExportConfig
+from pneumocam.config import CAM_STRIDE, EXPORT_FORMATS, ExportConfig
 from pneumocam.deploy import Predictor, export_onnx, onnxruntime_session
 from pneumocam.errors import PneumocamError
 from pneumocam.files import atomic_path, write_json
@@ -46,6 +46,7 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
     net = predictor.net.eval()
     generator = torch.Generator().manual_seed(config.seed)
     size = predictor.contract.image_size
+    cells = size // CAM_STRIDE
     example = torch.randn(2, 1, size, size, generator=generator)
     check = torch.randn(3, 1, size, size, generator=generator)  # another batch size: the batch axis is dynamic
     with atomic_path(out) as tmp:
@@ -73,8 +74,8 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
         **report, "inputs": {"image": f"(B, 1, {size}, {size}) float32, (x - mean) / std of a [0, 1] gray image"},
         "outputs": {"logit": "(B, 1) raw pneumonia logit; probability = sigmoid(logit / temperature + intercept + "
                              "prevalence_shift), with the calibration below (identity when uncalibrated)",
-                    "feature_map": f"(B, 512, {size // 32}, {size // 32}); CAM = fc_weight . feature_map; "
-                                   "cell (p, q) is centred on input pixel (32 p, 32 q), as pneumocam's "
+                    "feature_map": f"(B, 512, {cells}, {cells}); CAM = fc_weight . feature_map; cell (p, q) is "
+                                   f"centred on input pixel ({CAM_STRIDE} p, {CAM_STRIDE} q), as pneumocam's "
                                    "receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
         "threshold_rule": meta.get("threshold_rule"), "calibration": predictor.calibration.to_metadata(),

@@ -27,7 +27,7 @@ import xxhash
 from tqdm import tqdm
 
 from pneumocam import __version__
-from pneumocam.config import PrepareConfig, workers_or_cores
+from pneumocam.config import CAM_STRIDE, PrepareConfig, workers_or_cores
 from pneumocam.data import (
     DICOM_SUFFIXES,
     SOURCE_FORMATS,
@@ -232,9 +232,9 @@ def prepare(source: str | Path | list, out_dir: str | Path, config: PrepareConfi
     """
     sources = [Path(s) for s in source] if isinstance(source, list | tuple) else [Path(source)]
     out_dir = Path(out_dir)
-    if config.image_size < 64 or config.image_size % 32:
-        raise PneumocamError(f"--image-size {config.image_size}: must be a multiple of 32 and at least 64 "
-                             "(the network's feature map has one cell per 32 px)")
+    if config.image_size < 2 * CAM_STRIDE or config.image_size % CAM_STRIDE:
+        raise PneumocamError(f"--image-size {config.image_size}: must be a multiple of {CAM_STRIDE} and at least "
+                             f"{2 * CAM_STRIDE} (the network's feature map has one cell per {CAM_STRIDE} px)")
     if len({s.name for s in sources}) != len(sources):
         raise PneumocamError(f"sources must have different folder names, got {[s.name for s in sources]}")
     found = [_discover_source(s, config) for s in sources]

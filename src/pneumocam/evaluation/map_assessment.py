@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pneumocam.config import LocalizeConfig
+from pneumocam.config import CAM_STRIDE, LocalizeConfig
 from pneumocam.data.boxes import box_mask, load_boxes
 from pneumocam.data.datasets import manifest_patients, read_fingerprint
 from pneumocam.data.preprocess import load_file
@@ -94,14 +94,13 @@ def _cells(raw: np.ndarray | None, maps: np.ndarray) -> np.ndarray:
     if raw is not None:
         return raw
     n, height, width = maps.shape
-    cells = height // 32  # the network's feature map has one cell per 32 px
-    return maps.reshape(n, cells, height // cells, cells, width // cells).mean(axis=(2, 4))
+    return maps.reshape(n, height // CAM_STRIDE, CAM_STRIDE, width // CAM_STRIDE, CAM_STRIDE).mean(axis=(2, 4))
 
 
 def random_maps(n: int, seed: int, size: int = 224, alignment: str = "receptive-field") -> np.ndarray:
-    """Uniform random maps at the CAM's own resolution (size / 32 cells a side), upsampled like a CAM: a fair
-    chance level."""
-    cells = size // 32
+    """Uniform random maps at the CAM's own resolution (size / CAM_STRIDE cells a side), upsampled like a CAM: a
+    fair chance level."""
+    cells = size // CAM_STRIDE
     generator = torch.Generator().manual_seed(seed)
     return upsample_and_normalize(torch.rand(n, cells, cells, generator=generator), (size, size), alignment).numpy()
 
