@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -351,6 +352,9 @@ def test_a_model_trained_at_another_image_size_keeps_it_through_every_stage(phan
                                                                                methods=("cam",)))
     boxed = {f for f in load_boxes(data) if f.startswith("Processed/val/")}
     assert located["n_images"] == len(boxed) > 0 and 0 <= located["baseline_box_prior"]["pointing_game"] <= 1
+    refusal = f"^{re.escape(str(data))}: prepared at 96x96 for a model trained at 224x224"
+    with pytest.raises(PneumocamError, match=refusal):
+        evaluate("pneumocam-cxr", data, tmp_path / "refused")  # the folder named before any image is read
     pytest.importorskip("onnxruntime", reason="ONNX export needs pneumocam[export]")
     parity = export_model(checkpoint, tmp_path / "model.onnx", ExportConfig())
     assert parity["parity_passed"]

@@ -112,6 +112,7 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     _check_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    predictor.check_prepared(data_dir)
     if predictor.metadata.get("calibration"):
         log.warning("%s is already calibrated: fitting again from its raw logits", checkpoint)
     logits, features, labels, patients = split_features(predictor, data_dir, config.split, config.batch_size)

@@ -164,6 +164,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     config = replace(config, split=evaluation_split(data_dir, config.split))
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device)
+    predictor.check_prepared(data_dir)
     if config.threshold is None:
         config = replace(config, threshold=predictor.threshold)
     start = time.perf_counter()

@@ -61,6 +61,7 @@ def localize(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise PneumocamError(f"unknown export format {config.export!r}; the one offered is chexlocalize")
     split = evaluation_split(data_dir, config.split)
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
+    predictor.check_prepared(data_dir)
     _check_training_boxes(split, predictor.metadata.get("config", {}).get("box_loss_weight", 0.0),
                           config.allow_training_boxes)
     assessment = assess_maps(predictor, data_dir, split, config)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumocam.config import ALIGNMENTS
 from pneumocam.data.metadata import HEADER_KEYWORDS, normalise
-from pneumocam.data.preprocess import Contract, Normalization, normalised_batch, to_model_input
+from pneumocam.data.preprocess import Contract, Normalization, data_contract, normalised_batch, to_model_input
 from pneumocam.data.readers import ImageReadError, read_image_and_size
 from pneumocam.deploy.backends import INT8_BACKENDS, Runner, make_runner, onnx_runner, resolve_backend
 from pneumocam.deploy.onnx_cache import CachedModel, load_cached, save_cached
@@ -240,6 +240,16 @@ class Predictor:
         image = read_image_and_size(path, min_side=size, header=header)[0]
         view, _ = normalise("view", header.get(HEADER_KEYWORDS["view"]))
         return LoadedImage(to_model_input(image, size, self.contract.resize_mode), view)
+
+    def check_prepared(self, data_dir: str | Path) -> None:
+        """Refuse a prepared folder of another image size before reading it, naming the folder (the check in
+        _batch sees arrays only, so its message cannot say where they came from)."""
+        if not any((Path(data_dir) / "Processed").glob("*/*/*.npy")):
+            return  # nothing prepared: the command's own check says so
+        size, found = self.contract.image_size, data_contract(data_dir).image_size
+        if found != size:
+            raise PneumocamError(f"{data_dir}: prepared at {found}x{found} for a model trained at {size}x{size}: "
+                                 f"prepare the data again with `pneumocam prepare --image-size {size}`")
 
     def _batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The normalised batch, refused where an image is not the size the model was trained at: the network would
