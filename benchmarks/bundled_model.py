@@ -97,7 +97,9 @@ def main() -> None:
         "lineage": {**{name: table["trained_once_commands"][name].replace(str(work), "WORK")
                        for name in lineage(recipe)[:-1]},
                     recipe: shlex.join(RECIPES[recipe].arguments)},
-        "fine_tuning_images": {ADULTS: "the other folds' adults", **RECIPES[recipe].shares},
+        "fine_tuning_images": {ADULTS: "the other folds' adults",
+                               **{source: f"{n} pneumonias" if source in RECIPES[recipe].positives_only else n
+                                  for source, n in RECIPES[recipe].shares.items()}},
         "calibrate_command": shlex.join(["pneumocam", "calibrate", "MODEL", "FOLD", "OUT", *CALIBRATE,
                                          "--ood-data", "FOLD"]),
         "cross_validation": {"k": table["k"], "seed": table["seed"], "summary": summary,

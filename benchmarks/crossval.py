@@ -100,7 +100,8 @@ class Recipe:
     `shares` of the training-only sources in each fold folder; `teacher`: a model trained once whose probabilities
     on the training children become --soft-labels (weight 0.5); `image_size`: the fold folders (and the scoring)
     come from a pool prepared at this side (WORK/pool<size>; the start model, trained at 224, is fine-tuned at
-    it). `arguments` None: a model trained once, scored on every fold as it is."""
+    it); `positives_only`: training-only sources whose share is drawn from their pneumonia images alone.
+    `arguments` None: a model trained once, scored on every fold as it is."""
 
     arguments: list[str] | None
     epochs: int = 2
@@ -108,6 +109,7 @@ class Recipe:
     shares: dict[str, int] = field(default_factory=lambda: dict(SHARES))
     teacher: str | None = None
     image_size: int = IMAGE_SIZE
+    positives_only: tuple[str, ...] = ()
 
     def train_arguments(self, work: Path) -> list[str]:
         soft = []
@@ -148,15 +150,24 @@ RECIPES = {
     # a recipe's mean moves by chance alone, against the 0.005 the bundled model's rule counts as a tie
     "adult-finding-ema-longest-bn-seed1": Recipe([*EMA_BN, "--seed", "1"], start="base-longest"),
     "adult-finding-ema-longest-bn-seed2": Recipe([*EMA_BN, "--seed", "2"], start="base-longest"),
-    # the shipped recipe one epoch longer, and at twice the learning rate (pneumocam train keeps the last --lr given)
+    # the shipped recipe one epoch longer, and at twice and half the learning rate (pneumocam train keeps the last
+    # --lr given)
     "adult-finding-ema-longest-bn-3ep": Recipe(EMA_BN, epochs=3, start="base-longest"),
     "adult-finding-ema-longest-bn-lr2": Recipe([*EMA_BN, "--lr", "1e-3"], start="base-longest"),
+    "adult-finding-ema-longest-bn-lrhalf": Recipe([*EMA_BN, "--lr", "2.5e-4"], start="base-longest"),
     # the source balance of the shipped recipe: three times as many children in each fold folder
     "adult-finding-ema-longest-bn-children": Recipe(EMA_BN, start="base-longest",
                                                     shares={CHILDREN: 1500, EXTRA_ADULTS: 500}),
     # box guidance 4 times as strong, and none (the last --box-loss-weight given counts)
     "adult-finding-ema-longest-bn-box2": Recipe([*EMA_BN, "--box-loss-weight", "2"], start="base-longest"),
     "adult-finding-ema-longest-bn-box0": Recipe([*EMA_BN, "--box-loss-weight", "0"], start="base-longest"),
+    # rsna_covidx256's negatives are all "Normal": in the fine-tuning they make an abnormal-looking adult film more
+    # likely pneumonia than RSNA's real mix does. Without that source, and with its pneumonias (and boxes) only
+    "adult-finding-ema-longest-bn-nocovidx": Recipe(EMA_BN, start="base-longest", shares={CHILDREN: 500}),
+    "adult-finding-ema-longest-bn-covidxpos": Recipe(EMA_BN, start="base-longest", positives_only=(EXTRA_ADULTS,)),
+    # and three times as many of its images (1,500, nearly all of its training split)
+    "adult-finding-ema-longest-bn-covidx3": Recipe(EMA_BN, start="base-longest",
+                                                   shares={CHILDREN: 500, EXTRA_ADULTS: 1500}),
     # the same at 320 px: finer input (and a 10x10 CAM) for the fine-tuning and the scoring; and without frozen
     # BatchNorm statistics, which were gathered at 224 px
     "adult-finding-ema-longest-bn-320": Recipe(EMA_BN, start="base-longest", image_size=320),
@@ -248,12 +259,14 @@ def source_of(row: dict) -> str:
     return row["patient"].partition(":")[0]
 
 
-def share_filter(rows: list[dict], seed: int, shares: dict[str, int] = SHARES):
-    """train_also for write_fold: a seeded sample of shares[source] training images of each training-only source."""
+def share_filter(rows: list[dict], seed: int, shares: dict[str, int] = SHARES, positives_only: tuple[str, ...] = ()):
+    """train_also for write_fold: a seeded sample of shares[source] training images of each training-only source
+    (of its pneumonia images only for a source in `positives_only`)."""
     rng = np.random.default_rng(seed)
     chosen = set()
     for source, n in shares.items():
-        files = sorted(r["file"] for r in rows if source_of(r) == source and r["split"] == "train")
+        files = sorted(r["file"] for r in rows if source_of(r) == source and r["split"] == "train"
+                       and (source not in positives_only or int(r["label"]) == 1))
         chosen |= set(rng.choice(files, min(n, len(files)), replace=False).tolist())
     return lambda row: row["file"] in chosen
 
@@ -284,7 +297,8 @@ def fold_result(work: Path, pool: Path, recipe: str, fold: int, folds: dict[str,
         keep = set(rng.choice(train_patients, int(round(fraction * len(train_patients))), replace=False))
         patient_of = {r["file"]: r["patient"] for r in rows}
         kept = {f: k for f, k in folds.items() if k == fold or patient_of[f] in keep}
-    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, share_filter(rows, fold, spec.shares))
+    train_also = share_filter(rows, fold, spec.shares, spec.positives_only)
+    data = write_fold(pool, work / "folds" / tag / f"fold{fold}", kept, fold, train_also)
     if spec.arguments is None:
         checkpoint = model_path(work, recipe)
     else:
