@@ -168,6 +168,10 @@ RECIPES = {
     # and three times as many of its images (1,500, nearly all of its training split)
     "adult-finding-ema-longest-bn-covidx3": Recipe(EMA_BN, start="base-longest",
                                                    shares={CHILDREN: 500, EXTRA_ADULTS: 1500}),
+    # the stem and the first 2 (or 1, or 3) residual stages of the start model fixed: its low-level features, learnt
+    # on 6,382 images, kept for the children while the later stages adapt to the adults
+    **{f"adult-finding-ema-longest-bn-fs{n}": Recipe([*EMA_BN, "--freeze-stages", str(n)], start="base-longest")
+       for n in (1, 2, 3)},
     # the same at 320 px: finer input (and a 10x10 CAM) for the fine-tuning and the scoring; and without frozen
     # BatchNorm statistics, which were gathered at 224 px
     "adult-finding-ema-longest-bn-320": Recipe(EMA_BN, start="base-longest", image_size=320),

@@ -637,6 +637,26 @@ def test_freeze_batchnorm_needs_a_trained_model(phantom_data, tmp_path):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", freeze_batchnorm=True))
 
 
+def test_freeze_stages_keeps_the_stem_and_first_stages_while_the_later_ones_learn(tiny_checkpoint, phantom_data,
+                                                                                   tmp_path):
+    """--freeze-stages 2: every weight and BatchNorm statistic of the stem, layer1 and layer2 (feature_map.0-5)
+    ends as --pretrained gave it; layer3, layer4 and the head learn. Out of range or without a start: refused."""
+    from pneumocam.errors import PneumocamError
+    from pneumocam.model import load_checkpoint, network_state
+
+    start = network_state(load_checkpoint(tiny_checkpoint))
+    config = TrainConfig(epochs=1, batch_size=6, pretrained=str(tiny_checkpoint), seed=0, freeze_stages=2)
+    trained = network_state(load_checkpoint(fit(phantom_data, tmp_path / "run", config).last_checkpoint))
+    fixed = [k for k in start if k.split(".")[:2] in (["feature_map", str(i)] for i in range(6))]
+    learnt = [k for k in start if k.endswith("weight") and k not in fixed]
+    assert len(fixed) == 60 and all(torch.equal(trained[k], start[k]) for k in fixed)
+    assert not any(torch.equal(trained[k], start[k]) for k in learnt)
+    with pytest.raises(PneumocamError, match="--freeze-stages must be 0-4"):
+        fit(phantom_data, tmp_path / "run5", TrainConfig(pretrained=str(tiny_checkpoint), freeze_stages=5))
+    with pytest.raises(PneumocamError, match="--freeze-stages keeps what a trained model knew"):
+        fit(phantom_data, tmp_path / "none", TrainConfig(pretrained="none", freeze_stages=1))
+
+
 def test_anchor_weight_pulls_the_weights_toward_the_start_and_keeps_it_on_resume(tiny_checkpoint, phantom_data,
                                                                                   tmp_path):
     """--anchor-weight (L2-SP): the fine-tuned weights end nearer those of --pretrained than without it, the penalty

@@ -54,8 +54,7 @@ def workers_or_cores(workers: int | None) -> int:
 def _alignment() -> Any:
     return option(None, "where each CAM cell (7x7 at 224 px) sits in the image: receptive-field (cell p at "
                         "pixel 32p, the centre of what it sees) or block-centre ((p + 0.5) * 32, as cv2.resize "
-                        "places it)",
-                  choices=ALIGNMENTS, shown="the checkpoint's")
+                        "places it)", choices=ALIGNMENTS, shown="the checkpoint's")
 
 
 def _backend() -> Any:
@@ -170,6 +169,8 @@ class TrainConfig:
     freeze_batchnorm: bool = option(False, "keep the BatchNorm statistics of the --pretrained model (their scale "
                                            "and shift still learn): fine-tuning on a new population then does not "
                                            "change how the images of the old one are normalised")
+    freeze_stages: int = option(0, "keep the stem and the first N of the 4 residual stages of the --pretrained model "
+                                   "fixed (weights and BatchNorm statistics), so only the later ones adapt (0: off)")
     pretrained: str = option("imagenet", "imagenet (torchvision download), none (from scratch), a resnet18 state "
                                          "dict, or a checkpoint pneumocam trained")
     data_stats: bool | None = option(None, "normalise with the data's own mean/std from stats.json (--no-data-stats: "

@@ -92,7 +92,10 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.anchor_weight >= 0:
         raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
-    for on, flag in ((config.freeze_batchnorm, "--freeze-batchnorm"), (config.anchor_weight > 0, "--anchor-weight")):
+    if config.freeze_stages not in range(5):
+        raise PneumocamError(f"--freeze-stages must be 0-4 (residual stages kept fixed), got {config.freeze_stages}")
+    for on, flag in ((config.freeze_batchnorm, "--freeze-batchnorm"), (config.anchor_weight > 0, "--anchor-weight"),
+                     (config.freeze_stages > 0, "--freeze-stages")):
         if on and config.pretrained == "none":
             raise PneumocamError(f"{flag} keeps what a trained model knew: give --pretrained")
     if not config.resume:

@@ -81,6 +81,8 @@ class PneumoniaModule(L.LightningModule):
         if self._anchor_weight() > 0:  # --anchor-weight: the starting weights, saved so that a resumed run keeps them
             for i, parameter in enumerate(self.net.parameters()):
                 self.register_buffer(f"anchor_{i}", parameter.detach().clone())
+        for layer in self._frozen_layers():
+            layer.requires_grad_(False)
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
@@ -96,11 +98,20 @@ class PneumoniaModule(L.LightningModule):
     def _freeze_batchnorm(self) -> None:
         """--freeze-batchnorm: the BatchNorm layers stay in eval mode while the rest trains, so they normalise
         with the running statistics of the model training started from; their scale and shift still learn.
-        Lightning leaves the modes as it finds them at fit start (and restores them after validation)."""
-        if getattr(self, "config", {}).get("freeze_batchnorm"):
+        --freeze-stages: the fixed stages' layers stay in eval mode too. Lightning leaves the modes as it finds
+        them at fit start (and restores them after validation)."""
+        config = getattr(self, "config", {})
+        if config.get("freeze_batchnorm"):
             for layer in self.net.modules():
                 if isinstance(layer, nn.BatchNorm2d):
                     layer.eval()
+        for layer in self._frozen_layers():
+            layer.eval()
+
+    def _frozen_layers(self) -> list[nn.Module]:
+        """--freeze-stages N: the stem (conv1, bn1, relu, maxpool) and the first N residual stages."""
+        stages = int(getattr(self, "config", {}).get("freeze_stages", 0))  # absent from runs made before the option
+        return list(self.net.feature_map[:4 + stages]) if stages else []
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """In-memory path: batches arrive on the device in [0, 1]; augment them (and their box masks, alike)
@@ -213,7 +224,8 @@ class PneumoniaModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.config
         optimizer_class = OPTIMIZER_CLASSES[cfg["optimizer"]]
-        optimizer = optimizer_class(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        trainable = [p for p in self.parameters() if p.requires_grad]  # --freeze-stages leaves some out
+        optimizer = optimizer_class(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if cfg["schedule"] == "none":
             return optimizer
