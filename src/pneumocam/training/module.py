@@ -92,16 +92,15 @@ class PneumoniaModule(L.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
-            self._freeze_batchnorm()
+            self._keep_frozen_layers_in_eval()
         return self
 
-    def _freeze_batchnorm(self) -> None:
+    def _keep_frozen_layers_in_eval(self) -> None:
         """--freeze-batchnorm: the BatchNorm layers stay in eval mode while the rest trains, so they normalise
         with the running statistics of the model training started from; their scale and shift still learn.
         --freeze-stages: the fixed stages' layers stay in eval mode too. Lightning leaves the modes as it finds
         them at fit start (and restores them after validation)."""
-        config = getattr(self, "config", {})
-        if config.get("freeze_batchnorm"):
+        if getattr(self, "config", {}).get("freeze_batchnorm"):
             for layer in self.net.modules():
                 if isinstance(layer, nn.BatchNorm2d):
                     layer.eval()
@@ -242,7 +241,7 @@ class PneumoniaModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        self._freeze_batchnorm()
+        self._keep_frozen_layers_in_eval()
         if self.config["channels_last"]:
             self.net.to(memory_format=torch.channels_last)
 
