@@ -34,3 +34,16 @@ def test_rsna_detailed_classes_become_the_finding_column(tmp_path):
     assert [judge(table[p])["finding"] for p in "abcd"] == ["not-normal", "opacity", "normal", ""]
     assert judge(table["a"])["view"] == "PA"
     assert judge.summary()["malformed"]["finding"] == 1
+
+
+def test_a_views_csv_gives_each_patient_its_normalised_view_and_names_the_file_when_it_has_none(tmp_path):
+    from pneumocam.data import read_views
+    from pneumocam.errors import PneumocamError
+
+    (tmp_path / "metadata.csv").write_text("patientId,ViewPosition,PatientSex\na,pa,F\nb,AP,M\nc,,F\nd,A P?,M\n")
+    assert read_views(tmp_path / "metadata.csv") == {"a": "PA", "b": "AP"}  # empty and malformed: unknown
+    (tmp_path / "sexes.csv").write_text("patientId,PatientSex\na,F\n")
+    with pytest.raises(PneumocamError, match=r"sexes\.csv: needs a view column \(ViewPosition or view\)"):
+        read_views(tmp_path / "sexes.csv")
+    with pytest.raises(PneumocamError, match=r"missing\.csv: no such file"):
+        read_views(tmp_path / "missing.csv")

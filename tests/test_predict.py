@@ -72,3 +72,38 @@ def test_predict_over_pydicom_test_files_keeps_good_work_and_lists_every_failure
     assert good in {r["source"] for r in predicted}
     assert any(r["source"].endswith("badVR.dcm") and "1A" in r["reason"] for r in failed)
     assert all(r["reason"] for r in failed) and len(predicted) + len(failed) == len(files) + 1
+
+
+def test_a_views_csv_gives_files_without_a_header_their_views_threshold(tiny_checkpoint, tmp_path):
+    """PNG/JPEG films (rsna_1000's, say) state no view; --views supplies it, so predict and cam apply the
+    per-view operating point calibrate stored, and a file the CSV does not name falls back to the overall one."""
+    import torch
+    from PIL import Image
+
+    from pneumocam.commands.cam import explain_files
+    from pneumocam.config import CamConfig
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["pneumocam"]["thresholds_by_view"] = {"AP": 1e-4, "PA": 0.9999}  # every AP film positive, no PA
+    torch.save(checkpoint, tmp_path / "per-view.ckpt")
+    (tmp_path / "films").mkdir()
+    for name in ("ap-film", "pa-film", "unlisted"):
+        Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "films" / f"{name}.png")
+    (tmp_path / "metadata.csv").write_text("patientId,ViewPosition\nap-film,AP\npa-film,pa\n")
+    rows, failures, _ = run_predict(tmp_path / "per-view.ckpt", [str(tmp_path / "films")], tmp_path / "out",
+                                    PredictConfig(views=str(tmp_path / "metadata.csv"), backend="torch"))
+    assert not failures
+    by_name = {Path(r["source"]).stem: r for r in rows}
+    assert (by_name["ap-film"]["view"], by_name["ap-film"]["threshold_basis"], by_name["ap-film"]["predicted"]) \
+        == ("AP", "view AP", 1)
+    assert (by_name["pa-film"]["view"], by_name["pa-film"]["threshold_basis"], by_name["pa-film"]["predicted"]) \
+        == ("PA", "view PA", 0)
+    assert by_name["unlisted"]["threshold_basis"] == "overall (view unknown)"
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        assert {r["view"] for r in csv.DictReader(f)} == {"AP", "PA", ""}
+    explain_files(tmp_path / "per-view.ckpt", [tmp_path / "films"], tmp_path / "cams",
+                  CamConfig(views=str(tmp_path / "metadata.csv"), workers=1))
+    with open(tmp_path / "cams" / "cams.csv") as f:
+        cams = {Path(r["source"]).stem: r for r in csv.DictReader(f)}
+    assert [cams[n]["threshold_basis"] for n in ("ap-film", "pa-film", "unlisted")] == \
+        ["view AP", "view PA", "overall (view unknown)"]

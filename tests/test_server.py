@@ -151,7 +151,7 @@ def test_page_health_model_and_openapi(client):
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"] and {"413", "415", "422"} <= set(spec["paths"]["/v1/predict"]["post"]
                                                                           ["responses"])
-    assert [p["name"] for p in spec["paths"]["/v1/predict"]["post"]["parameters"]] == ["pictures"]
+    assert [p["name"] for p in spec["paths"]["/v1/predict"]["post"]["parameters"]] == ["pictures", "view"]
     assert client.get("/docs").status_code == 404  # Swagger UI's assets come from a CDN: off unless asked for
 
 
@@ -187,6 +187,10 @@ def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ra
     xray = _post(client, example.name, example.read_bytes()).json()
     assert xray["ood"] is False and "specificity >= 0.85" in xray["threshold_rule"] and xray["threshold"] < 0.5
     assert xray["threshold_basis"] == "overall (view unknown)"  # a JPEG carries no ViewPosition
+    stated = _post(client, example.name, example.read_bytes(), params={"view": "pa"}).json()  # unless ?view= says
+    assert (stated["view"], stated["threshold_basis"]) == ("PA", "view PA") and stated["threshold"] < xray["threshold"]
+    bad = _post(client, example.name, example.read_bytes(), params={"view": "P-A"})
+    assert bad.status_code == 422 and "?view='P-A' is not a view position" in bad.json()["detail"]
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)).save(noise, "PNG")
     flagged = _post(client, "noise.png", noise.getvalue())

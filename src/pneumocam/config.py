@@ -16,6 +16,7 @@ from typing import Any
 IMAGE_SIZE = 224
 CAM_STRIDE = 32  # input pixels per CAM cell: the ResNet18 trunk halves its input five times
 RESIZE_MODES = ("pad", "stretch")
+CAM_SCALES = ("absolute", "relative")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
 ALIGNMENTS = ("receptive-field", "block-centre")
 AUGMENTATIONS = ("original", "shift", "none")
@@ -65,22 +66,18 @@ def _backend() -> Any:
                   choices=BACKEND_CHOICES)
 
 
-CAM_SCALES = ("absolute", "relative")
-
-
 def _cam_scale() -> Any:
     return option("absolute", "overlay scale: absolute (the model's evidence, white at the threshold, warm above it, "
                               "cool below, a colour bar in probabilities) or relative (min-max per image in jet: "
                               "where the model looked most, not evidence)", choices=CAM_SCALES)
 
 
-def _token_env() -> Any:
-    return option(None, "name of an environment variable holding a bearer token")
-
-
 _SEED = "random seed; the same seed repeats a run exactly on the same kind of CPU"
 _DEVICE = "cpu, cuda or auto"
 _BATCH = "images per forward pass"
+_TOKEN_ENV = "name of an environment variable holding a bearer token"
+_VIEWS = ("a CSV of view positions, e.g. rsna_1000's metadata.csv (patientId: a file's name without extension; "
+          "ViewPosition or view): a file whose DICOM header states no view gets that view's threshold")
 
 
 @dataclass(frozen=True)
@@ -238,10 +235,10 @@ class CalibrateConfig:
     target_specificity: float = option(0.85, "for --rule specificity")
     per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by "
                                    "the same rule, for every view with at least --min-view-images images of each "
-                                   "class; predict, serve and pacs apply it from the DICOM header, and use the "
-                                   "overall threshold where the view is unknown or has none")
-    min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own "
-                                      "threshold")
+                                   "class; predict, serve and pacs apply it from the DICOM header (predict and cam "
+                                   "also from --views), and the overall threshold where the view is unknown or has "
+                                   "none")
+    min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own threshold")
     ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration split's "
                                                "feature distances")
     ood_train_images: int = option(2000, "training images sampled for the out-of-range feature distribution")
@@ -266,6 +263,7 @@ class CamConfig:
                                 "eigencam, layercam need pneumocam[cam-extra]", choices=CAM_METHODS)
     workers: int | None = option(None, "processes drawing the PNGs", shown="all cores")
     alignment: str | None = _alignment()
+    views: str | None = option(None, _VIEWS, metavar="CSV")
 
 
 @dataclass(frozen=True)
@@ -308,6 +306,7 @@ class PredictConfig:
     dicom_out: str | None = option(None, "for DICOM inputs, also write a Secondary Capture (image + CAM overlay) and "
                                          "a structured report per image here, in the source's Study "
                                          "(pneumocam[dicom])", metavar="DIR")
+    views: str | None = option(None, _VIEWS, metavar="CSV")
 
 
 @dataclass(frozen=True)
@@ -316,7 +315,7 @@ class ServeConfig:
 
     host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
     port: int = option(8000, "port (1-65535)", parse="port")
-    token_env: str | None = _token_env()
+    token_env: str | None = option(None, _TOKEN_ENV)
     max_upload_mb: float = option(32.0, "largest accepted upload in MB")
     max_concurrency: int = option(2, "uploads decoded at once")
     max_queue: int = option(32, "requests waiting beyond those; more get 503")
@@ -341,7 +340,7 @@ class PacsConfig:
     modalities: tuple[str, ...] = option(("CR", "DX"), "modalities of the series to read, comma-separated",
                                          parse="comma")
     max_attempts: int = option(3, "passes a failing image (or study) is tried before it is left alone")
-    token_env: str | None = _token_env()
+    token_env: str | None = option(None, _TOKEN_ENV)
     timeout_s: float = option(60.0, "seconds per HTTP request", flag="--timeout")
     insecure: bool = option(False, "allow sending the bearer token over plain http:// to another machine")
     limit: int = option(1000, "studies per query page")

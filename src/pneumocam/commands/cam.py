@@ -17,15 +17,16 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumocam.config import CamConfig, workers_or_cores
-from pneumocam.data import expand_inputs, require_images
+from pneumocam.data import expand_inputs, read_views, require_images
 from pneumocam.deploy import Prediction, Predictor
 from pneumocam.explain import ShownMap, SideBySideJob, peak, save_side_by_side
 from pneumocam.files import save_npy, unique_stems, write_csv
 
 log = logging.getLogger(__name__)
 
-CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "ood", "ood_distance", "ood_reason", "method",
-              "peak_x", "peak_y", "png", "scale", "cam7x7", "cam224", "evidence224"]
+CAM_FIELDS = ["source", "probability", "logit", "predicted", "threshold", "threshold_basis", "view", "ood",
+              "ood_distance", "ood_reason", "method", "peak_x", "peak_y", "png", "scale", "cam7x7", "cam224",
+              "evidence224"]
 
 
 # drawing in parallel pays off once the workers' start-up (about half a second) is covered
@@ -87,7 +88,8 @@ def write_cam_outputs(predictions: list[Prediction], out_dir: Path, alpha: float
         peak_y, peak_x = peak(prediction.cam)
         rows.append({"source": prediction.source, "probability": f"{prediction.probability:.6f}",
                      "logit": f"{prediction.logit:.6f}", "predicted": prediction.predicted,
-                     "threshold": prediction.threshold, **prediction.ood_fields(), "method": prediction.method,
+                     "threshold": prediction.threshold, "threshold_basis": prediction.threshold_basis,
+                     "view": prediction.view, **prediction.ood_fields(), "method": prediction.method,
                      "peak_x": peak_x, "peak_y": peak_y, "png": f"{name}_cam.png",
                      "cam7x7": f"{name}_cam7x7.npy" if prediction.cam_raw is not None else "",
                      "cam224": f"{name}_cam224.npy", "scale": shown.scale,
@@ -100,8 +102,9 @@ def explain_files(checkpoint: str | Path, inputs: list[str | Path], out_dir: str
                   config: CamConfig = CamConfig()) -> CamReport:
     out_dir = Path(out_dir)
     paths = require_images(expand_inputs(inputs), inputs)
+    views = read_views(config.views) if config.views else None
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, alignment=config.alignment)
-    predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method)
+    predictions, failures = predictor.predict_files(paths, True, config.batch_size, config.method, views)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = write_cam_outputs(predictions, out_dir, config.alpha, config.colormap, workers=config.workers,
                              scale=config.cam_scale)

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumocam.config import PredictConfig
-from pneumocam.data import is_dicom, require_images, resolve_inputs
+from pneumocam.data import is_dicom, read_views, require_images, resolve_inputs
 from pneumocam.deploy import Predictor, batches
 from pneumocam.errors import PneumocamError
 from pneumocam.explain import peak
@@ -36,6 +36,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
     paths, failures = resolve_inputs(inputs)
     if not failures:
         require_images(paths, inputs)
+    views = read_views(config.views) if config.views else None
     predictor = Predictor.from_checkpoint(checkpoint, device=config.device, threshold=config.threshold,
                                           backend=config.backend)
     stem_of = dict(zip(map(str, paths), unique_stems(paths), strict=True))  # overlay names, unique over all inputs
@@ -43,7 +44,8 @@ def run_predict(checkpoint: str | Path, inputs: list[str], out_dir: str | Path |
     rows = []
     with tqdm(total=len(paths), desc="predict", unit="img", disable=len(paths) < 2 * config.batch_size) as bar:
         for chunk in batches(paths, config.batch_size):
-            predictions, chunk_failures = predictor.predict_files(chunk, cam=True, batch_size=config.batch_size)
+            predictions, chunk_failures = predictor.predict_files(chunk, cam=True, batch_size=config.batch_size,
+                                                                  views=views)
             failures += chunk_failures
             for prediction in predictions:
                 overlay = _write_overlay(prediction, stem_of[prediction.source], out_dir, config.cam_scale) \

@@ -25,7 +25,7 @@ _HOMES = {  # public name -> the module of this package that holds it
     "HEADER_KEYWORDS": "metadata", "Judge": "metadata", "MAX_AGE": "metadata", "METADATA_CSV": "metadata",
     "RSNA_CLASSES": "metadata", "age_band": "metadata", "attribute_values": "metadata", "from_header": "metadata",
     "normalise": "metadata", "read_metadata_csv": "metadata", "read_rsna_classes": "metadata",
-    "read_source_metadata": "metadata",
+    "read_source_metadata": "metadata", "read_views": "metadata",
     "Contract": "preprocess", "Normalization": "preprocess", "collate_images": "preprocess",
     "data_contract": "preprocess", "load_file": "preprocess", "normalised_batch": "preprocess",
     "pad_to_square": "preprocess", "read_normalization": "preprocess", "to_model_input": "preprocess",

@@ -66,6 +66,19 @@ def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["patientId"]: {field: row[column] for field, column in present.items()} for row in reader}
 
 
+def read_views(path: str | Path) -> dict[str, str]:
+    """A CSV of view positions (a metadata.csv) -> {patientId: normalised view} for the rows that state a valid
+    one: how files without a DICOM header (PNG, JPEG, .npy) get their view's operating point."""
+    path = Path(path)
+    if not path.is_file():
+        raise PneumocamError(f"{path}: no such file")
+    found = read_metadata_csv(path)
+    if found and not any("view" in values for values in found.values()):
+        raise PneumocamError(f"{path}: needs a view column ({' or '.join(COLUMNS['view'])})")
+    views = {patient: normalise("view", values.get("view"))[0] for patient, values in found.items()}
+    return {patient: view for patient, view in views.items() if view}
+
+
 def read_rsna_classes(path: Path) -> dict[str, dict[str, str]]:
     """RSNA's stage_2_detailed_class_info.csv -> {patientId: {"finding": raw class}}."""
     with open(path, newline="", encoding="utf-8") as f:

@@ -7,7 +7,7 @@ so explaining a prediction costs only an einsum, a min-max and a bilinear resize
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -341,11 +341,13 @@ class Predictor:
         return (self.calibration.apply(cells + self.head_bias) - boundary).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,
-                      method: str = "cam") -> tuple[list[Prediction], list[dict]]:
-        """Predict every readable file; unreadable ones come back as {"source", "reason"} rows."""
+                      method: str = "cam", views: Mapping[str, str] | None = None,
+                      ) -> tuple[list[Prediction], list[dict]]:
+        """Predict every readable file; unreadable ones come back as {"source", "reason"} rows. `views`: {file name
+        without extension: view} for files whose header states none (data.read_views)."""
         predictions, failures = [], []
         for chunk in batches(list(paths), batch_size):
-            images, sources, views = [], [], []
+            images, sources, chosen = [], [], []
             for path in chunk:
                 try:
                     image, view = self.load_with_view(path)
@@ -353,8 +355,8 @@ class Predictor:
                     failures.append({"source": str(path), "reason": exc.reason})
                     continue
                 images.append(image)
-                views.append(view)
+                chosen.append(view or (views or {}).get(Path(path).stem, ""))
                 sources.append(str(path))
             if images:
-                predictions += self.predict_arrays(images, sources, cam, batch_size, method, views)
+                predictions += self.predict_arrays(images, sources, cam, batch_size, method, chosen)
         return predictions, failures

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pneumocam.config import ServeConfig
 from pneumocam.data.limits import TOO_LARGE
+from pneumocam.data.metadata import normalise
 from pneumocam.data.readers import ImageReadError
 from pneumocam.deploy.batching import DynamicBatcher
 from pneumocam.deploy.http_guards import BodyLimit, LoopbackHostOnly, is_loopback, resolve_token
@@ -53,14 +54,17 @@ PICTURES_PARAMETER = {"name": "pictures", "in": "query", "required": False, "sch
                       "description": "PNG pictures to add to the answer, comma-separated: overlay (the CAM blended "
                                      "on the image), layer (its colours alone, with alpha), image (the model's "
                                      "input); or all. None by default.", "example": "overlay"}
+VIEW_PARAMETER = {"name": "view", "in": "query", "required": False, "schema": {"type": "string"},
+                  "description": "the film's view position (PA, AP...) where the file does not state one (a PNG "
+                                 "or JPEG): it picks that view's threshold; a DICOM's header wins", "example": "PA"}
 MULTIPART_OVERHEAD = 64 * 1024  # the form's boundaries and part headers around the file's bytes
 # what /v1/predict answers besides 200 (the OpenAPI schema lists them, so a fuzzer checks them too)
 ERRORS = {400: "empty or malformed request", 401: "missing or wrong bearer token", 413: "upload or image too large",
           415: "not a DICOM, PNG, JPEG, BMP, TIFF or .npy file",
           421: "addressed to another host than this loopback server",
-          422: "the file cannot be read as a chest X-ray", 503: "server busy"}
+          422: "the file cannot be read as a chest X-ray, or a query value is not valid", 503: "server busy"}
 # /v1/predict's parameter and body as OpenAPI states them (the endpoint reads the request itself)
-PREDICT_OPENAPI = {"parameters": [PICTURES_PARAMETER], "requestBody": {"required": True, "content": {
+PREDICT_OPENAPI = {"parameters": [PICTURES_PARAMETER, VIEW_PARAMETER], "requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                        "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
 # what the upload's first bytes say it is -> the suffix the reader needs
@@ -123,6 +127,14 @@ def requested_pictures(value: str | None) -> tuple[str, ...]:
     return names
 
 
+def requested_view(value: str | None) -> str:
+    """?view=PA -> "PA" (normalised as the manifest stores views); "" when absent."""
+    view, malformed = normalise("view", value)
+    if malformed:
+        raise UploadError(422, f"?view={value!r} is not a view position such as PA or AP")
+    return view
+
+
 def _picture(name: str, prediction: Prediction, shown: ShownMap) -> str:
     if name == "overlay":  # the overlay, blended
         return png_base64(overlay_map(prediction.image, shown))
@@ -140,7 +152,7 @@ def answer(predictor: Predictor, prediction: Prediction, scale: str = "absolute"
         "predicted": prediction.predicted,
         "threshold": prediction.threshold,
         "threshold_basis": prediction.threshold_basis,  # "view PA", or "overall (view unknown)"
-        "view": prediction.view,  # from a DICOM's header; "" for other files
+        "view": prediction.view,  # from a DICOM's header, else from ?view=; "" when neither states one
         "threshold_rule": predictor.metadata.get("threshold_rule"),
         "ood": prediction.ood,  # true: does not look like a frontal chest X-ray; null: the model has no detector
         "ood_reason": prediction.ood_reason,
@@ -276,6 +288,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
             return _error(401, "missing or wrong bearer token")
         try:
             pictures = requested_pictures(request.query_params.get("pictures"))
+            view = requested_view(request.query_params.get("view"))
         except UploadError as exc:
             return _error(exc.status, exc.message)
         if waiting["n"] >= config.max_queue + config.max_concurrency:
@@ -284,6 +297,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         waiting["n"] += 1
         try:
             loaded, size = await uploads.image(request)
+            loaded = loaded if loaded.view else loaded._replace(view=view)
             prediction = await batcher.submit(loaded)
             body = await answer_off_the_loop(predictor, prediction, config.cam_scale, pictures)
         except UploadError as exc:
