@@ -127,12 +127,13 @@ def requested_pictures(value: str | None) -> tuple[str, ...]:
     return names
 
 
-def requested_view(value: str | None) -> str:
-    """?view=PA -> "PA" (normalised as the manifest stores views); "" when absent."""
+def with_requested_view(loaded: LoadedImage, value: str | None) -> LoadedImage:
+    """The upload with the view ?view=PA states (normalised as the manifest stores views) where its file states
+    none: a DICOM's header wins. Raises UploadError (422) for a malformed view."""
     view, malformed = normalise("view", value)
     if malformed:
         raise UploadError(422, f"?view={value!r} is not a view position such as PA or AP")
-    return view
+    return loaded if loaded.view else loaded._replace(view=view)
 
 
 def _picture(name: str, prediction: Prediction, shown: ShownMap) -> str:
@@ -288,7 +289,6 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
             return _error(401, "missing or wrong bearer token")
         try:
             pictures = requested_pictures(request.query_params.get("pictures"))
-            view = requested_view(request.query_params.get("view"))
         except UploadError as exc:
             return _error(exc.status, exc.message)
         if waiting["n"] >= config.max_queue + config.max_concurrency:
@@ -297,7 +297,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         waiting["n"] += 1
         try:
             loaded, size = await uploads.image(request)
-            loaded = loaded if loaded.view else loaded._replace(view=view)
+            loaded = with_requested_view(loaded, request.query_params.get("view"))
             prediction = await batcher.submit(loaded)
             body = await answer_off_the_loop(predictor, prediction, config.cam_scale, pictures)
         except UploadError as exc:
