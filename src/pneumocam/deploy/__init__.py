@@ -31,8 +31,8 @@ _HOMES = {  # public name -> the module of this package that holds it
     "PICTURES": "server", "PICTURES_PARAMETER": "server", "PREDICT_OPENAPI": "server", "STATIC": "server",
     "UploadError": "server", "UploadReader": "server", "answer": "server", "answer_off_the_loop": "server",
     "create_app": "server", "decode_upload": "server", "model_description": "server", "png_base64": "server",
-    "requested_pictures": "server", "with_requested_view": "server", "serve": "server", "sniff_suffix": "server",
-    "upload_limit_bytes": "server", "VIEW_PARAMETER": "server",
+    "requested_options": "server", "requested_pictures": "server", "requested_view": "server", "serve": "server",
+    "sniff_suffix": "server", "upload_limit_bytes": "server", "VIEW_PARAMETER": "server",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy_exports(__name__, _HOMES)

@@ -78,6 +78,11 @@ class LoadedImage(NamedTuple):
     image: np.ndarray
     view: str
 
+    def or_view(self, view: str) -> LoadedImage:
+        """This image with `view` where its header states none: the one rule of `predict --views` and `serve`'s
+        ?view=, under which a DICOM's header always wins."""
+        return self if self.view else self._replace(view=view)
+
 
 def resolve_device(device: str) -> torch.device:
     import torch
@@ -350,12 +355,12 @@ class Predictor:
             images, sources, chosen = [], [], []
             for path in chunk:
                 try:
-                    image, view = self.load_with_view(path)
+                    loaded = self.load_with_view(path).or_view((views or {}).get(Path(path).stem, ""))
                 except ImageReadError as exc:
                     failures.append({"source": str(path), "reason": exc.reason})
                     continue
-                images.append(image)
-                chosen.append(view or (views or {}).get(Path(path).stem, ""))
+                images.append(loaded.image)
+                chosen.append(loaded.view)
                 sources.append(str(path))
             if images:
                 predictions += self.predict_arrays(images, sources, cam, batch_size, method, chosen)

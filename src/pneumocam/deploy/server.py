@@ -25,7 +25,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,13 +127,18 @@ def requested_pictures(value: str | None) -> tuple[str, ...]:
     return names
 
 
-def with_requested_view(loaded: LoadedImage, value: str | None) -> LoadedImage:
-    """The upload with the view ?view=PA states (normalised as the manifest stores views) where its file states
-    none: a DICOM's header wins. Raises UploadError (422) for a malformed view."""
+def requested_view(value: str | None) -> str:
+    """?view=PA -> "PA", normalised as the manifest stores views; "" when absent. Raises UploadError (422) for a
+    malformed view, before the upload is read."""
     view, malformed = normalise("view", value)
     if malformed:
         raise UploadError(422, f"?view={value!r} is not a view position such as PA or AP")
-    return loaded if loaded.view else loaded._replace(view=view)
+    return view
+
+
+def requested_options(query: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """(?pictures=, ?view=), both checked before the upload is read."""
+    return requested_pictures(query.get("pictures")), requested_view(query.get("view"))
 
 
 def _picture(name: str, prediction: Prediction, shown: ShownMap) -> str:
@@ -288,7 +293,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         if not _authorised(request, token):
             return _error(401, "missing or wrong bearer token")
         try:
-            pictures = requested_pictures(request.query_params.get("pictures"))
+            pictures, view = requested_options(request.query_params)
         except UploadError as exc:
             return _error(exc.status, exc.message)
         if waiting["n"] >= config.max_queue + config.max_concurrency:
@@ -297,7 +302,7 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig(), token:
         waiting["n"] += 1
         try:
             loaded, size = await uploads.image(request)
-            loaded = with_requested_view(loaded, request.query_params.get("view"))
+            loaded = loaded.or_view(view)  # the DICOM header's view wins
             prediction = await batcher.submit(loaded)
             body = await answer_off_the_loop(predictor, prediction, config.cam_scale, pictures)
         except UploadError as exc:
