@@ -94,6 +94,9 @@ TRAINED_ONCE = {
     # the base model's data from the children's yardstick instead of from scratch: every base trained on children
     # and adults together ranks the children below the yardstick (paired CI below 0), so start where they are best
     "kermany-base": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), MORE_EPOCHS, start="kermany-only"),
+    # the base model with each film's exposure jittered too (gamma, contrast, brightness): AP and PA films differ
+    # in exposure, a cue the label should not be learnt from
+    "base-intensity": TrainedOnce("base-data", (CHILDREN, EXTRA_ADULTS), [*BASE, "--augment", "shift-intensity"]),
 }
 
 
@@ -138,6 +141,9 @@ RECIPES = {
     "adult-finding-ema-lwf": Recipe(EMA, teacher="kermany-only"),
     # stronger geometry: the original augmentation adds a random resized crop (0.35-1) to the affine
     "adult-finding-ema-crop": Recipe([*EMA, "--augment", "original"]),
+    # stronger intensity: each film's exposure jittered before the shift, in fine-tuning only, and throughout
+    "adult-finding-ema-intensity": Recipe([*EMA, "--augment", "shift-intensity"]),
+    "adult-finding-ema-intensity-base": Recipe([*EMA, "--augment", "shift-intensity"], start="base-intensity"),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
     # version 2's recipe from the longer-trained base model

@@ -1,6 +1,6 @@
 import torch
 
-from pneumocam.data import AffineCropRanges, augment_batch, sample_matrices
+from pneumocam.data import AffineCropRanges, IntensityRanges, augment_batch, jitter_intensity, sample_matrices
 
 IDENTITY = AffineCropRanges(degrees=0, translate=0, scale=(1, 1), crop_scale=(1, 1), crop_ratio=(1, 1))
 
@@ -45,3 +45,27 @@ def test_shift_recipe_moves_and_turns_but_never_crops():
     # 10% of the size is 0.2 in [-1, 1] units per axis; the offset is that shift turned and divided by the zoom
     offset = theta[:, :, 2].norm(dim=1)
     assert 0.25 < offset.max() <= 0.2 * 2**0.5 / 0.9 + 1e-6
+
+
+def test_intensity_jitter_changes_exposure_not_shape():
+    images = torch.rand(6, 1, 32, 32)
+    out = jitter_intensity(images, torch.Generator().manual_seed(4))
+    assert torch.equal(out, jitter_intensity(images, torch.Generator().manual_seed(4)))  # repeatable
+    assert out.min() >= 0 and out.max() <= 1 and out.shape == images.shape
+    assert len({round(float(o.mean()), 4) for o in out}) == 6  # each image its own exposure
+    # a monotone change of grey values: every pixel keeps its rank within its image (clipping aside)
+    inside = (out > 0) & (out < 1)
+    for image, jittered, keep in zip(images, out, inside, strict=True):
+        order = torch.argsort(image[keep])
+        assert (torch.diff(jittered[keep][order]) >= -1e-6).all()
+
+
+def test_intensity_ranges_mean_what_they_say():
+    grey = torch.full((2, 1, 8, 8), 0.25)
+    unchanged = IntensityRanges(gamma=(1, 1), contrast=(1, 1), brightness=(0, 0))
+    assert torch.allclose(jitter_intensity(grey, None, unchanged), grey)
+    brighter = IntensityRanges(gamma=(0.5, 0.5), contrast=(1, 1), brightness=(0.1, 0.1))
+    assert torch.allclose(jitter_intensity(grey, None, brighter), torch.full_like(grey, 0.6))  # 0.25 ** 0.5 + 0.1
+    ramp = torch.linspace(0.3, 0.7, 64).reshape(1, 1, 8, 8)
+    steeper = IntensityRanges(gamma=(1, 1), contrast=(1.2, 1.2), brightness=(0, 0))
+    assert torch.allclose(jitter_intensity(ramp, None, steeper).std(), ramp.std() * 1.2, atol=1e-6)

@@ -58,6 +58,11 @@ def test_boxed_split_moves_the_mask_with_the_image(tmp_path):
         assert not torch.equal(mask, box_masks(boxes)[0].float())  # it did move
     image, _, mask = BoxedSplit(dataset, boxes, norm, "none")[0]
     assert torch.equal(mask, box_masks(boxes)[0].float()) and label == 0
+    # intensity jitter changes the image, not its box: the film's inside is one grey value, its box another
+    image, _, mask = BoxedSplit(dataset, boxes, norm, "shift-intensity")[0]
+    image = image * norm.std + norm.mean
+    assert not torch.allclose(image, mask, atol=1e-3) and not torch.equal(mask, box_masks(boxes)[0].float())
+    assert image[mask == 1].unique().numel() == 1
 
 
 def test_balance_by_groups_gives_every_group_the_same_weighted_prevalence():

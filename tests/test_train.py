@@ -146,7 +146,8 @@ def test_in_memory_path_with_device_augmentation(phantom_data, tmp_path):
     predictor = Predictor.from_checkpoint(result.last_checkpoint)
     assert predictor.normalization.mean == json.loads((phantom_data / "stats.json").read_text())["mean"]
     rsna = fit(phantom_data, tmp_path / "rsna", TrainConfig(epochs=1, batch_size=6, pretrained="none", in_memory="on",
-                                                            data_stats=False, fast_dev_run=True, seed=0))
+                                                            data_stats=False, fast_dev_run=True, seed=0,
+                                                            augment="shift-intensity"))
     assert Predictor.from_checkpoint(rsna.last_checkpoint).normalization.mean == 0.49
 
 

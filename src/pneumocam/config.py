@@ -19,7 +19,7 @@ RESIZE_MODES = ("pad", "stretch")
 CAM_SCALES = ("absolute", "relative")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
 ALIGNMENTS = ("receptive-field", "block-centre")
-AUGMENTATIONS = ("original", "shift", "none")
+AUGMENTATIONS = ("original", "shift", "shift-intensity", "none")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 MONITORS = ("val_loss", "val_auroc", "val_acc")
@@ -141,8 +141,9 @@ class TrainConfig:
                                              "multi-source prepare, e.g. kermany224=0.3,rsna_1000=0.7 (normalised "
                                              "to sum 1; --balance-by and --balanced-sampling then act within each "
                                              "source)", shown="in proportion to their sizes")
-    augment: str = option("original", "original: affine ±5°, translate 5%, scale 0.9-1.1 + random resized crop "
-                                      "0.35-1; shift: affine ±5°, translate 10%, scale 0.9-1.1, no crop",
+    augment: str = option("original", "original: affine ±5°, translate 5%, scale 0.9-1.1 + resized crop 0.35-1; "
+                                      "shift: affine ±5°, translate 10%, scale 0.9-1.1, no crop; shift-intensity: "
+                                      "shift after a random gamma 0.7-1.4, contrast 0.8-1.2 and brightness ±0.1",
                           choices=AUGMENTATIONS)
     box_loss_weight: float = option(0.0, "weight of a loss that steers the CAM into the boxes of the training images "
                                          "that have them (DATA/boxes.csv); it adds no layer, so the CAM still "

@@ -6,6 +6,8 @@ RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)) followed by
 RandomResizedCrop(224, scale=(0.35, 1), ratio=(3/4, 4/3)) ("original"; "shift" is the affine alone, with
 10% translation), folds both into one 2x3 sampling matrix,
 and resamples the whole batch with `affine_grid` + `grid_sample` (bilinear, black outside).
+"shift-intensity" first varies each image's exposure (`jitter_intensity`): portable AP and upright PA films
+differ in contrast and brightness, a cue the label must not be learnt from.
 
 Input and output: (B, 1, H, W) images in [0, 1] (before normalisation, so "black" is 0 as in the
 CPU pipeline), on any device.
@@ -34,6 +36,39 @@ AUGMENT_RANGES = {
     "original": AffineCropRanges(),
     "shift": AffineCropRanges(translate=0.1, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
 }
+AUGMENT_RANGES["shift-intensity"] = AUGMENT_RANGES["shift"]
+
+
+@dataclass(frozen=True)
+class IntensityRanges:
+    gamma: tuple[float, float] = (0.7, 1.4)  # x ** gamma: the film's exposure curve
+    contrast: tuple[float, float] = (0.8, 1.2)  # about the image's mean
+    brightness: tuple[float, float] = (-0.1, 0.1)  # added, in units of the [0, 1] range
+
+
+def varies_intensity(augment: str) -> bool:
+    """Whether the augmentation `augment` (an --augment choice) jitters intensity before its geometry."""
+    return augment.endswith("-intensity")
+
+
+def jitter_intensity(images: torch.Tensor, generator: torch.Generator | None = None,
+                     ranges: IntensityRanges = IntensityRanges()) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> the same, each image with its own gamma, contrast and brightness, clipped to
+    [0, 1]. Applied before the geometry, so the area the affine brings in stays black."""
+    u = torch.rand(images.shape[0], 3, generator=generator).to(images.device, images.dtype)
+
+    def drawn(column: int, bounds: tuple[float, float]) -> torch.Tensor:
+        return (bounds[0] + u[:, column] * (bounds[1] - bounds[0]))[:, None, None, None]
+
+    gamma = torch.exp(drawn(0, (math.log(ranges.gamma[0]), math.log(ranges.gamma[1]))))  # log-uniform
+    out = images.clamp(0, 1) ** gamma
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + (out - mean) * drawn(1, ranges.contrast) + drawn(2, ranges.brightness)).clamp(0, 1)
+
+
+def jitter_one(image: torch.Tensor) -> torch.Tensor:
+    """`jitter_intensity` for one (1, H, W) image, drawn from torch's global generator (the CPU workers')."""
+    return jitter_intensity(image[None])[0]
 
 
 def sample_matrices(batch: int, generator: torch.Generator, ranges: AffineCropRanges = AffineCropRanges(),

@@ -20,6 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import DatasetFolder
 
 from pneumocam.config import AUGMENTATIONS, EVALUATION_SPLITS, IMAGE_SIZE
+from pneumocam.data.augment import jitter_one, varies_intensity
 from pneumocam.data.boxes import box_masks
 from pneumocam.data.preprocess import Normalization, data_contract, load_file
 from pneumocam.errors import PneumocamError
@@ -48,14 +49,15 @@ def geometric_transform(augment: str = "none", size: int = IMAGE_SIZE) -> transf
 
     "original" (the course's): RandomAffine(±5°, translate 5%, scale 0.9-1.1) then
     RandomResizedCrop(size, scale 0.35-1). "shift": RandomAffine(±5°, translate 10%, scale 0.9-1.1) and
-    no crop, so the lesion keeps its size and the whole chest stays in view. "none": None.
+    no crop, so the lesion keeps its size and the whole chest stays in view ("shift-intensity": the same
+    geometry). "none": None.
     """
     if augment == "original":
         return transforms.Compose([
             transforms.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)),
             transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
         ])
-    if augment == "shift":
+    if augment in ("shift", "shift-intensity"):
         return transforms.Compose([transforms.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1))])
     if augment != "none":
         raise PneumocamError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")
@@ -63,8 +65,11 @@ def geometric_transform(augment: str = "none", size: int = IMAGE_SIZE) -> transf
 
 
 def build_transform(norm: Normalization, augment: str = "none", size: int = IMAGE_SIZE) -> transforms.Compose:
-    """ToTensor + Normalize, with `geometric_transform(augment, size)` between them for training."""
+    """ToTensor + Normalize, with the intensity jitter and `geometric_transform(augment, size)` between them
+    for training."""
     steps: list = [transforms.ToTensor()]  # (H, W) float32 -> (1, H, W), values unchanged
+    if varies_intensity(augment):
+        steps.append(jitter_one)
     if (geometric := geometric_transform(augment, size)) is not None:
         steps.append(geometric)
     steps.append(transforms.Normalize(mean=[norm.mean], std=[norm.std]))
@@ -209,7 +214,7 @@ class BoxedSplit(torch.utils.data.Dataset):
         if len(boxes) != len(dataset):
             raise ValueError(f"{len(boxes)} box rows for {len(dataset)} samples")
         self.dataset, self.boxes, self.norm = dataset, boxes, norm
-        self.geometric = geometric_transform(augment, size)
+        self.geometric, self.intensity = geometric_transform(augment, size), varies_intensity(augment)
         self.labels = dataset_labels(dataset)
 
     def __len__(self) -> int:
@@ -218,6 +223,8 @@ class BoxedSplit(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         path, target = self.dataset.samples[index]
         image = torch.from_numpy(load_file(path))[None]
+        if self.intensity:
+            image = jitter_one(image)
         both = torch.cat([image, box_masks(self.boxes[index][None], image.shape[-1])[0].float()])  # (2, H, W)
         if self.geometric is not None:
             both = self.geometric(both)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from pneumocam.data.augment import AUGMENT_RANGES, augment_batch
+from pneumocam.data.augment import AUGMENT_RANGES, augment_batch, jitter_intensity, varies_intensity
 from pneumocam.data.boxes import cell_coverage
 from pneumocam.data.datasets import (
     positive_weight,
@@ -122,6 +122,8 @@ class PneumoniaModule(L.LightningModule):
         masks, targets = rest[:split], rest[split:]
         images = images.float()
         augment = self.config["augment"]
+        if self.trainer.training and varies_intensity(augment):
+            images = jitter_intensity(images, self._augment_generator)
         if self.trainer.training and augment != "none":
             both = augment_batch(torch.cat([images, *(m.float() for m in masks)], dim=1), self._augment_generator,
                                  AUGMENT_RANGES[augment])
