@@ -144,6 +144,9 @@ RECIPES = {
     # stronger intensity: each film's exposure jittered before the shift, in fine-tuning only, and throughout
     "adult-finding-ema-intensity": Recipe([*EMA, "--augment", "shift-intensity"]),
     "adult-finding-ema-intensity-base": Recipe([*EMA, "--augment", "shift-intensity"], start="base-intensity"),
+    # a second seed of the first and its baseline: the seed moves a fold by as much as the jitter does
+    "adult-finding-ema-seed1": Recipe([*EMA, "--seed", "1"]),
+    "adult-finding-ema-intensity-seed1": Recipe([*EMA, "--augment", "shift-intensity", "--seed", "1"]),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
     # version 2's recipe from the longer-trained base model
