@@ -147,6 +147,8 @@ RECIPES = {
     # a second seed of the first and its baseline: the seed moves a fold by as much as the jitter does
     "adult-finding-ema-seed1": Recipe([*EMA, "--seed", "1"]),
     "adult-finding-ema-intensity-seed1": Recipe([*EMA, "--augment", "shift-intensity", "--seed", "1"]),
+    # the shipped recipe with the jitter
+    "adult-finding-ema-longest-bn-intensity": Recipe([*EMA_BN, "--augment", "shift-intensity"], start="base-longest"),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
     # version 2's recipe from the longer-trained base model
