@@ -45,5 +45,10 @@ def test_a_views_csv_gives_each_patient_its_normalised_view_and_names_the_file_w
     (tmp_path / "sexes.csv").write_text("patientId,PatientSex\na,F\n")
     with pytest.raises(PneumocamError, match=r"sexes\.csv: needs a view column \(ViewPosition or view\)"):
         read_views(tmp_path / "sexes.csv")
+    (tmp_path / "header.csv").write_text("patientId,PatientSex\n")  # no rows: still told it has no view column
+    with pytest.raises(PneumocamError, match=r"header\.csv: needs a view column"):
+        read_views(tmp_path / "header.csv")
+    (tmp_path / "empty.csv").write_text("patientId,view\n")  # a view column and no rows: nothing known, no error
+    assert read_views(tmp_path / "empty.csv") == {}
     with pytest.raises(PneumocamError, match=r"missing\.csv: no such file"):
         read_views(tmp_path / "missing.csv")

@@ -73,7 +73,9 @@ def read_views(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise PneumocamError(f"{path}: no such file")
     found = read_metadata_csv(path)
-    if found and not any("view" in values for values in found.values()):
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])  # judged by its header, so a CSV without rows is judged too
+    if not any(column in header for column in COLUMNS["view"]):
         raise PneumocamError(f"{path}: needs a view column ({' or '.join(COLUMNS['view'])})")
     views = {patient: normalise("view", values.get("view"))[0] for patient, values in found.items()}
     return {patient: view for patient, view in views.items() if view}
