@@ -8,7 +8,7 @@ from pneumocam.exports import lazy_exports
 _HOMES = {  # public name -> the module of this package that holds it
     "AUGMENT_RANGES": "augment", "AffineCropRanges": "augment", "augment_batch": "augment",
     "IntensityRanges": "augment", "jitter_intensity": "augment", "jitter_one": "augment", "sample_matrices": "augment",
-    "varies_intensity": "augment",
+    "geometry_of": "augment", "varies_intensity": "augment",
     "Box": "boxes", "Geometry": "boxes", "box_mask": "boxes", "box_masks": "boxes", "cell_coverage": "boxes",
     "load_boxes": "boxes", "split_boxes": "boxes", "square_geometry": "boxes",
     "BoxedSplit": "datasets", "InMemorySplit": "datasets", "WithTargets": "datasets", "build_transform": "datasets",

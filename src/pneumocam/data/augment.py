@@ -36,7 +36,6 @@ AUGMENT_RANGES = {
     "original": AffineCropRanges(),
     "shift": AffineCropRanges(translate=0.1, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)),
 }
-AUGMENT_RANGES["shift-intensity"] = AUGMENT_RANGES["shift"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,11 @@ class IntensityRanges:
 def varies_intensity(augment: str) -> bool:
     """Whether the augmentation `augment` (an --augment choice) jitters intensity before its geometry."""
     return augment.endswith("-intensity")
+
+
+def geometry_of(augment: str) -> str:
+    """The geometric recipe of an --augment choice: "shift-intensity" moves images as "shift" does."""
+    return augment.removesuffix("-intensity")
 
 
 def jitter_intensity(images: torch.Tensor, generator: torch.Generator | None = None,

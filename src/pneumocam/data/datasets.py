@@ -20,7 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import DatasetFolder
 
 from pneumocam.config import AUGMENTATIONS, EVALUATION_SPLITS, IMAGE_SIZE
-from pneumocam.data.augment import jitter_one, varies_intensity
+from pneumocam.data.augment import geometry_of, jitter_one, varies_intensity
 from pneumocam.data.boxes import box_masks
 from pneumocam.data.preprocess import Normalization, data_contract, load_file
 from pneumocam.errors import PneumocamError
@@ -52,12 +52,13 @@ def geometric_transform(augment: str = "none", size: int = IMAGE_SIZE) -> transf
     no crop, so the lesion keeps its size and the whole chest stays in view ("shift-intensity": the same
     geometry). "none": None.
     """
-    if augment == "original":
+    geometry = geometry_of(augment)
+    if geometry == "original":
         return transforms.Compose([
             transforms.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.9, 1.1)),
             transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
         ])
-    if augment in ("shift", "shift-intensity"):
+    if geometry == "shift":
         return transforms.Compose([transforms.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.9, 1.1))])
     if augment != "none":
         raise PneumocamError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")

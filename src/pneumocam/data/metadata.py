@@ -54,8 +54,9 @@ def normalise(field: str, value: str | None) -> tuple[str, bool]:
     raise ValueError(f"unknown metadata field {field!r}")
 
 
-def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
-    """metadata.csv -> {patientId: {field: raw value}} for the fields among its columns."""
+def read_metadata_csv(path: Path, required: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """metadata.csv -> {patientId: {field: raw value}} for the fields among its columns; a field of `required`
+    without a column is an error, judged by the header, so a CSV without rows is judged too."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -63,6 +64,9 @@ def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
             raise PneumocamError(f"{path}: needs a patientId column, found {columns}")
         present = {field: next(c for c in names if c in columns) for field, names in COLUMNS.items()
                    if any(c in columns for c in names)}
+        for field in required:
+            if field not in present:
+                raise PneumocamError(f"{path}: needs a {field} column ({' or '.join(COLUMNS[field])})")
         return {row["patientId"]: {field: row[column] for field, column in present.items()} for row in reader}
 
 
@@ -72,12 +76,8 @@ def read_views(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise PneumocamError(f"{path}: no such file")
-    found = read_metadata_csv(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])  # judged by its header, so a CSV without rows is judged too
-    if not any(column in header for column in COLUMNS["view"]):
-        raise PneumocamError(f"{path}: needs a view column ({' or '.join(COLUMNS['view'])})")
-    views = {patient: normalise("view", values.get("view"))[0] for patient, values in found.items()}
+    found = read_metadata_csv(path, required=("view",))
+    views = {patient: normalise("view", values["view"])[0] for patient, values in found.items()}
     return {patient: view for patient, view in views.items() if view}
 
 

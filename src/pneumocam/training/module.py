@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from pneumocam.data.augment import AUGMENT_RANGES, augment_batch, jitter_intensity, varies_intensity
+from pneumocam.data.augment import AUGMENT_RANGES, augment_batch, geometry_of, jitter_intensity, varies_intensity
 from pneumocam.data.boxes import cell_coverage
 from pneumocam.data.datasets import (
     positive_weight,
@@ -126,7 +126,7 @@ class PneumoniaModule(L.LightningModule):
             images = jitter_intensity(images, self._augment_generator)
         if self.trainer.training and augment != "none":
             both = augment_batch(torch.cat([images, *(m.float() for m in masks)], dim=1), self._augment_generator,
-                                 AUGMENT_RANGES[augment])
+                                 AUGMENT_RANGES[geometry_of(augment)])
             images, masks = both[:, :1], [both[:, 1:]] if masks else []
         norm = self.hparams["normalization"]
         return ((images - norm["mean"]) / norm["std"], labels, *masks, *targets)
