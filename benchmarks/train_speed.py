@@ -9,7 +9,8 @@ device: batch 32 / 16 steps / 320 images on CPU, batch 256 / 20 steps / 2,048 im
   plain       the same network, loss, optimizer, batches and memory format in a hand-written loop, S steps
   (both time steps WARMUP..WARMUP+S, after start-up; the two are run alternately twice, best of each kept)
   pipeline    images/s of the training DataLoader alone (file path + CPU augmentation; in-memory + device aug.)
-  features    (GPU) images/s with precision, channels-last, in-memory data and torch.compile switched on/off
+  features    images/s with in-memory data, channels-last and bf16-mixed (CPU; fast only with native bfloat16,
+              AVX512-BF16 or AMX) or (GPU) precision, channels-last, in-memory data and torch.compile on/off
 
 Target (issue 4): Lightning within 5% of the plain loop on CPU.
 
@@ -187,7 +188,8 @@ def main() -> None:
     print(f"{'  Lightning / plain':<58}{lightning / plain:>10.3f}   (target >= 0.95)")
     row("data pipeline alone: files + CPU augmentation (workers 0)", pipeline_rate(data, base, args.steps, device))
     row("data pipeline alone: in memory + device augmentation", pipeline_rate(data, memory, args.steps, device))
-    rows = [("in-memory data + device augmentation", memory), ("channels-last off", replace(base, channels_last=False))]
+    rows = [("in-memory data + device augmentation", memory), ("channels-last off", replace(base, channels_last=False)),
+            ("bfloat16 mixed precision (bf16-mixed)", replace(base, precision="bf16-mixed"))]
     if gpu:
         fast = memory
         rows = [("all on (mixed precision, channels-last, in-memory)", fast),

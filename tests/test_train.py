@@ -95,6 +95,32 @@ def test_same_seed_gives_identical_metrics_on_cpu(phantom_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_mixed_on_cpu_is_repeatable_and_saves_float32_weights(phantom_data, tmp_path):
+    from pneumocam.deploy import Predictor
+
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", precision="bf16-mixed",
+                         box_loss_weight=0.5, ema_decay=0.9, seed=3)
+    first = fit(phantom_data, tmp_path / "a", config)
+    fit(phantom_data, tmp_path / "b", config)
+    assert _val_rows(tmp_path / "a") == _val_rows(tmp_path / "b")
+    checkpoint = torch.load(first.last_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["pneumocam"]["config"]["precision"] == "bf16-mixed"
+    assert {t.dtype for t in checkpoint["state_dict"].values() if t.is_floating_point()} == {torch.float32}
+    predictions = Predictor.from_checkpoint(first.last_checkpoint).predict_arrays(list(torch.rand(2, 64, 64).numpy()))
+    assert all(0 < p.probability < 1 for p in predictions)
+
+
+def test_bf16_mixed_on_a_cpu_without_native_bfloat16_warns(phantom_data, tmp_path, monkeypatch, caplog):
+    import pneumocam.commands.train as train
+
+    monkeypatch.setattr(train, "_cpu_has_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="pneumocam.commands.train"):
+        fit(phantom_data, tmp_path, TrainConfig(batch_size=4, pretrained="none", precision="bf16-mixed",
+                                                fast_dev_run=True))
+    assert "without native bfloat16" in caplog.text
+
+
+@pytest.mark.slow
 def test_resume_after_kill_minus_9_finishes_the_same_epochs(phantom_data, tmp_path):
     import os
     import signal

@@ -73,6 +73,8 @@ COMMANDS = (
              "pneumocam train rsna-data/ run/ --group-dro view    # the worst of view x label weighs most",
              "pneumocam train joint/ run/ --source-shares kermany224=0.3,rsna_1000=0.7   # each source's share",
              "pneumocam train data/ run/ --resume            # after an interruption",
+             "pneumocam train data/ run/ --precision bf16-mixed   # a CPU with AVX512-BF16/AMX: 1.8x faster, ranks a "
+             "little worse",
              "pneumocam train data/ run/ --devices 4 --strategy ddp   # several GPUs"),
             TrainConfig, (("data", {"help": "prepared data folder (with Processed/train and Processed/val)"}),
                           ("run", {"help": "run folder for checkpoints, config.yaml and logs"}))),

@@ -46,6 +46,12 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def _cpu_has_bfloat16() -> bool:
+    """Native bfloat16 instructions (AVX512-BF16 or AMX): without them bf16-mixed runs emulated on a CPU."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
 def resolve_runtime(config: TrainConfig) -> TrainConfig:
     """Replace the "auto" settings by what they mean on this machine (recorded in the checkpoint)."""
     gpu = _on_gpu(config.accelerator)
@@ -156,6 +162,9 @@ def fit(data_dir: str | Path, run_dir: str | Path, config: TrainConfig = TrainCo
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     resume_from = _check(config, run_dir)
     given, config = config, resolve_runtime(config)
+    if config.precision.startswith("bf16") and not _on_gpu(config.accelerator) and not _cpu_has_bfloat16():
+        log.warning("--precision %s on a CPU without native bfloat16 (AVX512-BF16 or AMX): it runs emulated and can "
+                    "be slower than 32-true", config.precision)
     L.seed_everything(config.seed, workers=True, verbose=False)
     norm = read_normalization(data_dir, config.data_stats)
     labels = dataset_labels(split_dataset(data_dir, "train"))
