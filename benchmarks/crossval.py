@@ -171,6 +171,11 @@ RECIPES = {
     # the 4-epoch base's recipe and the shipped one, trained in bfloat16 from the bfloat16 chain
     "adult-finding-ema-bf16": Recipe([*EMA, *BF16], start="base-bf16"),
     "adult-finding-ema-longest-bn-bf16": Recipe([*EMA_BN, *BF16], start="base-longest-bf16"),
+    # two of the levers never run from a long base, screened in bfloat16 against the line above: the worst
+    # of view x label weighing most, and the hard-negative head weighing twice
+    "adult-finding-ema-longest-bn-dro-bf16": Recipe([*EMA_BN, "--group-dro", "view", *BF16], start="base-longest-bf16"),
+    "adult-finding2-ema-longest-bn-bf16": Recipe([*EMA_BN, "--finding-loss-weight", "2", *BF16],
+                                                 start="base-longest-bf16"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
