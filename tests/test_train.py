@@ -517,6 +517,30 @@ def test_ema_decay_must_be_below_one(phantom_data, tmp_path):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", ema_decay=1.0))
 
 
+@pytest.mark.slow
+def test_mixup_trains_with_boxes_and_findings_repeatably_and_changes_the_run(phantom_data, tmp_path):
+    """--mixup: blended batches reach the losses (boxes and the finding head included), a seed repeats the run,
+    and the weights differ from a run without it."""
+    from pneumocam.model import load_checkpoint, network_state
+
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
+                         finding_loss_weight=1.0, mixup=0.4, seed=2)
+    weights = [network_state(load_checkpoint(fit(data, tmp_path / name, run).last_checkpoint))["fc.weight"]
+               for name, run in (("a", config), ("b", config), ("plain", replace(config, mixup=0.0)))]
+    assert torch.equal(weights[0], weights[1]) and not torch.allclose(weights[0], weights[2])
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")["pneumocam"]["config"]["mixup"] == 0.4
+
+
+def test_mixup_must_not_be_negative_nor_meet_group_dro(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--mixup must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", mixup=-0.2))
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro"):
+        fit(phantom_data, tmp_path / "dro", TrainConfig(pretrained="none", mixup=0.2, group_dro=("view",)))
+
+
 def test_group_dro_batches_carry_each_images_view_and_label_group(phantom_data):
     from pneumocam.commands.train import resolve_runtime
     from pneumocam.data import Normalization, dataset_files, manifest_rows

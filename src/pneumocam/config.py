@@ -32,8 +32,7 @@ THRESHOLD_RULES = ("sensitivity", "specificity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: onnxruntime on the CPU where it is installed, else torch
-REPLACEMENTS = ("blur", "mean")
-EXPORT_FORMATS = ("onnx", "torchscript")
+REPLACEMENTS, EXPORT_FORMATS = ("blur", "mean"), ("onnx", "torchscript")
 RSNA_MEAN, RSNA_STD = 0.49, 0.248  # the RSNA training set's pixel mean and std in [0, 1] (the course's)
 OOD_QUANTILE = 0.99
 MIN_SUBGROUP_SIZE = 20
@@ -161,6 +160,8 @@ class TrainConfig:
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")
+    mixup: float = option(0.0, "train on blends of two films and of their labels (mixup), the share drawn from "
+                               "Beta(A, A) with this A, e.g. 0.2; a blend's boxes are both films' (0: off)")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")
@@ -234,11 +235,10 @@ class CalibrateConfig:
                                       "the most sensitive with so few false alarms) or youden", choices=THRESHOLD_RULES)
     target_sensitivity: float = option(0.9, "for --rule sensitivity")
     target_specificity: float = option(0.85, "for --rule specificity")
-    per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by "
-                                   "the same rule, for every view with at least --min-view-images images of each "
-                                   "class; predict, serve and pacs apply it from the DICOM header (predict and cam "
-                                   "also from --views), and the overall threshold where the view is unknown or has "
-                                   "none")
+    per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by the "
+                                   "same rule, for every view with at least --min-view-images images of each class; "
+                                   "predict, serve and pacs apply it from the DICOM header (predict and cam also from "
+                                   "--views), and the overall threshold where the view is unknown or has none")
     min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own threshold")
     ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration split's "
                                                "feature distances")

@@ -96,6 +96,10 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         raise PneumocamError(f"--soft-labels {config.soft_labels}: no such file")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
+    if not config.mixup >= 0:
+        raise PneumocamError(f"--mixup must be >= 0 (0: off), got {config.mixup}")
+    if config.mixup > 0 and config.group_dro:
+        raise PneumocamError("--mixup blends films of different groups: it cannot be combined with --group-dro")
     if not config.anchor_weight >= 0:
         raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
     if config.freeze_stages not in range(5):

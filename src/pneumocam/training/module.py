@@ -1,5 +1,5 @@
 """The LightningModule of `pneumocam train`: a thin wrapper around PneumoniaNet with the losses (labels, box
-guidance, the finding head, group DRO, soft labels), metrics and optimisation.
+guidance, the finding head, group DRO, soft labels, mixup), metrics and optimisation.
 
 The train step (commands/train.py) puts it into a Trainer with the data module (training.datamodule) and the
 plugin and callback of training.hooks; only the training package and that step import lightning.
@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -27,6 +28,7 @@ from pneumocam.explain.cam import class_activation_map
 from pneumocam.model.network import FEATURE_CHANNELS, PneumoniaNet
 from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
+from pneumocam.training.mixup import mix_batch
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class PneumoniaModule(L.LightningModule):
         self.val_acc = BinaryAccuracy(validate_args=False)
         self.val_auroc = BinaryAUROC(validate_args=False)
         self._augment_generator = torch.Generator().manual_seed(config["seed"])
+        self._mixup_generator = np.random.default_rng(config["seed"])  # --mixup's shares and partners
         if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
         if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
@@ -159,6 +162,16 @@ class PneumoniaModule(L.LightningModule):
         findings = rest.pop() if self._finding_weight() > 0 and training else None
         return Batch(images, labels, rest, findings, groups, targets)
 
+    def _mixed(self, batch: Batch) -> Batch:
+        """--mixup A: a training batch blended with itself in a shuffled order, the share drawn from Beta(A, A)
+        on the host (no wait for the device); validation batches stay as they are."""
+        alpha = float(self.config.get("mixup", 0.0))  # absent from runs made before the option
+        if alpha <= 0 or not self.trainer.training:
+            return batch
+        share = float(self._mixup_generator.beta(alpha, alpha))
+        partner = torch.from_numpy(self._mixup_generator.permutation(len(batch.labels))).to(batch.labels.device)
+        return mix_batch(batch, share, partner)
+
     def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
         """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
         masked rather than indexed, so the step never waits for the device to count them."""
@@ -170,7 +183,7 @@ class PneumoniaModule(L.LightningModule):
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
         --finding-loss-weight in training also the finding targets."""
-        images, labels, masks, findings, groups, targets = self._unpack(batch)
+        images, labels, masks, findings, groups, targets = self._mixed(self._unpack(batch))
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
