@@ -176,10 +176,10 @@ RECIPES = {
     "adult-finding-ema-longest-bn-dro-bf16": Recipe([*EMA_BN, "--group-dro", "view", *BF16], start="base-longest-bf16"),
     "adult-finding2-ema-longest-bn-bf16": Recipe([*EMA_BN, "--finding-loss-weight", "2", *BF16],
                                                  start="base-longest-bf16"),
-    # mixup on the shipped recipe: blends of two films and of their labels, a regulariser for a few hundred adults
-    # per fold; at A = 0.2 for its 2 epochs, and at A = 0.4 for 3 (blends take longer to learn from)
+    # mixup (--mixup 0.2): blends of two films and of their labels, a regulariser for a few hundred adults per
+    # fold; from the 4-epoch base against adult-finding-ema, and on the shipped recipe
+    "adult-finding-ema-mixup": Recipe([*EMA, "--mixup", "0.2"]),
     "adult-finding-ema-longest-bn-mixup": Recipe([*EMA_BN, "--mixup", "0.2"], start="base-longest"),
-    "adult-finding-ema-longest-bn-mixup4-3ep": Recipe([*EMA_BN, "--mixup", "0.4"], epochs=3, start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
