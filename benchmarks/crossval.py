@@ -177,9 +177,8 @@ RECIPES = {
     "adult-finding2-ema-longest-bn-bf16": Recipe([*EMA_BN, "--finding-loss-weight", "2", *BF16],
                                                  start="base-longest-bf16"),
     # mixup (--mixup 0.2): blends of two films and of their labels, a regulariser for a few hundred adults per
-    # fold; from the 4-epoch base against adult-finding-ema, and on the shipped recipe
+    # fold, from the 4-epoch base against adult-finding-ema
     "adult-finding-ema-mixup": Recipe([*EMA, "--mixup", "0.2"]),
-    "adult-finding-ema-longest-bn-mixup": Recipe([*EMA_BN, "--mixup", "0.2"], start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
