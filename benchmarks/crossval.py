@@ -179,6 +179,8 @@ RECIPES = {
     # mixup (--mixup 0.2): blends of two films and of their labels, a regulariser for a few hundred adults per
     # fold, from the 4-epoch base against adult-finding-ema
     "adult-finding-ema-mixup": Recipe([*EMA, "--mixup", "0.2"]),
+    # decoupled weight decay (AdamW, 0.05) instead of Adam's L2 of 1e-4: the other usual regulariser for fine-tuning
+    "adult-finding-ema-adamw": Recipe([*EMA, "--optimizer", "adamw", "--weight-decay", "0.05"]),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
