@@ -161,7 +161,7 @@ class TrainConfig:
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")
     mixup: float = option(0.0, "train on blends of two films and of their labels (mixup), the share drawn from "
-                               "Beta(A, A) with this A, e.g. 0.2; a blend's boxes are both films' (0: off)")
+                               "Beta(A, A), e.g. A = 0.2; a blend's boxes are both films' (0: off)", metavar="A")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")
