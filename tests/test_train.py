@@ -537,7 +537,7 @@ def test_mixup_must_not_be_negative_nor_meet_group_dro(phantom_data, tmp_path):
 
     with pytest.raises(PneumocamError, match="--mixup must be >= 0"):
         fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", mixup=-0.2))
-    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro"):
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro or --view-adversary"):
         fit(phantom_data, tmp_path / "dro", TrainConfig(pretrained="none", mixup=0.2, group_dro=("view",)))
 
 
@@ -737,3 +737,44 @@ def test_anchor_weight_must_not_be_negative(phantom_data, tmp_path):
 
     with pytest.raises(PneumocamError, match="--anchor-weight must be >= 0"):
         fit(phantom_data, tmp_path / "run", TrainConfig(pretrained="none", anchor_weight=-1.0))
+
+
+def test_view_adversary_trains_repeatably_changes_the_run_and_logs_its_loss(phantom_data, tmp_path):
+    """--view-adversary: the head's reversed gradient reaches the network (the weights differ from a run without
+    it), a seed repeats the run, the head is not saved with the network, and its loss is in the metrics."""
+    from pneumocam.model import load_checkpoint, network_state
+
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", view_adversary=1.0, seed=2)
+    runs = {name: fit(phantom_data, tmp_path / name, run).last_checkpoint
+            for name, run in (("a", config), ("b", config), ("plain", replace(config, view_adversary=0.0)))}
+    weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
+    assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
+    assert not torch.allclose(weights["a"]["feature_map.4.0.conv1.weight"],
+                              weights["plain"]["feature_map.4.0.conv1.weight"])
+    assert weights["a"].keys() == weights["plain"].keys()  # the network the checkpoint exports is unchanged
+    assert "view_adversary.head.weight" in load_checkpoint(runs["a"])["state_dict"]  # kept for --resume
+    assert load_checkpoint(runs["a"])["pneumocam"]["config"]["view_adversary"] == 1.0
+    header = (tmp_path / "a" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_view_adversary_loss" in header
+
+
+def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data, tmp_path):
+    import csv
+    import shutil
+
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--view-adversary must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", view_adversary=-1.0))
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro or --view-adversary"):
+        fit(phantom_data, tmp_path / "mix", TrainConfig(pretrained="none", mixup=0.2, view_adversary=1.0))
+    blind = tmp_path / "blind"
+    shutil.copytree(phantom_data, blind)
+    with open(blind / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(blind / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "view": ""} for row in rows)
+    with pytest.raises(PneumocamError, match="--view-adversary needs views"):
+        fit(blind, tmp_path / "blind-run", TrainConfig(epochs=1, pretrained="none", view_adversary=1.0))

@@ -15,15 +15,12 @@ from typing import Any
 
 IMAGE_SIZE = 224
 CAM_STRIDE = 32  # input pixels per CAM cell: the ResNet18 trunk halves its input five times
-RESIZE_MODES = ("pad", "stretch")
-CAM_SCALES = ("absolute", "relative")
+RESIZE_MODES, CAM_SCALES = ("pad", "stretch"), ("absolute", "relative")
 SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
 ALIGNMENTS = ("receptive-field", "block-centre")
 AUGMENTATIONS = ("original", "shift", "shift-intensity", "none")
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("cosine", "onecycle", "plateau", "none")
-MONITORS = ("val_loss", "val_auroc", "val_acc")
-AUTO_ON_OFF = ("auto", "on", "off")
+OPTIMIZERS, SCHEDULES = ("adam", "adamw"), ("cosine", "onecycle", "plateau", "none")
+MONITORS, AUTO_ON_OFF = ("val_loss", "val_auroc", "val_acc"), ("auto", "on", "off")
 EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
 SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "finding")
 # what --balance-by may balance the label against; finding is not among them, since it is the label's detail
@@ -162,6 +159,9 @@ class TrainConfig:
                                    "with it instead of the last step's weights (0: off)")
     mixup: float = option(0.0, "train on blends of two films and of their labels (mixup), the share drawn from "
                                "Beta(A, A), e.g. A = 0.2; a blend's boxes are both films' (0: off)", metavar="A")
+    view_adversary: float = option(0.0, "strength of a reversed-gradient adversary that tells AP from PA films of "
+                                        "the same label from the pooled features, so the features learn to hide "
+                                        "the view beyond what the label says (training only; 0: off)")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")

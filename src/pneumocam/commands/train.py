@@ -87,7 +87,8 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         if value not in allowed:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
     for weight, flag in ((config.box_loss_weight, "--box-loss-weight"),
-                         (config.finding_loss_weight, "--finding-loss-weight")):
+                         (config.finding_loss_weight, "--finding-loss-weight"),
+                         (config.view_adversary, "--view-adversary")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0, got {weight}")
     if not 0 <= config.soft_label_weight <= 1:
@@ -98,8 +99,9 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
     if not config.mixup >= 0:
         raise PneumocamError(f"--mixup must be >= 0 (0: off), got {config.mixup}")
-    if config.mixup > 0 and config.group_dro:
-        raise PneumocamError("--mixup blends films of different groups: it cannot be combined with --group-dro")
+    if config.mixup > 0 and (config.group_dro or config.view_adversary > 0):
+        raise PneumocamError("--mixup blends films of different groups and views: it cannot be combined with "
+                             "--group-dro or --view-adversary")
     if not config.anchor_weight >= 0:
         raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
     if config.freeze_stages not in range(5):

@@ -17,7 +17,7 @@ _HOMES = {  # public name -> the module of this package that holds it
     "load_split_in_memory": "datasets", "manifest_patients": "datasets", "manifest_rows": "datasets",
     "parse_shares": "datasets", "positive_weight": "datasets", "read_fingerprint": "datasets",
     "sample_groups": "datasets", "sample_weights": "datasets", "single_class_groups": "datasets",
-    "soft_targets": "datasets", "split_dataset": "datasets",
+    "soft_targets": "datasets", "split_dataset": "datasets", "view_targets": "datasets",
     "FOLDS_FILE": "folds", "assign_folds": "folds", "summarize_folds": "folds", "write_fold": "folds",
     "FOLDER_SUFFIXES": "inputs", "expand_inputs": "inputs", "require_images": "inputs", "resolve_inputs": "inputs",
     "MAX_ASPECT": "limits", "MAX_PIXELS": "limits", "MAX_SIDE": "limits", "TOO_LARGE": "limits",

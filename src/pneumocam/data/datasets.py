@@ -151,6 +151,13 @@ def finding_targets(data_dir: str | Path, files: list[str]) -> torch.Tensor:
     return torch.tensor([codes.get(by_file.get(f, {}).get("finding", ""), float("nan")) for f in files])
 
 
+def view_targets(data_dir: str | Path, files: list[str]) -> torch.Tensor:
+    """Each prepared file's view as the view adversary's target: 1 for PA, 0 for AP, NaN for any other or
+    unknown view (the loss skips those)."""
+    views = sample_groups(data_dir, files, ("view",))
+    return torch.tensor([{"PA": 1.0, "AP": 0.0}.get(v.upper(), float("nan")) for (v,) in views])
+
+
 def soft_targets(csv_path: str | Path, files: list[str], weight: float) -> torch.Tensor:
     """Each training file's probability from a teacher's CSV (columns `source` or `file`, and `probability`, as
     `pneumocam predict` writes them), matched by file name; NaN for the files it does not list. Refused when it
@@ -182,8 +189,8 @@ def soft_targets(csv_path: str | Path, files: list[str], weight: float) -> torch
 
 class WithTargets(torch.utils.data.Dataset):
     """A training split whose items (or, indexed with a batch of indices, whose batches) carry per-image
-    targets last, in the order given: (image, label[, box mask], finding, soft label, group) for the finding
-    head, distillation and group DRO."""
+    targets last, in the order given: (image, label[, box mask], finding, soft label, group, view) for the
+    finding head, distillation, group DRO and the view adversary."""
 
     def __init__(self, dataset, *targets: torch.Tensor):
         for target in targets:

@@ -1,5 +1,5 @@
 """The LightningDataModule of `pneumocam train`: the prepared splits, the samplers that balance them, and the
-per-image targets training batches carry (findings, soft labels, group DRO indices)."""
+per-image targets training batches carry (findings, soft labels, group DRO indices, views)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pneumocam.data.datasets import (
     single_class_groups,
     soft_targets,
     split_dataset,
+    view_targets,
 )
 from pneumocam.data.preprocess import Normalization, data_contract
 from pneumocam.errors import PneumocamError
@@ -120,7 +121,8 @@ class PneumoniaDataModule(L.LightningDataModule):
         drop_last = train and len(dataset) > self.config.batch_size  # no BatchNorm on a batch of 1
         sampler = self._sampler(dataset, train)
         in_memory = isinstance(dataset, InMemorySplit)
-        if train and (self.config.finding_loss_weight > 0 or self.config.soft_labels or self.config.group_dro):
+        if train and (self.config.finding_loss_weight > 0 or self.config.soft_labels or self.config.group_dro
+                      or self.config.view_adversary > 0):
             dataset = WithTargets(dataset, *self._training_targets())
         if in_memory:  # one tensor index per batch, no per-image collation
             batches = BatchSampler(sampler, self.config.batch_size, drop_last)
@@ -130,7 +132,7 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def _training_targets(self) -> list[torch.Tensor]:
         """What training batches carry after the images, in this order: the finding targets, the teacher's soft
-        labels, the group DRO indices (PneumoniaModule._unpack takes them apart)."""
+        labels, the group DRO indices, the view adversary's targets (PneumoniaModule._unpack takes them apart)."""
         files = self._training_files()[0]
         targets = []
         if self.config.finding_loss_weight > 0:
@@ -146,6 +148,15 @@ class PneumoniaDataModule(L.LightningDataModule):
             targets.append(soft_targets(self.config.soft_labels, files, self.config.soft_label_weight))
         if self.config.group_dro:
             targets.append(self.dro_groups()[0])
+        if self.config.view_adversary > 0:
+            views = view_targets(self.data_dir, files)
+            if (known := int((~torch.isnan(views)).sum())) == 0:
+                raise PneumocamError(f"--view-adversary needs views: no training image under {self.data_dir} is an "
+                                     "AP or PA film in manifest.csv (prepare from DICOMs, or give metadata.csv a "
+                                     "view column)")
+            log.info("--view-adversary: %d of %d training images have a view, %d of them PA", known, len(views),
+                     int(views.nan_to_num(0).sum()))
+            targets.append(views)
         return targets
 
     def dro_groups(self) -> tuple[torch.Tensor, list[str]]:

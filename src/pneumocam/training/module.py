@@ -1,5 +1,5 @@
 """The LightningModule of `pneumocam train`: a thin wrapper around PneumoniaNet with the losses (labels, box
-guidance, the finding head, group DRO, soft labels, mixup), metrics and optimisation.
+guidance, the finding head, group DRO, soft labels, mixup, the view adversary), metrics and optimisation.
 
 The train step (commands/train.py) puts it into a Trainer with the data module (training.datamodule) and the
 plugin and callback of training.hooks; only the training package and that step import lightning.
@@ -26,6 +26,7 @@ from pneumocam.data.datasets import (
 from pneumocam.errors import PneumocamError
 from pneumocam.explain.cam import class_activation_map
 from pneumocam.model.network import FEATURE_CHANNELS, PneumoniaNet
+from pneumocam.training.adversary import ViewAdversary
 from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
 from pneumocam.training.mixup import mix_batch
@@ -57,6 +58,7 @@ class Batch(NamedTuple):
     findings: torch.Tensor | None
     groups: torch.Tensor | None
     targets: torch.Tensor
+    views: torch.Tensor | None = None
 
 
 class PneumoniaModule(L.LightningModule):
@@ -79,6 +81,8 @@ class PneumoniaModule(L.LightningModule):
         self._mixup_generator = np.random.default_rng(config["seed"])  # --mixup's shares and partners
         if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
+        if self._adversary_strength() > 0:  # training only, like the finding head
+            self.view_adversary = ViewAdversary(FEATURE_CHANNELS, self._adversary_strength())
         if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
             self.group_weights = GroupWeights(len(dro_groups))
         if self._anchor_weight() > 0:  # --anchor-weight: the starting weights, saved so that a resumed run keeps them
@@ -136,7 +140,8 @@ class PneumoniaModule(L.LightningModule):
 
     def _target_count(self) -> int:
         """How many per-image targets training batches carry after the images, labels and box masks."""
-        on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"))
+        on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"),
+              self._adversary_strength() > 0)
         return sum(map(bool, on)) if self.trainer.training else 0
 
     def _anchor_weight(self) -> float:
@@ -149,18 +154,22 @@ class PneumoniaModule(L.LightningModule):
     def _finding_weight(self) -> float:
         return float(self.config.get("finding_loss_weight", 0.0))  # absent from runs made before the option
 
+    def _adversary_strength(self) -> float:
+        return float(self.config.get("view_adversary", 0.0))  # absent from runs made before the option
+
     def _unpack(self, batch) -> Batch:
-        """Training batches carry the findings, the teacher's soft labels and the group indices last
+        """Training batches carry the findings, the teacher's soft labels, the group indices and the views last
         (data.datasets.WithTargets) when those are on; validation batches never do."""
         images, labels, *rest = batch
         training = self.trainer.training
+        views = rest.pop() if self._adversary_strength() > 0 and training else None
         groups = rest.pop() if self.hparams.get("dro_groups") and training else None
         targets = labels.float()
         if self.config.get("soft_labels") and training:  # NaN: an image the teacher does not name keeps its label
             soft, weight = rest.pop(), float(self.config["soft_label_weight"])
             targets = torch.where(torch.isnan(soft), targets, (1 - weight) * targets + weight * soft)
         findings = rest.pop() if self._finding_weight() > 0 and training else None
-        return Batch(images, labels, rest, findings, groups, targets)
+        return Batch(images, labels, rest, findings, groups, targets, views)
 
     def _mixed(self, batch: Batch) -> Batch:
         """--mixup A: a training batch blended with itself in a shuffled order, the share drawn from Beta(A, A)
@@ -173,17 +182,13 @@ class PneumoniaModule(L.LightningModule):
         return mix_batch(batch, share, partner)
 
     def _finding_loss(self, features: torch.Tensor, findings: torch.Tensor) -> torch.Tensor:
-        """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown);
-        masked rather than indexed, so the step never waits for the device to count them."""
-        known = ~torch.isnan(findings)
-        logits = self.finding_head(torch.flatten(self.net.pool(features), 1))[:, 0].float()
-        each = F.binary_cross_entropy_with_logits(logits, torch.where(known, findings, 0.0), reduction="none")
-        return (each * known).sum() / known.sum().clamp(min=1)
+        """BCE of the auxiliary "Not Normal" output over the images whose finding is known (NaN: unknown)."""
+        return known_bce(self.finding_head(torch.flatten(self.net.pool(features), 1))[:, 0], findings)
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
         --finding-loss-weight in training also the finding targets."""
-        images, labels, masks, findings, groups, targets = self._mixed(self._unpack(batch))
+        images, labels, masks, findings, groups, targets, views = self._mixed(self._unpack(batch))
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
@@ -204,6 +209,11 @@ class PneumoniaModule(L.LightningModule):
             self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
             loss = loss + self._finding_weight() * finding
+        if views is not None:  # weight 1: the head learns at full rate, the reversal sets the network's push
+            adversary = known_bce(self.view_adversary(torch.flatten(self.net.pool(features), 1), labels), views)
+            self.log("train_view_adversary_loss", adversary, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=len(labels))
+            loss = loss + adversary
         if self._anchor_weight() > 0 and self.trainer.training:
             anchor = self._anchor_loss()
             self.log("train_anchor_loss", anchor, on_step=False, on_epoch=True, sync_dist=True,
@@ -263,6 +273,14 @@ class PneumoniaModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pneumocam"] = {**self.hparams["metadata"], "normalization": self.hparams["normalization"],
                                    "pos_weight": self.hparams["pos_weight"], "epoch": self.current_epoch}
+
+
+def known_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the images whose target is known (NaN: unknown); masked rather than indexed, so the step
+    never waits for the device to count them."""
+    known = ~torch.isnan(targets)
+    each = F.binary_cross_entropy_with_logits(logits.float(), torch.where(known, targets, 0.0), reduction="none")
+    return (each * known).sum() / known.sum().clamp(min=1)
 
 
 def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:
