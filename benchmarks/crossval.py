@@ -181,7 +181,7 @@ RECIPES = {
     "adult-finding-ema-mixup": Recipe([*EMA, "--mixup", "0.2"]),
     # decoupled weight decay (AdamW, 0.05) instead of Adam's L2 of 1e-4: the other usual regulariser for fine-tuning
     "adult-finding-ema-adamw": Recipe([*EMA, "--optimizer", "adamw", "--weight-decay", "0.05"]),
-    # a view adversary (--view-adversary S): features pushed to hide AP vs PA within each label, from the 4-epoch
+    # a view adversary (--view-adversary W): features trained to hide AP vs PA within each label, from the 4-epoch
     # base against adult-finding-ema, at two strengths
     "adult-finding-ema-adv1": Recipe([*EMA, "--view-adversary", "1"]),
     "adult-finding-ema-adv03": Recipe([*EMA, "--view-adversary", "0.3"]),

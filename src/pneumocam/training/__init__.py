@@ -1,14 +1,16 @@
 """Training with Lightning: the LightningModule (losses, metrics, optimisation), the data module (splits,
-samplers, per-image targets), box guidance, group DRO, mixup, and the Trainer's checkpoint plugin and epoch callback.
+samplers, per-image targets), box guidance, group DRO, mixup, the view adversary, and the Trainer's checkpoint
+plugin and epoch callback.
 """
 
 from pneumocam.exports import lazy_exports
 
 _HOMES = {  # public name -> the module of this package that holds it
+    "ViewAdversary": "adversary",
     "PneumoniaDataModule": "datamodule",
     "DRO_STEP": "group_dro", "GroupWeights": "group_dro", "group_ids": "group_dro",
     "box_guidance_loss": "guidance",
-    "mix_batch": "mixup",
+    "mix_batch": "mixup", "known_bce": "losses",
     "AtomicCheckpointIO": "hooks", "EpochSummary": "hooks", "report_level": "hooks",
     "Batch": "module", "MONITOR_MODES": "module", "OPTIMIZER_CLASSES": "module", "PneumoniaModule": "module",
     "resolve_pos_weight": "module",

@@ -1,10 +1,12 @@
-"""A view adversary: gradient reversal (Ganin & Lempitsky, ICML 2015), conditioned on the label.
+"""A view adversary, conditioned on the label: the features learn to leave it guessing.
 
 Why: on RSNA adults much of what a network learns to rank is portable AP films (sicker patients) against upright
-PA films, a shortcut that fails within each view. A small head tries to tell AP from PA films of the same label
-from the pooled features; its gradient reaches the network reversed, so the features learn to hide the view
-beyond what the label itself says. Conditioning on the label leaves the label's own information alone (an
-unconditioned adversary would also push the features to forget pneumonia, which is commoner on AP films).
+PA films, a shortcut that fails within each view. A small head learns to tell AP from PA films of the same label
+from the pooled features; the network is trained, at a chosen strength, to make that head answer 50:50 (the
+confusion loss of Tzeng et al., ICCV 2015). Unlike reversing the head's gradient (Ganin & Lempitsky, 2015), whose
+objective for the network is unbounded and which, on RSNA folds, drove the loss up rather than the view out, this
+has its optimum where the view cannot be read. Conditioning on the label leaves the label's own information alone:
+an unconditioned adversary would also push the features to forget pneumonia, which is commoner on AP films.
 Training only: the head is not saved with the network, so the logit and its exact CAM stay as they are.
 """
 
@@ -12,33 +14,27 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-
-class _Reversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.scale * grad, None
-
-
-def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """The identity going forward; going back, the gradient times -scale."""
-    return _Reversal.apply(x, scale)
+from pneumocam.training.losses import known_bce
 
 
 class ViewAdversary(nn.Module):
-    """One logit per label for "this film is PA", read from the pooled features through a gradient reversal of
-    `strength`: the head learns at full rate, the network is pushed at `strength` the other way."""
+    """One logit per label for "this film is PA" (column 0 for the negatives, 1 for the positives)."""
 
-    def __init__(self, channels: int, strength: float):
+    def __init__(self, channels: int):
         super().__init__()
-        self.head = nn.Linear(channels, 2)  # column 0: the negatives' view, column 1: the positives'
-        self.strength = strength
+        self.head = nn.Linear(channels, 2)
 
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.head(reverse_gradient(pooled, self.strength))
-        return logits.gather(1, labels.long()[:, None])[:, 0]
+        return self.head(pooled).gather(1, labels.long()[:, None])[:, 0]
+
+    def losses(self, pooled: torch.Tensor, labels: torch.Tensor, views: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the head's loss, which trains only the head: BCE on the true views; the confusion loss, which trains
+        only the network: BCE of the head's fixed weights against 0.5), both over the films whose view is known
+        (`views`: 1 PA, 0 AP, NaN unknown)."""
+        own = known_bce(self(pooled.detach(), labels), views)
+        fooled = F.linear(pooled, self.head.weight.detach(), self.head.bias.detach())
+        fooled = fooled.gather(1, labels.long()[:, None])[:, 0]
+        return own, known_bce(fooled, torch.where(torch.isnan(views), views, torch.full_like(views, 0.5)))

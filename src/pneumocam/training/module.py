@@ -29,6 +29,7 @@ from pneumocam.model.network import FEATURE_CHANNELS, PneumoniaNet
 from pneumocam.training.adversary import ViewAdversary
 from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
+from pneumocam.training.losses import known_bce
 from pneumocam.training.mixup import mix_batch
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class PneumoniaModule(L.LightningModule):
         if self._finding_weight() > 0:  # training only: checkpoints.network_state keeps the "net." entries
             self.finding_head = nn.Linear(FEATURE_CHANNELS, 1)
         if self._adversary_strength() > 0:  # training only, like the finding head
-            self.view_adversary = ViewAdversary(FEATURE_CHANNELS, self._adversary_strength())
+            self.view_adversary = ViewAdversary(FEATURE_CHANNELS)
         if dro_groups:  # --group-dro: the groups' names (hparams) and their weights (a buffer, resumed with the run)
             self.group_weights = GroupWeights(len(dro_groups))
         if self._anchor_weight() > 0:  # --anchor-weight: the starting weights, saved so that a resumed run keeps them
@@ -209,11 +210,11 @@ class PneumoniaModule(L.LightningModule):
             self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
             loss = loss + self._finding_weight() * finding
-        if views is not None:  # weight 1: the head learns at full rate, the reversal sets the network's push
-            adversary = known_bce(self.view_adversary(torch.flatten(self.net.pool(features), 1), labels), views)
-            self.log("train_view_adversary_loss", adversary, on_step=False, on_epoch=True, sync_dist=True,
+        if views is not None:  # the head learns at full rate; the strength sets how hard the network hides the view
+            own, confusion = self.view_adversary.losses(torch.flatten(self.net.pool(features), 1), labels, views)
+            self.log("train_view_adversary_loss", own, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
-            loss = loss + adversary
+            loss = loss + own + self._adversary_strength() * confusion
         if self._anchor_weight() > 0 and self.trainer.training:
             anchor = self._anchor_loss()
             self.log("train_anchor_loss", anchor, on_step=False, on_epoch=True, sync_dist=True,
@@ -273,14 +274,6 @@ class PneumoniaModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pneumocam"] = {**self.hparams["metadata"], "normalization": self.hparams["normalization"],
                                    "pos_weight": self.hparams["pos_weight"], "epoch": self.current_epoch}
-
-
-def known_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the images whose target is known (NaN: unknown); masked rather than indexed, so the step
-    never waits for the device to count them."""
-    known = ~torch.isnan(targets)
-    each = F.binary_cross_entropy_with_logits(logits.float(), torch.where(known, targets, 0.0), reduction="none")
-    return (each * known).sum() / known.sum().clamp(min=1)
 
 
 def resolve_pos_weight(setting: str, labels, balanced_sampling: bool = False) -> float:
