@@ -136,27 +136,26 @@ class PneumoniaDataModule(L.LightningDataModule):
         files = self._training_files()[0]
         targets = []
         if self.config.finding_loss_weight > 0:
-            findings = finding_targets(self.data_dir, files)
-            if (known := int((~torch.isnan(findings)).sum())) == 0:
-                raise PneumocamError(f"--finding-loss-weight needs findings: no training image under {self.data_dir} "
-                                     "has one in manifest.csv (prepare a source with RSNA's "
-                                     "stage_2_detailed_class_info.csv or a finding column in metadata.csv)")
-            log.info("--finding-loss-weight: %d of %d training images have a finding, %d of them \"Not Normal\"",
-                     known, len(findings), int(findings.nan_to_num(0).sum()))
-            targets.append(findings)
+            targets.append(self._known(finding_targets(self.data_dir, files), "--finding-loss-weight", "finding",
+                                       '"Not Normal"', "has one in manifest.csv (prepare a source with RSNA's "
+                                       "stage_2_detailed_class_info.csv or a finding column in metadata.csv)"))
         if self.config.soft_labels:
             targets.append(soft_targets(self.config.soft_labels, files, self.config.soft_label_weight))
         if self.config.group_dro:
             targets.append(self.dro_groups()[0])
         if self.config.view_adversary > 0:
-            views = view_targets(self.data_dir, files)
-            if (known := int((~torch.isnan(views)).sum())) == 0:
-                raise PneumocamError(f"--view-adversary needs views: no training image under {self.data_dir} is an "
-                                     "AP or PA film in manifest.csv (prepare from DICOMs, or give metadata.csv a "
-                                     "view column)")
-            log.info("--view-adversary: %d of %d training images have a view, %d of them PA", known, len(views),
-                     int(views.nan_to_num(0).sum()))
-            targets.append(views)
+            targets.append(self._known(view_targets(self.data_dir, files), "--view-adversary", "view", "PA",
+                                       "is an AP or PA film in manifest.csv (prepare from DICOMs, or give "
+                                       "metadata.csv a view column)"))
+        return targets
+
+    def _known(self, targets: torch.Tensor, flag: str, what: str, positive: str, how: str) -> torch.Tensor:
+        """0/1/NaN training targets, refused when none is known (an option that silently learns nothing would
+        look like one that worked), their counts logged."""
+        if (known := int((~torch.isnan(targets)).sum())) == 0:
+            raise PneumocamError(f"{flag} needs {what}s: no training image under {self.data_dir} {how}")
+        log.info("%s: %d of %d training images have a %s, %d of them %s", flag, known, len(targets), what,
+                 int(targets.nan_to_num(0).sum()), positive)
         return targets
 
     def dro_groups(self) -> tuple[torch.Tensor, list[str]]:
