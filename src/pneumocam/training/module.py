@@ -26,7 +26,7 @@ from pneumocam.data.datasets import (
 from pneumocam.errors import PneumocamError
 from pneumocam.explain.cam import class_activation_map
 from pneumocam.model.network import FEATURE_CHANNELS, PneumoniaNet
-from pneumocam.training.adversary import ViewAdversary
+from pneumocam.training.adversary import HEAD_LR_FACTOR, ViewAdversary
 from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
 from pneumocam.training.losses import known_bce
@@ -250,7 +250,12 @@ class PneumoniaModule(L.LightningModule):
         cfg = self.config
         optimizer_class = OPTIMIZER_CLASSES[cfg["optimizer"]]
         trainable = [p for p in self.parameters() if p.requires_grad]  # --freeze-stages leaves some out
-        optimizer = optimizer_class(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        groups = [{"params": trainable}]
+        if self._adversary_strength() > 0:  # the view adversary's head learns faster (its own group)
+            head = {id(p) for p in self.view_adversary.parameters()}
+            groups = [{"params": [p for p in trainable if id(p) not in head]},
+                      {"params": list(self.view_adversary.parameters()), "lr": cfg["lr"] * HEAD_LR_FACTOR}]
+        optimizer = optimizer_class(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if cfg["schedule"] == "none":
             return optimizer
@@ -260,7 +265,8 @@ class PneumoniaModule(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": cfg["monitor"],
                                                              "interval": "epoch"}}
         if cfg["schedule"] == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                            total_steps=total)
         else:
             warmup = max(1, int(total * cfg["warmup_fraction"]))
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup))
