@@ -160,8 +160,8 @@ class TrainConfig:
     mixup: float = option(0.0, "train on blends of two films and of their labels (mixup), the share drawn from "
                                "Beta(A, A), e.g. A = 0.2; a blend's boxes are both films' (0: off)", metavar="A")
     view_adversary: float = option(0.0, "weight of a loss that trains the features to leave a head guessing 50:50 "
-                                        "whether a film of known label is AP or PA, so they hide the view beyond "
-                                        "what the label says (training only; 0: off)")
+                                        "whether a film of known label is AP or PA (a view adversary; training "
+                                        "only, the head is not saved; 0: off)", metavar="W")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")

@@ -6,7 +6,7 @@ plugin and epoch callback.
 from pneumocam.exports import lazy_exports
 
 _HOMES = {  # public name -> the module of this package that holds it
-    "ViewAdversary": "adversary",
+    "HEAD_LR_FACTOR": "adversary", "ViewAdversary": "adversary",
     "PneumoniaDataModule": "datamodule",
     "DRO_STEP": "group_dro", "GroupWeights": "group_dro", "group_ids": "group_dro",
     "box_guidance_loss": "guidance",
