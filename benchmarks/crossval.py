@@ -486,8 +486,7 @@ def _cell(stats: dict) -> str:
 def print_table(table: dict) -> None:
     width = max(len("recipe"), *map(len, table["recipes"])) + 2
     print(f"\n{'recipe':<{width}}{'AUROC':>16}{'AUROC AP':>16}{'AUROC PA':>16}{'view leak':>16}{'ECE':>16}"
-          f"{'children AUROC':>16}"
-          f"{'pointing - prior':>18}{'pooled [CI]':>22}{'min/fold':>10}")
+          f"{'children AUROC':>16}{'pointing - prior':>18}{'pooled [CI]':>22}{'min/fold':>10}")
     for name, entry in table["recipes"].items():
         s = entry["summary"]
         wall = s["wall_s"]["mean"] / 60 if s["wall_s"]["mean"] is not None else 0
@@ -495,8 +494,8 @@ def print_table(table: dict) -> None:
         pooled_cell = "-" if pooled is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(pooled["margin"],
                                                                                   *pooled["margin_ci95"])
         print(f"{name:<{width}}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
-              f"{_cell(s['view_leak']):>16}{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}{_cell(s['margin']):>18}{pooled_cell:>22}"
-              f"{wall:>10.1f}")
+              f"{_cell(s['view_leak']):>16}{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}"
+              f"{_cell(s['margin']):>18}{pooled_cell:>22}{wall:>10.1f}")
     print(f"\n{'recipe':<{width}}{'operating rule':<28}{'PA sensitivity':>16}{'sensitivity':>16}{'specificity':>16}"
           f"{'Not Normal called':>20}")
     for name, entry in table["recipes"].items():
