@@ -187,8 +187,8 @@ class PneumoniaModule(L.LightningModule):
         return known_bce(self.finding_head(torch.flatten(self.net.pool(features), 1))[:, 0], findings)
 
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and with
-        --finding-loss-weight in training also the finding targets."""
+        """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and in training
+        the per-image targets the options ask for (_unpack)."""
         images, labels, masks, findings, groups, targets, views = self._mixed(self._unpack(batch))
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -210,7 +210,7 @@ class PneumoniaModule(L.LightningModule):
             self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
             loss = loss + self._finding_weight() * finding
-        if views is not None:  # the head learns at full rate; the strength sets how hard the network hides the view
+        if views is not None:  # the head's loss at weight 1 (its lr is higher); W: how hard the network hides the view
             own, confusion = self.view_adversary.losses(torch.flatten(self.net.pool(features), 1), labels, views)
             self.log("train_view_adversary_loss", own, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
