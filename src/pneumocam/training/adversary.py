@@ -4,11 +4,11 @@ Why: on RSNA adults much of what a network learns to rank is portable AP films (
 films, a shortcut that fails within each view. A small head learns to tell AP from PA films of the same label from
 the pooled features; the network is trained, at a chosen strength, to make that head answer 50:50 (the confusion
 loss of Tzeng et al., ICCV 2015). A head that learns at the network's rate is fooled without the view leaving the
-features (on RSNA folds its loss sat at chance while the probability told AP from PA negatives better than before),
-so it learns ten times as fast: two time scales, as in Heusel et al., NeurIPS 2017. Reversing the head's gradient
-instead (Ganin & Lempitsky, 2015) gives the network an unbounded objective: on the first RSNA fold it drove the
-training loss from 2.2 to 6 within 20 steps, and a toy encoder trained that way kept the view; the confusion loss
-has its optimum where it cannot be read. Conditioning on the label leaves the label's own information alone: an
+features (on RSNA folds its loss stayed near chance while the probability told AP from PA negatives better than
+before), so it learns ten times as fast: two time scales, as in Heusel et al., NeurIPS 2017. Reversing the head's
+gradient instead (Ganin & Lempitsky, 2015) gives the network an unbounded objective: on the first RSNA fold it drove
+the training loss from 2.2 to 6 within 20 steps, and a toy encoder trained that way kept the view; the confusion
+loss has its optimum where it cannot be read. Conditioning on the label leaves the label's own information alone: an
 unconditioned adversary would also push the features to forget pneumonia, which is commoner on AP films. Training
 only: the head is not saved with the network, so the logit and its exact CAM stay as they are.
 """
