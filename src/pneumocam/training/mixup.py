@@ -18,7 +18,7 @@ def mix_batch(batch: NamedTuple, share: float, partner: torch.Tensor) -> NamedTu
     stays unknown: NaN propagates); the box masks become both films' boxes, where the map of the blend belongs;
     the labels, used only for accuracy, are those of the film with the larger share; group indices and views
     cannot be blended and are refused."""
-    if batch.groups is not None or getattr(batch, "views", None) is not None:
+    if batch.groups is not None or batch.views is not None:
         raise ValueError("mixup blends films of different groups and views: it cannot be combined with group DRO "
                          "or the view adversary")
 
