@@ -778,3 +778,33 @@ def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data
         writer.writerows({**row, "view": ""} for row in rows)
     with pytest.raises(PneumocamError, match="--view-adversary needs views"):
         fit(blind, tmp_path / "blind-run", TrainConfig(epochs=1, pretrained="none", view_adversary=1.0))
+
+
+@pytest.mark.slow
+def test_sam_trains_repeatably_changes_the_run_and_logs_once_per_step(phantom_data, tmp_path):
+    """--sam: a seed repeats the run, the weights differ from a run without it, the network's keys stay its own,
+    and the second pass of each step logs nothing (the same columns and rows as a plain run)."""
+    from pneumocam.model import load_checkpoint, network_state
+
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
+                         finding_loss_weight=1.0, sam=0.05, seed=2)
+    runs = {name: fit(data, tmp_path / name, run).last_checkpoint
+            for name, run in (("a", config), ("b", config), ("plain", replace(config, sam=0.0)))}
+    weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
+    assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
+    assert not torch.allclose(weights["a"]["fc.weight"], weights["plain"]["fc.weight"])
+    assert weights["a"].keys() == weights["plain"].keys()
+    assert load_checkpoint(runs["a"])["pneumocam"]["config"]["sam"] == 0.05
+    logs = {name: (tmp_path / name / "logs" / "metrics.csv").read_text().splitlines() for name in ("a", "plain")}
+    assert logs["a"][0] == logs["plain"][0] and len(logs["a"]) == len(logs["plain"])
+
+
+def test_sam_must_not_be_negative_nor_meet_mixup_or_group_dro(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--sam must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", sam=-0.1))
+    for other in ({"mixup": 0.2}, {"group_dro": ("view",)}):
+        with pytest.raises(PneumocamError, match="--sam evaluates each batch twice"):
+            fit(phantom_data, tmp_path / "both", TrainConfig(pretrained="none", sam=0.05, **other))

@@ -16,8 +16,7 @@ from typing import Any
 IMAGE_SIZE = 224
 CAM_STRIDE = 32  # input pixels per CAM cell: the ResNet18 trunk halves its input five times
 RESIZE_MODES, CAM_SCALES = ("pad", "stretch"), ("absolute", "relative")
-SOURCE_FORMATS = ("auto", "rsna", "folders", "medmnist")
-ALIGNMENTS = ("receptive-field", "block-centre")
+SOURCE_FORMATS, ALIGNMENTS = ("auto", "rsna", "folders", "medmnist"), ("receptive-field", "block-centre")
 AUGMENTATIONS = ("original", "shift", "shift-intensity", "none")
 OPTIMIZERS, SCHEDULES = ("adam", "adamw"), ("cosine", "onecycle", "plateau", "none")
 MONITORS, AUTO_ON_OFF = ("val_loss", "val_auroc", "val_acc"), ("auto", "on", "off")
@@ -31,8 +30,7 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-in
 BACKEND_CHOICES = ("auto", *BACKENDS)  # auto: onnxruntime on the CPU where it is installed, else torch
 REPLACEMENTS, EXPORT_FORMATS = ("blur", "mean"), ("onnx", "torchscript")
 RSNA_MEAN, RSNA_STD = 0.49, 0.248  # the RSNA training set's pixel mean and std in [0, 1] (the course's)
-OOD_QUANTILE = 0.99
-MIN_SUBGROUP_SIZE = 20
+OOD_QUANTILE, MIN_SUBGROUP_SIZE = 0.99, 20
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
@@ -69,8 +67,7 @@ def _cam_scale() -> Any:
 
 
 _SEED = "random seed; the same seed repeats a run exactly on the same kind of CPU"
-_DEVICE = "cpu, cuda or auto"
-_BATCH = "images per forward pass"
+_DEVICE, _BATCH = "cpu, cuda or auto", "images per forward pass"
 _TOKEN_ENV = "name of an environment variable holding a bearer token"
 _VIEWS = ("a CSV of view positions, e.g. rsna_1000's metadata.csv (patientId: a file's name without extension; "
           "ViewPosition or view): a file whose DICOM header states no view gets that view's threshold")
@@ -162,6 +159,9 @@ class TrainConfig:
     view_adversary: float = option(0.0, "weight of a loss that trains the features to leave a head guessing 50:50 "
                                         "whether a film of known label is AP or PA (a view adversary; training "
                                         "only, the head is not saved; 0: off)", metavar="W")
+    sam: float = option(0.0, "sharpness-aware minimisation (SAM): each step descends the gradient taken at the "
+                             "worst point within RHO of the weights, e.g. 0.05; twice the compute per step (0: off)",
+                        metavar="RHO")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")

@@ -102,6 +102,11 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
     if config.mixup > 0 and (config.group_dro or config.view_adversary > 0):
         raise PneumocamError("--mixup blends films of different groups and views: it cannot be combined with "
                              "--group-dro or --view-adversary")
+    if not config.sam >= 0:
+        raise PneumocamError(f"--sam must be >= 0 (0: off), got {config.sam}")
+    if config.sam > 0 and (config.mixup > 0 or config.group_dro):
+        raise PneumocamError("--sam evaluates each batch twice; --mixup would blend it differently and --group-dro "
+                             "update its weights twice: it cannot be combined with either")
     if not config.anchor_weight >= 0:
         raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
     if config.freeze_stages not in range(5):

@@ -1,5 +1,6 @@
 """The LightningModule of `pneumocam train`: a thin wrapper around PneumoniaNet with the losses (labels, box
-guidance, the finding head, group DRO, soft labels, mixup, the view adversary), metrics and optimisation.
+guidance, the finding head, group DRO, soft labels, mixup, the view adversary), metrics and optimisation (with
+sharpness-aware steps under --sam).
 
 The train step (commands/train.py) puts it into a Trainer with the data module (training.datamodule) and the
 plugin and callback of training.hooks; only the training package and that step import lightning.
@@ -31,6 +32,7 @@ from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
 from pneumocam.training.losses import known_bce
 from pneumocam.training.mixup import mix_batch
+from pneumocam.training.sharpness import sharpness_aware
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class PneumoniaModule(L.LightningModule):
                 self.register_buffer(f"anchor_{i}", parameter.detach().clone())
         for layer in self._frozen_layers():
             layer.requires_grad_(False)
+        self._at_worst_point = False  # --sam's second pass: nothing is logged or counted in the metrics
         # kept outside the module tree so the checkpoint's state_dict keys stay those of PneumoniaNet
         object.__setattr__(self, "_run_net", torch.compile(self.net) if config["compile"] else self.net)
 
@@ -222,8 +225,32 @@ class PneumoniaModule(L.LightningModule):
             loss = loss + self._anchor_weight() * anchor
         return loss, logits, labels
 
+    def log(self, *args, **kwargs) -> None:
+        """As Lightning's, except in the second pass of a sharpness-aware step (the training curves stay those of
+        the weights themselves)."""
+        if not self._at_worst_point:
+            super().log(*args, **kwargs)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """--sam RHO: the step descends the gradient of the worst point within RHO (training.sharpness)."""
+        rho = float(self.config.get("sam", 0.0))  # absent from runs made before the option
+        if rho <= 0:
+            optimizer.step(closure=optimizer_closure)
+            return
+
+        def at_worst_point():
+            self._at_worst_point = True
+            try:
+                return optimizer_closure()
+            finally:
+                self._at_worst_point = False
+
+        optimizer.step(closure=sharpness_aware(optimizer_closure, at_worst_point, self, rho))
+
     def training_step(self, batch, batch_idx):
         loss, logits, labels = self._step(batch)
+        if self._at_worst_point:
+            return loss
         self.train_acc(torch.sigmoid(logits), labels)
         # Across processes (DDP) only the epoch value is averaged: a per-step all-reduce would cost every step.
         self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
