@@ -186,6 +186,7 @@ RECIPES = {
     "adult-finding-ema-adversary": Recipe([*EMA, "--view-adversary", "1"]),
     # sharpness-aware minimisation (Foret et al. 2021) at the paper's radius, twice the compute per step
     "adult-finding-ema-sam": Recipe([*EMA, "--sam", "0.05"]),
+    "adult-finding-ema-sam02": Recipe([*EMA, "--sam", "0.2"]),  # four times the radius
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far

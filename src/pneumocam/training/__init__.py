@@ -1,6 +1,6 @@
 """Training with Lightning: the LightningModule (losses, metrics, optimisation), the data module (splits,
-samplers, per-image targets), box guidance, group DRO, mixup, the view adversary, and the Trainer's checkpoint
-plugin and epoch callback.
+samplers, per-image targets), box guidance, group DRO, mixup, the view adversary, sharpness-aware steps, and the
+Trainer's checkpoint plugin and epoch callback.
 """
 
 from pneumocam.exports import lazy_exports
@@ -11,6 +11,8 @@ _HOMES = {  # public name -> the module of this package that holds it
     "DRO_STEP": "group_dro", "GroupWeights": "group_dro", "group_ids": "group_dro",
     "box_guidance_loss": "guidance",
     "mix_batch": "mixup", "known_bce": "losses",
+    "batchnorm_statistics_kept": "sharpness", "climb": "sharpness", "descend_back": "sharpness",
+    "sharpness_aware": "sharpness",
     "AtomicCheckpointIO": "hooks", "EpochSummary": "hooks", "report_level": "hooks",
     "Batch": "module", "MONITOR_MODES": "module", "OPTIMIZER_CLASSES": "module", "PneumoniaModule": "module",
     "resolve_pos_weight": "module",
