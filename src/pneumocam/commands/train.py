@@ -88,27 +88,22 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
             raise PneumocamError(f"unknown {flag} {value!r}; choose from {sorted(allowed)}")
     for weight, flag in ((config.box_loss_weight, "--box-loss-weight"),
                          (config.finding_loss_weight, "--finding-loss-weight"),
-                         (config.view_adversary, "--view-adversary")):
+                         (config.view_adversary, "--view-adversary"), (config.mixup, "--mixup"),
+                         (config.sam, "--sam"), (config.anchor_weight, "--anchor-weight")):
         if not weight >= 0:
-            raise PneumocamError(f"{flag} must be >= 0, got {weight}")
+            raise PneumocamError(f"{flag} must be >= 0 (0: off), got {weight}")
     if not 0 <= config.soft_label_weight <= 1:
         raise PneumocamError(f"--soft-label-weight must be in [0, 1], got {config.soft_label_weight}")
     if config.soft_labels and not Path(config.soft_labels).is_file():
         raise PneumocamError(f"--soft-labels {config.soft_labels}: no such file")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
-    if not config.mixup >= 0:
-        raise PneumocamError(f"--mixup must be >= 0 (0: off), got {config.mixup}")
     if config.mixup > 0 and (config.group_dro or config.view_adversary > 0):
         raise PneumocamError("--mixup blends films of different groups and views: it cannot be combined with "
                              "--group-dro or --view-adversary")
-    if not config.sam >= 0:
-        raise PneumocamError(f"--sam must be >= 0 (0: off), got {config.sam}")
     if config.sam > 0 and (config.mixup > 0 or config.group_dro):
         raise PneumocamError("--sam evaluates each batch twice; --mixup would blend it differently and --group-dro "
                              "update its weights twice: it cannot be combined with either")
-    if not config.anchor_weight >= 0:
-        raise PneumocamError(f"--anchor-weight must be >= 0, got {config.anchor_weight}")
     if config.freeze_stages not in range(5):
         raise PneumocamError(f"--freeze-stages must be 0-4 (residual stages kept fixed), got {config.freeze_stages}")
     for on, flag in ((config.freeze_batchnorm, "--freeze-batchnorm"), (config.anchor_weight > 0, "--anchor-weight"),
