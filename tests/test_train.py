@@ -781,16 +781,34 @@ def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data
 
 
 @pytest.mark.slow
-def test_sam_trains_repeatably_changes_the_run_and_logs_once_per_step(phantom_data, tmp_path):
+def test_sam_trains_repeatably_changes_the_run_and_logs_once_per_step(phantom_data, tmp_path, monkeypatch):
     """--sam: a seed repeats the run, the weights differ from a run without it, the network's keys stay its own,
-    and the second pass of each step logs nothing (the same columns and rows as a plain run)."""
+    and the second pass of each step logs and counts nothing (as many log calls and accuracy updates as a plain
+    run; the same columns and rows)."""
+    import lightning as L
+    from torchmetrics.classification import BinaryAccuracy
+
     from pneumocam.model import load_checkpoint, network_state
 
+    calls = {"log": 0, "accuracy": 0}
+
+    def counted(kind, method):
+        def wrapper(*args, **kwargs):
+            calls[kind] += 1
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(L.LightningModule, "log", counted("log", L.LightningModule.log))
+    monkeypatch.setattr(BinaryAccuracy, "update", counted("accuracy", BinaryAccuracy.update))
     data, _ = _with_findings(phantom_data, tmp_path / "data")
     config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
                          finding_loss_weight=1.0, sam=0.05, seed=2)
-    runs = {name: fit(data, tmp_path / name, run).last_checkpoint
-            for name, run in (("a", config), ("b", config), ("plain", replace(config, sam=0.0)))}
+    runs, counts = {}, {}
+    for name, run in (("a", config), ("b", config), ("plain", replace(config, sam=0.0))):
+        calls.update(log=0, accuracy=0)
+        runs[name] = fit(data, tmp_path / name, run).last_checkpoint
+        counts[name] = dict(calls)
+    assert counts["a"] == counts["plain"] and counts["a"]["log"] > 0 and counts["a"]["accuracy"] > 0
     weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
     assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
     assert not torch.allclose(weights["a"]["fc.weight"], weights["plain"]["fc.weight"])
