@@ -29,7 +29,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from crossval import ADULTS, CHILDREN, COMMON, RECIPES, TRAINED_ONCE, epochs_of, lineage, source_of  # this folder's
+# this folder's scripts
+from crossval import ADULTS, CHILDREN, COMMON, RECIPES, TRAINED_ONCE, epochs_of, fold_network, lineage, source_of
 from real_data import evaluated, localized, run
 
 from pneumocam.data import manifest_rows, write_fold
@@ -73,7 +74,7 @@ def main() -> None:
     if recipe not in table["recipes"]:
         raise SystemExit(f"{recipe}: not in {work / 'crossval.json'} (run benchmarks/crossval.py --recipes {recipe})")
     fold_data = work / "folds" / recipe / f"fold{args.fold}"
-    fold_model = work / "runs" / recipe / f"fold{args.fold}" / "checkpoints" / "last.ckpt"
+    fold_model = fold_network(work, recipe, args.fold)
     here.mkdir(parents=True, exist_ok=True)
     uncalibrated = here / "uncalibrated.pt"
     if not uncalibrated.exists():

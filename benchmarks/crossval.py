@@ -187,6 +187,9 @@ RECIPES = {
     # sharpness-aware minimisation (Foret et al. 2021) at the paper's radius, twice the compute per step
     "adult-finding-ema-sam": Recipe([*EMA, "--sam", "0.05"]),
     "adult-finding-ema-sam02": Recipe([*EMA, "--sam", "0.2"]),  # four times the radius
+    # three times the fine-tuning: does the network then fit its own adults better than the held-out ones (a gap
+    # for a regulariser to close; benchmarks/last_layer.py measures it)?
+    "adult-finding-ema-6ep": Recipe(EMA, epochs=6),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
@@ -299,6 +302,14 @@ def pool_of(work: Path, shared: Path, recipe: str) -> Path:
 
 def epochs_of(arguments: list[str]) -> int:
     return int(arguments[arguments.index("--epochs") + 1])
+
+
+def fold_network(work: Path, recipe: str, fold: int) -> Path:
+    """The network `recipe` trained on fold `fold`'s folder (by this script's --recipes)."""
+    network = work / "runs" / recipe / f"fold{fold}" / "checkpoints" / "last.ckpt"
+    if not network.exists():
+        raise SystemExit(f"{network}: not found (run benchmarks/crossval.py --recipes {recipe} first)")
+    return network
 
 
 def trained(data: Path, run_dir: Path, arguments: list[str]) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from crossval import summarize  # this folder's script: the same scoring
+from crossval import fold_network, summarize  # this folder's script: the same scoring
 
 from pneumocam.deploy import Predictor
 
@@ -70,10 +70,9 @@ def main() -> None:
     folds = []
     for fold in range(args.k):
         scored = args.work / "cv" / args.recipe / f"fold{fold}.json"
-        checkpoint = args.work / "runs" / args.recipe / f"fold{fold}" / "checkpoints" / "last.ckpt"
-        if not (scored.exists() and checkpoint.exists()):
-            raise SystemExit(f"{scored} or {checkpoint}: not found (run benchmarks/crossval.py --recipes "
-                             f"{args.recipe} first)")
+        checkpoint = fold_network(args.work, args.recipe, fold)
+        if not scored.exists():
+            raise SystemExit(f"{scored}: not found (run benchmarks/crossval.py --recipes {args.recipe} first)")
         result = json.loads(scored.read_text())
         files = [args.work / "pool" / a["file"] for a in result["adults"]]
         folds.append((result, copy_logits(checkpoint, files, args.batch_size)))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from crossval import RECIPES, machine, model_path, print_table, scored_fold, summarize  # this folder's script
+from crossval import RECIPES, fold_network, machine, model_path, print_table, scored_fold, summarize  # this folder's
 
 from pneumocam.config import IMAGE_SIZE
 from pneumocam.data import manifest_rows
@@ -53,13 +53,6 @@ def averaged(checkpoints: list[Path], weights: list[float], out: Path) -> Path:
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "pneumocam": meta}, tmp)
     return out
-
-
-def fold_network(work: Path, recipe: str, fold: int) -> Path:
-    network = work / "runs" / recipe / f"fold{fold}" / "checkpoints" / "last.ckpt"
-    if not network.exists():
-        raise SystemExit(f"{network}: not found (run benchmarks/crossval.py --recipes {recipe} first)")
-    return network
 
 
 def scored_average(work: Path, out: Path, tag: str, checkpoints: list[Path], weights: list[float], data: Path,
