@@ -190,6 +190,8 @@ RECIPES = {
     # three times the fine-tuning: does the network then fit its own adults better than the held-out ones (a gap
     # for a regulariser to close; benchmarks/last_layer.py measures it)?
     "adult-finding-ema-6ep": Recipe(EMA, epochs=6),
+    # the same with mixup: a regulariser where the longer fine-tuning leaves a gap between training and held-out adults
+    "adult-finding-ema-6ep-mixup": Recipe([*EMA, "--mixup", "0.2"], epochs=6),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
