@@ -72,7 +72,8 @@ def aurocs(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, source: s
 
 
 def equal_group_weights(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Sample weights under which every (group, label) cell weighs the same in all, mean weight 1."""
+    """Sample weights under which every (group, label) cell weighs the same in all, mean weight 1: DFR's balanced
+    groups. Not pneumocam.data.sample_weights, which keeps each group's size and only evens the labels within it."""
     cells = np.char.add(groups, labels.astype(str))
     _, index, counts = np.unique(cells, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[index]
