@@ -192,6 +192,12 @@ RECIPES = {
     "adult-finding-ema-6ep": Recipe(EMA, epochs=6),
     # the same with mixup: a regulariser where the longer fine-tuning leaves a gap between training and held-out adults
     "adult-finding-ema-6ep-mixup": Recipe([*EMA, "--mixup", "0.2"], epochs=6),
+    # pneumonia ranked only against the negatives of its own source and view (a pairwise loss beside the BCE),
+    # where the view cannot help: from the 4-epoch base against adult-finding-ema
+    "adult-finding-ema-rank": Recipe([*EMA, "--rank-weight", "1"]),
+    "adult-finding-ema-rank3": Recipe([*EMA, "--rank-weight", "3"]),  # three times the weight
+    # and with the three-times-longer fine-tuning, which ranks better within each view without it
+    "adult-finding-ema-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far

@@ -43,6 +43,8 @@ def test_a_share_of_one_leaves_the_batch_as_it_was():
     assert torch.equal(mixed.labels, batch.labels)
 
 
-def test_group_indices_cannot_be_blended():
+def test_group_indices_and_ranking_strata_cannot_be_blended():
     with pytest.raises(ValueError, match="group DRO"):
         mix_batch(_batch(groups=torch.tensor([0, 1, 0])), 0.5, torch.tensor([1, 2, 0]))
+    with pytest.raises(ValueError, match="ranking within strata"):
+        mix_batch(_batch()._replace(strata=torch.tensor([0, 1, 0])), 0.5, torch.tensor([1, 2, 0]))

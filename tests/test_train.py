@@ -537,7 +537,7 @@ def test_mixup_must_not_be_negative_nor_meet_group_dro(phantom_data, tmp_path):
 
     with pytest.raises(PneumocamError, match="--mixup must be >= 0"):
         fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", mixup=-0.2))
-    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro or --view-adversary"):
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro, --view-adversary"):
         fit(phantom_data, tmp_path / "dro", TrainConfig(pretrained="none", mixup=0.2, group_dro=("view",)))
 
 
@@ -758,6 +758,56 @@ def test_view_adversary_trains_repeatably_changes_the_run_and_logs_its_loss(phan
     assert "train_view_adversary_loss" in header
 
 
+def test_rank_weight_batches_carry_each_images_source_and_view_stratum(phantom_data):
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import Normalization, dataset_files, manifest_rows
+    from pneumocam.training import PneumoniaDataModule
+
+    config = resolve_runtime(TrainConfig(batch_size=4, rank_weight=1.0, in_memory="off", seed=0))
+    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
+    datamodule.setup()
+    ids, names = datamodule.rank_strata()
+    assert names == ["unknown/AP", "unknown/PA"]  # prepared from one source folder: the source is unknown
+    rows = manifest_rows(phantom_data)
+    files = dataset_files(datamodule.train_set, phantom_data)
+    assert [names[i] for i in ids.tolist()] == [f"unknown/{rows[f]['view']}" for f in files]
+    drawn = list(datamodule.train_dataloader().sampler)[:4]
+    twin = PneumoniaDataModule(phantom_data, Normalization(), config)  # the same seed draws the same order
+    twin.setup()
+    images, labels, strata = next(iter(twin.train_dataloader()))
+    assert strata.tolist() == ids[drawn].tolist()  # each image's own stratum, in sampler order
+    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry none
+
+
+@pytest.mark.parametrize("in_memory", ["off", "on"])
+def test_rank_weight_trains_repeatably_changes_the_run_and_logs_its_loss(phantom_data, tmp_path, in_memory):
+    """--rank-weight: the pairwise loss reaches the network (the weights differ from a run without it), a seed
+    repeats the run, the network's keys are unchanged, and its loss is in the metrics."""
+    from pneumocam.model import load_checkpoint, network_state
+
+    config = TrainConfig(epochs=1, batch_size=6, pretrained="none", augment="shift", box_loss_weight=1.0,
+                         finding_loss_weight=1.0, rank_weight=1.0, in_memory=in_memory, seed=2)
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    runs = {name: fit(data, tmp_path / name, run).last_checkpoint
+            for name, run in (("a", config), ("b", config), ("plain", replace(config, rank_weight=0.0)))}
+    weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
+    assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
+    assert not torch.allclose(weights["a"]["fc.weight"], weights["plain"]["fc.weight"])
+    assert weights["a"].keys() == weights["plain"].keys()
+    assert load_checkpoint(runs["a"])["pneumocam"]["config"]["rank_weight"] == 1.0
+    header = (tmp_path / "a" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_rank_loss" in header
+
+
+def test_rank_weight_must_not_be_negative_nor_meet_mixup(phantom_data, tmp_path):
+    from pneumocam.errors import PneumocamError
+
+    with pytest.raises(PneumocamError, match="--rank-weight must be >= 0"):
+        fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", rank_weight=-1.0))
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro, --view-adversary or --rank-weight"):
+        fit(phantom_data, tmp_path / "mix", TrainConfig(pretrained="none", mixup=0.2, rank_weight=1.0))
+
+
 def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data, tmp_path):
     import csv
     import shutil
@@ -766,7 +816,7 @@ def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data
 
     with pytest.raises(PneumocamError, match="--view-adversary must be >= 0"):
         fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", view_adversary=-1.0))
-    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro or --view-adversary"):
+    with pytest.raises(PneumocamError, match="cannot be combined with --group-dro, --view-adversary"):
         fit(phantom_data, tmp_path / "mix", TrainConfig(pretrained="none", mixup=0.2, view_adversary=1.0))
     blind = tmp_path / "blind"
     shutil.copytree(phantom_data, blind)

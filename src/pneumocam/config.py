@@ -13,17 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_SIZE = 224
-CAM_STRIDE = 32  # input pixels per CAM cell: the ResNet18 trunk halves its input five times
+IMAGE_SIZE, CAM_STRIDE = 224, 32  # CAM_STRIDE: input pixels per CAM cell (the ResNet18 trunk halves five times)
 RESIZE_MODES, CAM_SCALES = ("pad", "stretch"), ("absolute", "relative")
 SOURCE_FORMATS, ALIGNMENTS = ("auto", "rsna", "folders", "medmnist"), ("receptive-field", "block-centre")
 AUGMENTATIONS = ("original", "shift", "shift-intensity", "none")
 OPTIMIZERS, SCHEDULES = ("adam", "adamw"), ("cosine", "onecycle", "plateau", "none")
 MONITORS, AUTO_ON_OFF = ("val_loss", "val_auroc", "val_acc"), ("auto", "on", "off")
-EVALUATION_SPLITS = ("auto", "test", "val", "train", "all")
-SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "finding")
-# what --balance-by may balance the label against; finding is not among them, since it is the label's detail
-BALANCE_ATTRIBUTES = ("view", "sex", "age_band", "source")
+EVALUATION_SPLITS, SUBGROUP_ATTRIBUTES = ("auto", "test", "val", "train", "all"), ("sex", "age_band", "view", "finding")
+# what --balance-by may balance the label against (not the finding: the label's detail); --rank-weight's pairs
+BALANCE_ATTRIBUTES, RANK_STRATA = ("view", "sex", "age_band", "source"), ("source", "view")
 THRESHOLD_RULES = ("sensitivity", "specificity", "youden")
 CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
@@ -151,6 +149,8 @@ class TrainConfig:
                                             "values x the label; the loss weights each group's mean loss, raising "
                                             "the worst served (view, sex, age_band, source)", parse="names",
                                         choices=BALANCE_ATTRIBUTES, shown="none")
+    rank_weight: float = option(0.0, "weight of a pairwise loss that ranks each pneumonia film above the negatives of "
+                                     "its own source and view only, so the view cannot rank (0: off)", metavar="W")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")

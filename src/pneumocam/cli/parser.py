@@ -71,6 +71,7 @@ COMMANDS = (
              "pneumocam train data/ run/ --pretrained pneumocam-cxr   # continue from the bundled model",
              "pneumocam train rsna-data/ run/ --balance-by view   # the label no longer tells AP from PA films",
              "pneumocam train rsna-data/ run/ --group-dro view    # the worst of view x label weighs most",
+             "pneumocam train rsna-data/ run/ --rank-weight 1     # rank pneumonia against its own view's negatives",
              "pneumocam train joint/ run/ --source-shares kermany224=0.3,rsna_1000=0.7   # each source's share",
              "pneumocam train data/ run/ --resume            # after an interruption",
              "pneumocam train data/ run/ --precision bf16-mixed   # a CPU with AVX512-BF16/AMX: 1.8x faster, ranks a "

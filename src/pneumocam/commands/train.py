@@ -89,7 +89,8 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
     for weight, flag in ((config.box_loss_weight, "--box-loss-weight"),
                          (config.finding_loss_weight, "--finding-loss-weight"),
                          (config.view_adversary, "--view-adversary"), (config.mixup, "--mixup"),
-                         (config.sam, "--sam"), (config.anchor_weight, "--anchor-weight")):
+                         (config.sam, "--sam"), (config.anchor_weight, "--anchor-weight"),
+                         (config.rank_weight, "--rank-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0 (0: off), got {weight}")
     if not 0 <= config.soft_label_weight <= 1:
@@ -98,9 +99,9 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
         raise PneumocamError(f"--soft-labels {config.soft_labels}: no such file")
     if not 0 <= config.ema_decay < 1:
         raise PneumocamError(f"--ema-decay must be in [0, 1) (0: off), got {config.ema_decay}")
-    if config.mixup > 0 and (config.group_dro or config.view_adversary > 0):
+    if config.mixup > 0 and (config.group_dro or config.view_adversary > 0 or config.rank_weight > 0):
         raise PneumocamError("--mixup blends films of different groups and views: it cannot be combined with "
-                             "--group-dro or --view-adversary")
+                             "--group-dro, --view-adversary or --rank-weight")
     if config.sam > 0 and (config.mixup > 0 or config.group_dro):
         raise PneumocamError("--sam evaluates each batch twice; --mixup would blend it differently and --group-dro "
                              "update its weights twice: it cannot be combined with either")

@@ -1,5 +1,5 @@
 """The LightningDataModule of `pneumocam train`: the prepared splits, the samplers that balance them, and the
-per-image targets training batches carry (findings, soft labels, group DRO indices, views)."""
+per-image targets training batches carry (findings, soft labels, group DRO indices, views, ranking strata)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from pneumocam.config import BALANCE_ATTRIBUTES, TrainConfig
+from pneumocam.config import BALANCE_ATTRIBUTES, RANK_STRATA, TrainConfig
 from pneumocam.data.boxes import load_boxes, split_boxes
 from pneumocam.data.datasets import (
     BoxedSplit,
@@ -33,6 +33,7 @@ from pneumocam.data.datasets import (
 from pneumocam.data.preprocess import Normalization, data_contract
 from pneumocam.errors import PneumocamError
 from pneumocam.training.group_dro import group_ids
+from pneumocam.training.ranking import stratum_ids
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         sampler = self._sampler(dataset, train)
         in_memory = isinstance(dataset, InMemorySplit)
         if train and (self.config.finding_loss_weight > 0 or self.config.soft_labels or self.config.group_dro
-                      or self.config.view_adversary > 0):
+                      or self.config.view_adversary > 0 or self.config.rank_weight > 0):
             dataset = WithTargets(dataset, *self._training_targets())
         if in_memory:  # one tensor index per batch, no per-image collation
             batches = BatchSampler(sampler, self.config.batch_size, drop_last)
@@ -132,7 +133,8 @@ class PneumoniaDataModule(L.LightningDataModule):
 
     def _training_targets(self) -> list[torch.Tensor]:
         """What training batches carry after the images, in this order: the finding targets, the teacher's soft
-        labels, the group DRO indices, the view adversary's targets (PneumoniaModule._unpack takes them apart)."""
+        labels, the group DRO indices, the view adversary's targets, the ranking strata (PneumoniaModule._unpack
+        takes them apart)."""
         files = self._training_files()[0]
         targets = []
         if self.config.finding_loss_weight > 0:
@@ -147,6 +149,13 @@ class PneumoniaDataModule(L.LightningDataModule):
             targets.append(self._known(view_targets(self.data_dir, files), "--view-adversary", "view", "PA",
                                        "is an AP or PA film in manifest.csv (prepare from DICOMs, or give "
                                        "metadata.csv a view column)"))
+        if self.config.rank_weight > 0:
+            strata, names = self.rank_strata()
+            labels = torch.as_tensor(self._training_files()[1])
+            log.info("--rank-weight: pairs within source x view: %s", ", ".join(
+                f"{name} {int((strata == i).sum())} images, {int(labels[strata == i].sum())} pneumonia"
+                for i, name in enumerate(names)))
+            targets.append(strata)
         return targets
 
     def _known(self, targets: torch.Tensor, flag: str, what: str, positive: str, how: str) -> torch.Tensor:
@@ -162,6 +171,10 @@ class PneumoniaDataModule(L.LightningDataModule):
         """--group-dro: each training image's group index (attribute values x label) and the groups' names."""
         groups, labels = self._training_values(_known_attributes("--group-dro", self.config.group_dro))
         return group_ids(groups, labels)
+
+    def rank_strata(self) -> tuple[torch.Tensor, list[str]]:
+        """--rank-weight: each training image's stratum index (source x view) and the strata's names."""
+        return stratum_ids(self._training_values(RANK_STRATA)[0])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -16,11 +16,11 @@ def mix_batch(batch: NamedTuple, share: float, partner: torch.Tensor) -> NamedTu
     """`batch` (training.Batch) blended with itself reordered by `partner` (a permutation of its rows):
     images, targets and findings become share x own + (1 - share) x partner's (a finding unknown for either film
     stays unknown: NaN propagates); the box masks become both films' boxes, where the map of the blend belongs;
-    the labels, used only for accuracy, are those of the film with the larger share; group indices and views
-    cannot be blended and are refused."""
-    if batch.groups is not None or batch.views is not None:
-        raise ValueError("mixup blends films of different groups and views: it cannot be combined with group DRO "
-                         "or the view adversary")
+    the labels, used only for accuracy, are those of the film with the larger share; group indices, views and
+    ranking strata cannot be blended and are refused."""
+    if batch.groups is not None or batch.views is not None or batch.strata is not None:
+        raise ValueError("mixup blends films of different groups and views: it cannot be combined with group DRO, "
+                         "the view adversary or the ranking within strata")
 
     def blend(values: torch.Tensor) -> torch.Tensor:
         return share * values + (1 - share) * values[partner]

@@ -1,6 +1,6 @@
 """The LightningModule of `pneumocam train`: a thin wrapper around PneumoniaNet with the losses (labels, box
-guidance, the finding head, group DRO, soft labels, mixup, the view adversary), metrics and optimisation (with
-sharpness-aware steps under --sam).
+guidance, the finding head, group DRO, soft labels, mixup, the view adversary, the ranking within strata),
+metrics and optimisation (with sharpness-aware steps under --sam).
 
 The train step (commands/train.py) puts it into a Trainer with the data module (training.datamodule) and the
 plugin and callback of training.hooks; only the training package and that step import lightning.
@@ -32,6 +32,7 @@ from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
 from pneumocam.training.losses import known_bce
 from pneumocam.training.mixup import mix_batch
+from pneumocam.training.ranking import within_stratum_ranking
 from pneumocam.training.sharpness import sharpness_aware
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Batch(NamedTuple):
     groups: torch.Tensor | None
     targets: torch.Tensor
     views: torch.Tensor | None = None
+    strata: torch.Tensor | None = None
 
 
 class PneumoniaModule(L.LightningModule):
@@ -145,7 +147,7 @@ class PneumoniaModule(L.LightningModule):
     def _target_count(self) -> int:
         """How many per-image targets training batches carry after the images, labels and box masks."""
         on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"),
-              self._adversary_strength() > 0)
+              self._adversary_strength() > 0, self._rank_weight() > 0)
         return sum(map(bool, on)) if self.trainer.training else 0
 
     def _anchor_weight(self) -> float:
@@ -161,11 +163,15 @@ class PneumoniaModule(L.LightningModule):
     def _adversary_strength(self) -> float:
         return float(self.config.get("view_adversary", 0.0))  # absent from runs made before the option
 
+    def _rank_weight(self) -> float:
+        return float(self.config.get("rank_weight", 0.0))  # absent from runs made before the option
+
     def _unpack(self, batch) -> Batch:
-        """Training batches carry the findings, the teacher's soft labels, the group indices and the views last
-        (data.datasets.WithTargets) when those are on; validation batches never do."""
+        """Training batches carry the findings, the teacher's soft labels, the group indices, the views and the
+        ranking strata last (data.datasets.WithTargets) when those are on; validation batches never do."""
         images, labels, *rest = batch
         training = self.trainer.training
+        strata = rest.pop() if self._rank_weight() > 0 and training else None
         views = rest.pop() if self._adversary_strength() > 0 and training else None
         groups = rest.pop() if self.hparams.get("dro_groups") and training else None
         targets = labels.float()
@@ -173,7 +179,7 @@ class PneumoniaModule(L.LightningModule):
             soft, weight = rest.pop(), float(self.config["soft_label_weight"])
             targets = torch.where(torch.isnan(soft), targets, (1 - weight) * targets + weight * soft)
         findings = rest.pop() if self._finding_weight() > 0 and training else None
-        return Batch(images, labels, rest, findings, groups, targets, views)
+        return Batch(images, labels, rest, findings, groups, targets, views, strata)
 
     def _mixed(self, batch: Batch) -> Batch:
         """--mixup A: a training batch blended with itself in a shuffled order, the share drawn from Beta(A, A)
@@ -192,7 +198,7 @@ class PneumoniaModule(L.LightningModule):
     def _step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batches are (images (B, 1, 224, 224), labels (B,)), for box-guided training also masks, and in training
         the per-image targets the options ask for (_unpack)."""
-        images, labels, masks, findings, groups, targets, views = self._mixed(self._unpack(batch))
+        images, labels, masks, findings, groups, targets, views, strata = self._mixed(self._unpack(batch))
         if self.config["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         logits, features = self._run_net(images)
@@ -218,6 +224,10 @@ class PneumoniaModule(L.LightningModule):
             self.log("train_view_adversary_loss", own, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
             loss = loss + own + self._adversary_strength() * confusion
+        if strata is not None:
+            ranking = within_stratum_ranking(logits, labels, strata)
+            self.log("train_rank_loss", ranking, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+            loss = loss + self._rank_weight() * ranking
         if self._anchor_weight() > 0 and self.trainer.training:
             anchor = self._anchor_loss()
             self.log("train_anchor_loss", anchor, on_step=False, on_epoch=True, sync_dist=True,

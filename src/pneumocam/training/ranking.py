@@ -1,0 +1,38 @@
+"""A ranking loss within strata: each pneumonia film is compared only with the negatives of its own source and view.
+
+Why: on RSNA adults a logit that only tells portable AP films (sicker patients, more pneumonia) from upright PA
+films already lowers the batch's cross-entropy, and reweighting the images (--balance-by, --group-dro) still leaves
+that gradient in. A pairwise logistic loss (RankNet, Burges et al., ICML 2005; AUROC is the share of such pairs
+ranked right) over pairs of a positive and a negative from the same stratum cannot be lowered by the view: within a
+pair it is the same. It is added to the cross-entropy, which keeps the probabilities' scale. Training only: the
+network, its logit and its exact CAM stay as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def stratum_ids(strata: list[tuple[str, ...]]) -> tuple[torch.Tensor, list[str]]:
+    """(each image's stratum index, each stratum's name as "rsna_1000/PA"): unknown values ("") are a value of
+    their own, named "unknown"."""
+    names = sorted(set(strata))
+    index = {s: i for i, s in enumerate(names)}
+    return torch.tensor([index[s] for s in strata]), ["/".join(v or "unknown" for v in s) for s in names]
+
+
+def within_stratum_ranking(logits: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor) -> torch.Tensor:
+    """softplus(negative's logit - positive's logit) over the batch's (positive, negative) pairs that share a
+    stratum: the mean within each stratum, then over the strata that have a pair (so the few pneumonias on PA films
+    weigh as much as the many on AP films); 0 when no stratum has one. Masked rather than indexed, so the step never
+    waits for the device."""
+    positive = labels.bool()
+    same = strata[:, None] == strata[None, :]
+    pairs = same & positive[:, None] & ~positive[None, :]
+    # each row's stratum's pair count: its positives times its negatives
+    count = (same & positive[None, :]).sum(1) * (same & ~positive[None, :]).sum(1)
+    weight = pairs / count.clamp(min=1)[:, None]  # each stratum's pairs sum to 1
+    logits = logits.float()
+    each = F.softplus(logits[None, :] - logits[:, None])  # row: the positive, column: the negative
+    return (each * weight).sum() / weight.sum().clamp(min=1)
