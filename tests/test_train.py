@@ -541,25 +541,30 @@ def test_mixup_must_not_be_negative_nor_meet_group_dro(phantom_data, tmp_path):
         fit(phantom_data, tmp_path / "dro", TrainConfig(pretrained="none", mixup=0.2, group_dro=("view",)))
 
 
-def test_group_dro_batches_carry_each_images_view_and_label_group(phantom_data):
+@pytest.mark.parametrize("option, indices, expected, name_of", [
+    ({"group_dro": ("view",)}, "dro_groups", ["AP/0", "AP/1", "PA/0", "PA/1"], lambda r: f"{r['view']}/{r['label']}"),
+    # prepared from one source folder: the source is unknown
+    ({"rank_weight": 1.0}, "rank_strata", ["unknown/AP", "unknown/PA"], lambda r: f"unknown/{r['view']}"),
+])
+def test_batches_carry_each_images_dro_group_or_ranking_stratum(phantom_data, option, indices, expected, name_of):
     from pneumocam.commands.train import resolve_runtime
     from pneumocam.data import Normalization, dataset_files, manifest_rows
     from pneumocam.training import PneumoniaDataModule
 
-    config = resolve_runtime(TrainConfig(batch_size=4, group_dro=("view",), in_memory="off", seed=0))
+    config = resolve_runtime(TrainConfig(batch_size=4, in_memory="off", seed=0, **option))
     datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
     datamodule.setup()
-    ids, names = datamodule.dro_groups()
-    assert names == ["AP/0", "AP/1", "PA/0", "PA/1"]
+    ids, names = getattr(datamodule, indices)()
+    assert names == expected
     rows = manifest_rows(phantom_data)
     files = dataset_files(datamodule.train_set, phantom_data)
-    assert [names[i] for i in ids.tolist()] == [f"{rows[f]['view']}/{rows[f]['label']}" for f in files]
+    assert [names[i] for i in ids.tolist()] == [name_of(rows[f]) for f in files]
     drawn = list(datamodule.train_dataloader().sampler)[:4]
     twin = PneumoniaDataModule(phantom_data, Normalization(), config)  # the same seed draws the same order
     twin.setup()
-    images, labels, groups = next(iter(twin.train_dataloader()))
-    assert groups.tolist() == ids[drawn].tolist()  # each image's own group, in sampler order
-    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry no groups
+    images, labels, carried = next(iter(twin.train_dataloader()))
+    assert carried.tolist() == ids[drawn].tolist()  # each image's own index, in sampler order
+    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry none
 
 
 @pytest.mark.slow
@@ -756,27 +761,6 @@ def test_view_adversary_trains_repeatably_changes_the_run_and_logs_its_loss(phan
     assert load_checkpoint(runs["a"])["pneumocam"]["config"]["view_adversary"] == 1.0
     header = (tmp_path / "a" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train_view_adversary_loss" in header
-
-
-def test_rank_weight_batches_carry_each_images_source_and_view_stratum(phantom_data):
-    from pneumocam.commands.train import resolve_runtime
-    from pneumocam.data import Normalization, dataset_files, manifest_rows
-    from pneumocam.training import PneumoniaDataModule
-
-    config = resolve_runtime(TrainConfig(batch_size=4, rank_weight=1.0, in_memory="off", seed=0))
-    datamodule = PneumoniaDataModule(phantom_data, Normalization(), config)
-    datamodule.setup()
-    ids, names = datamodule.rank_strata()
-    assert names == ["unknown/AP", "unknown/PA"]  # prepared from one source folder: the source is unknown
-    rows = manifest_rows(phantom_data)
-    files = dataset_files(datamodule.train_set, phantom_data)
-    assert [names[i] for i in ids.tolist()] == [f"unknown/{rows[f]['view']}" for f in files]
-    drawn = list(datamodule.train_dataloader().sampler)[:4]
-    twin = PneumoniaDataModule(phantom_data, Normalization(), config)  # the same seed draws the same order
-    twin.setup()
-    images, labels, strata = next(iter(twin.train_dataloader()))
-    assert strata.tolist() == ids[drawn].tolist()  # each image's own stratum, in sampler order
-    assert len(next(iter(datamodule.val_dataloader()))) == 2  # validation batches carry none
 
 
 @pytest.mark.parametrize("in_memory", ["off", "on"])
