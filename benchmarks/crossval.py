@@ -198,6 +198,7 @@ RECIPES = {
     "adult-finding-ema-rank3": Recipe([*EMA, "--rank-weight", "3"]),  # three times the weight
     # and with the three-times-longer fine-tuning, which ranks better within each view without it
     "adult-finding-ema-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6),
+    "adult-finding-ema-4ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=4),  # and with 4 epochs
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
