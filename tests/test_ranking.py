@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pneumocam.training import stratum_ids, within_stratum_ranking
+from pneumocam.training import group_ids, within_stratum_ranking
 
 
 def _by_loops(logits, labels, strata) -> float:
@@ -16,8 +16,8 @@ def _by_loops(logits, labels, strata) -> float:
     return sum(means) / len(means) if means else 0.0
 
 
-def test_strata_are_named_with_unknown_values_named():
-    ids, names = stratum_ids([("rsna_1000", "PA"), ("kermany224", ""), ("rsna_1000", "PA"), ("rsna_1000", "AP")])
+def test_strata_without_labels_are_named_with_unknown_values_named():
+    ids, names = group_ids([("rsna_1000", "PA"), ("kermany224", ""), ("rsna_1000", "PA"), ("rsna_1000", "AP")])
     assert names == ["kermany224/unknown", "rsna_1000/AP", "rsna_1000/PA"]
     assert ids.tolist() == [2, 0, 2, 1]
 

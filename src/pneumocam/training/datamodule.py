@@ -33,7 +33,6 @@ from pneumocam.data.datasets import (
 from pneumocam.data.preprocess import Normalization, data_contract
 from pneumocam.errors import PneumocamError
 from pneumocam.training.group_dro import group_ids
-from pneumocam.training.ranking import stratum_ids
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,7 @@ class PneumoniaDataModule(L.LightningDataModule):
                                        "is an AP or PA film in manifest.csv (prepare from DICOMs, or give "
                                        "metadata.csv a view column)"))
         if self.config.rank_weight > 0:
-            strata, names = self.rank_strata()
-            labels = torch.as_tensor(self._training_files()[1])
-            log.info("--rank-weight: pairs within source x view: %s", ", ".join(
-                f"{name} {int((strata == i).sum())} images, {int(labels[strata == i].sum())} pneumonia"
-                for i, name in enumerate(names)))
-            targets.append(strata)
+            targets.append(self.rank_strata()[0])
         return targets
 
     def _known(self, targets: torch.Tensor, flag: str, what: str, positive: str, how: str) -> torch.Tensor:
@@ -173,8 +167,14 @@ class PneumoniaDataModule(L.LightningDataModule):
         return group_ids(groups, labels)
 
     def rank_strata(self) -> tuple[torch.Tensor, list[str]]:
-        """--rank-weight: each training image's stratum index (source x view) and the strata's names."""
-        return stratum_ids(self._training_values(RANK_STRATA)[0])
+        """--rank-weight: each training image's stratum index (source x view) and the strata's names, logged with
+        their sizes and pneumonias (a stratum of one class has no pair to rank)."""
+        strata, labels = self._training_values(RANK_STRATA)
+        ids, names = group_ids(strata)
+        log.info("--rank-weight: pairs within source x view: %s", ", ".join(
+            f"{name} {int((ids == i).sum())} images, {int(labels[(ids == i).numpy()].sum())} pneumonia"
+            for i, name in enumerate(names)))
+        return ids, names
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -14,10 +14,11 @@ import torch
 DRO_STEP = 0.01  # the group weights' step size (Sagawa et al.'s eta_q)
 
 
-def group_ids(groups: list[tuple[str, ...]], labels) -> tuple[torch.Tensor, list[str]]:
-    """(each image's group index, each group's name as "AP/1"): attribute values x label, unknown values
-    ("") a group of their own, named "unknown"."""
-    keys = [(*g, str(int(y))) for g, y in zip(groups, labels, strict=True)]
+def group_ids(groups: list[tuple[str, ...]], labels=None) -> tuple[torch.Tensor, list[str]]:
+    """(each image's group index, each group's name as "AP/1"): attribute values x label (without `labels`, the
+    attribute values alone, as --rank-weight's strata "rsna_1000/PA"), unknown values ("") a group of their own,
+    named "unknown"."""
+    keys = groups if labels is None else [(*g, str(int(y))) for g, y in zip(groups, labels, strict=True)]
     names = sorted(set(keys))
     index = {k: i for i, k in enumerate(names)}
     return torch.tensor([index[k] for k in keys]), ["/".join(v or "unknown" for v in k) for k in names]

@@ -14,14 +14,6 @@ import torch
 from torch.nn import functional as F
 
 
-def stratum_ids(strata: list[tuple[str, ...]]) -> tuple[torch.Tensor, list[str]]:
-    """(each image's stratum index, each stratum's name as "rsna_1000/PA"): unknown values ("") are a value of
-    their own, named "unknown"."""
-    names = sorted(set(strata))
-    index = {s: i for i, s in enumerate(names)}
-    return torch.tensor([index[s] for s in strata]), ["/".join(v or "unknown" for v in s) for s in names]
-
-
 def within_stratum_ranking(logits: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor) -> torch.Tensor:
     """softplus(negative's logit - positive's logit) over the batch's (positive, negative) pairs that share a
     stratum: the mean within each stratum, then over the strata that have a pair (so the few pneumonias on PA films
