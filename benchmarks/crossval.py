@@ -199,6 +199,8 @@ RECIPES = {
     # and with the three-times-longer fine-tuning, which ranks better within each view without it
     "adult-finding-ema-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6),
     "adult-finding-ema-4ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=4),  # and with 4 epochs
+    # its pairs against "Not Normal" films (the hard negatives the shipped rule calls most often) weighing 3 times
+    "adult-finding-ema-6ep-rank-hard3": Recipe([*EMA, "--rank-weight", "1", "--rank-hard-weight", "3"], epochs=6),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far

@@ -5,14 +5,16 @@ from torch.nn import functional as F
 from pneumocam.training import group_ids, within_stratum_ranking
 
 
-def _by_loops(logits, labels, strata) -> float:
-    """The loss written out: each stratum's mean pair loss, then the mean over the strata that have a pair."""
+def _by_loops(logits, labels, strata, negative_weights=None) -> float:
+    """The loss written out: each stratum's mean pair loss (a pair weighing what its negative does), then the mean
+    over the strata that have a pair."""
+    weights = torch.ones(len(labels)) if negative_weights is None else negative_weights
     means = []
     for s in sorted(set(strata.tolist())):
-        pairs = [F.softplus(logits[j] - logits[i]).item() for i in range(len(labels)) for j in range(len(labels))
-                 if strata[i] == strata[j] == s and labels[i] == 1 and labels[j] == 0]
+        pairs = [(weights[j].item(), F.softplus(logits[j] - logits[i]).item()) for i in range(len(labels))
+                 for j in range(len(labels)) if strata[i] == strata[j] == s and labels[i] == 1 and labels[j] == 0]
         if pairs:
-            means.append(sum(pairs) / len(pairs))
+            means.append(sum(w * loss for w, loss in pairs) / sum(w for w, _ in pairs))
     return sum(means) / len(means) if means else 0.0
 
 
@@ -52,3 +54,25 @@ def test_a_batch_without_a_pair_in_any_stratum_gives_zero_and_a_gradient():
     loss = within_stratum_ranking(logits, labels, strata)
     loss.backward()
     assert loss.item() == 0.0 and logits.grad.abs().sum().item() == 0.0
+
+
+def test_negative_weights_make_each_stratum_mean_a_weighted_one():
+    """--rank-hard-weight: a pair weighs what its negative does; weights all 1 are the plain loss, exactly."""
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        logits = torch.randn(12, generator=generator) * 3
+        labels = torch.randint(0, 2, (12,), generator=generator)
+        strata = torch.randint(0, 3, (12,), generator=generator)
+        hard = 1 + 2.0 * torch.randint(0, 2, (12,), generator=generator)  # weight 3 on some negatives
+        assert within_stratum_ranking(logits, labels, strata, hard).item() == pytest.approx(
+            _by_loops(logits, labels, strata, hard), rel=1e-5, abs=1e-7)
+        assert torch.equal(within_stratum_ranking(logits, labels, strata, torch.ones(12)),
+                           within_stratum_ranking(logits, labels, strata))
+
+
+def test_a_hard_negative_ranked_above_its_positive_costs_more_the_more_it_weighs():
+    logits = torch.tensor([1.0, 2.0, -2.0])  # the positive; a negative above it ("Not Normal"); one below it
+    labels, strata = torch.tensor([1, 0, 0]), torch.tensor([0, 0, 0])
+    losses = [within_stratum_ranking(logits, labels, strata, torch.tensor([1.0, h, 1.0])).item() for h in (0, 1, 3)]
+    assert losses[0] < losses[1] < losses[2]
+    assert losses[0] == pytest.approx(F.softplus(torch.tensor(-3.0)).item())  # weight 0: the hard pair left out

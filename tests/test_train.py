@@ -773,10 +773,12 @@ def test_rank_weight_trains_repeatably_changes_the_run_and_logs_its_loss(phantom
                          finding_loss_weight=1.0, rank_weight=1.0, in_memory=in_memory, seed=2)
     data, _ = _with_findings(phantom_data, tmp_path / "data")
     runs = {name: fit(data, tmp_path / name, run).last_checkpoint
-            for name, run in (("a", config), ("b", config), ("plain", replace(config, rank_weight=0.0)))}
+            for name, run in (("a", config), ("b", config), ("plain", replace(config, rank_weight=0.0)),
+                              ("hard", replace(config, rank_hard_weight=3.0)))}
     weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
     assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
-    assert not torch.allclose(weights["a"]["fc.weight"], weights["plain"]["fc.weight"])
+    for other in ("plain", "hard"):  # the ranking, and the weight of its "Not Normal" pairs, reach the network
+        assert not torch.allclose(weights["a"]["fc.weight"], weights[other]["fc.weight"])
     assert weights["a"].keys() == weights["plain"].keys()
     assert load_checkpoint(runs["a"])["pneumocam"]["config"]["rank_weight"] == 1.0
     header = (tmp_path / "a" / "logs" / "metrics.csv").read_text().splitlines()[0]
@@ -790,6 +792,28 @@ def test_rank_weight_must_not_be_negative_nor_meet_mixup(phantom_data, tmp_path)
         fit(phantom_data, tmp_path / "neg", TrainConfig(pretrained="none", rank_weight=-1.0))
     with pytest.raises(PneumocamError, match="cannot be combined with --group-dro, --view-adversary or --rank-weight"):
         fit(phantom_data, tmp_path / "mix", TrainConfig(pretrained="none", mixup=0.2, rank_weight=1.0))
+    for hard, rank in ((3.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(PneumocamError, match="--rank-hard-weight weighs --rank-weight's pairs"):
+            fit(phantom_data, tmp_path / "hard", TrainConfig(pretrained="none", rank_weight=rank,
+                                                             rank_hard_weight=hard))
+
+
+def test_hard_pairs_carry_the_findings_without_the_finding_head(phantom_data, tmp_path):
+    """--rank-hard-weight alone: training batches carry the findings (then the strata), and no head is trained on
+    them."""
+    from pneumocam.commands.train import resolve_runtime
+    from pneumocam.data import Normalization
+    from pneumocam.training import PneumoniaDataModule, PneumoniaModule
+
+    data, _ = _with_findings(phantom_data, tmp_path / "data")
+    config = resolve_runtime(TrainConfig(batch_size=4, in_memory="off", seed=0, rank_weight=1.0, rank_hard_weight=3.0))
+    datamodule = PneumoniaDataModule(data, Normalization(), config)
+    datamodule.setup()
+    images, labels, findings, strata = next(iter(datamodule.train_dataloader()))
+    assert findings.dtype == torch.float32 and strata.dtype == torch.int64
+    module = PneumoniaModule({"pretrained": "none", "seed": 0, "compile": False, "rank_weight": 1.0,
+                              "rank_hard_weight": 3.0}, 1.0, {"mean": 0.5, "std": 0.25}, {})
+    assert module._carries_findings() and not hasattr(module, "finding_head")
 
 
 def test_view_adversary_needs_views_and_refuses_mixup_and_negatives(phantom_data, tmp_path):

@@ -151,17 +151,17 @@ class TrainConfig:
                                         choices=BALANCE_ATTRIBUTES, shown="none")
     rank_weight: float = option(0.0, "weight of a pairwise loss that ranks each pneumonia film above the negatives of "
                                      "its own source and view only, so the view cannot rank (0: off)", metavar="W")
+    rank_hard_weight: float = option(1.0, "what a --rank-weight pair weighs, relative to its stratum's others, when "
+                                          "its negative is a \"Not Normal\" film (manifest finding)", metavar="H")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights, updated every step with this "
                                    "decay (e.g. 0.98: about the last 50 steps), and validate, save and predict "
                                    "with it instead of the last step's weights (0: off)")
     mixup: float = option(0.0, "train on blends of two films and of their labels (mixup), the share drawn from "
                                "Beta(A, A), e.g. A = 0.2; a blend's boxes are both films' (0: off)", metavar="A")
-    view_adversary: float = option(0.0, "weight of a loss that trains the features to leave a head guessing 50:50 "
-                                        "whether a film of known label is AP or PA (a view adversary; training "
-                                        "only, the head is not saved; 0: off)", metavar="W")
+    view_adversary: float = option(0.0, "weight of a loss training the features to leave a head guessing 50:50 whether "
+                                        "a film of known label is AP or PA (training only; 0: off)", metavar="W")
     sam: float = option(0.0, "sharpness-aware minimisation (SAM): each step descends the gradient taken at the "
-                             "worst point within RHO of the weights, e.g. 0.05; twice the compute per step (0: off)",
-                        metavar="RHO")
+                             "worst point within RHO of the weights, e.g. 0.05; 2x the compute (0: off)", metavar="RHO")
     anchor_weight: float = option(0.0, "pull the weights toward those of the --pretrained model: adds this x the "
                                        "half sum of their squared distance to the loss (L2-SP), so fine-tuning "
                                        "forgets less of what that model knew (0: off)")

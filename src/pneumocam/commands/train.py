@@ -93,6 +93,9 @@ def _check(config: TrainConfig, run_dir: Path) -> Path | None:
                          (config.rank_weight, "--rank-weight")):
         if not weight >= 0:
             raise PneumocamError(f"{flag} must be >= 0 (0: off), got {weight}")
+    if not config.rank_hard_weight >= 0 or (config.rank_hard_weight != 1 and not config.rank_weight > 0):
+        raise PneumocamError(f"--rank-hard-weight weighs --rank-weight's pairs: it needs --rank-weight > 0 and must "
+                             f"be >= 0 (1: off), got {config.rank_hard_weight}")
     if not 0 <= config.soft_label_weight <= 1:
         raise PneumocamError(f"--soft-label-weight must be in [0, 1], got {config.soft_label_weight}")
     if config.soft_labels and not Path(config.soft_labels).is_file():

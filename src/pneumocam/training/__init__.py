@@ -11,7 +11,7 @@ _HOMES = {  # public name -> the module of this package that holds it
     "DRO_STEP": "group_dro", "GroupWeights": "group_dro", "group_ids": "group_dro",
     "box_guidance_loss": "guidance",
     "mix_batch": "mixup", "known_bce": "losses",
-    "within_stratum_ranking": "ranking",
+    "hard_pairs": "ranking", "within_stratum_ranking": "ranking",
     "batchnorm_statistics_kept": "sharpness", "climb": "sharpness", "descend_back": "sharpness",
     "sharpness_aware": "sharpness",
     "AtomicCheckpointIO": "hooks", "EpochSummary": "hooks", "report_level": "hooks",

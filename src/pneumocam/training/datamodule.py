@@ -33,6 +33,7 @@ from pneumocam.data.datasets import (
 from pneumocam.data.preprocess import Normalization, data_contract
 from pneumocam.errors import PneumocamError
 from pneumocam.training.group_dro import group_ids
+from pneumocam.training.ranking import hard_pairs
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ class PneumoniaDataModule(L.LightningDataModule):
         takes them apart)."""
         files = self._training_files()[0]
         targets = []
-        if self.config.finding_loss_weight > 0:
-            targets.append(self._known(finding_targets(self.data_dir, files), "--finding-loss-weight", "finding",
+        if self.config.finding_loss_weight > 0 or hard_pairs(self.config):
+            flag = "--finding-loss-weight" if self.config.finding_loss_weight > 0 else "--rank-hard-weight"
+            targets.append(self._known(finding_targets(self.data_dir, files), flag, "finding",
                                        '"Not Normal"', "has one in manifest.csv (prepare a source with RSNA's "
                                        "stage_2_detailed_class_info.csv or a finding column in metadata.csv)"))
         if self.config.soft_labels:

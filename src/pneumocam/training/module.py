@@ -146,7 +146,7 @@ class PneumoniaModule(L.LightningModule):
 
     def _target_count(self) -> int:
         """How many per-image targets training batches carry after the images, labels and box masks."""
-        on = (self._finding_weight() > 0, self.config.get("soft_labels"), self.hparams.get("dro_groups"),
+        on = (self._carries_findings(), self.config.get("soft_labels"), self.hparams.get("dro_groups"),
               self._adversary_strength() > 0, self._rank_weight() > 0)
         return sum(map(bool, on)) if self.trainer.training else 0
 
@@ -166,6 +166,13 @@ class PneumoniaModule(L.LightningModule):
     def _rank_weight(self) -> float:
         return float(self.config.get("rank_weight", 0.0))  # absent from runs made before the option
 
+    def _rank_hard_weight(self) -> float:
+        return float(self.config.get("rank_hard_weight", 1.0)) if self._rank_weight() > 0 else 1.0
+
+    def _carries_findings(self) -> bool:
+        """The finding head learns the findings; --rank-hard-weight weighs the ranking's pairs by them."""
+        return self._finding_weight() > 0 or self._rank_hard_weight() != 1
+
     def _unpack(self, batch) -> Batch:
         """Training batches carry the findings, the teacher's soft labels, the group indices, the views and the
         ranking strata last (data.datasets.WithTargets) when those are on; validation batches never do."""
@@ -178,7 +185,7 @@ class PneumoniaModule(L.LightningModule):
         if self.config.get("soft_labels") and training:  # NaN: an image the teacher does not name keeps its label
             soft, weight = rest.pop(), float(self.config["soft_label_weight"])
             targets = torch.where(torch.isnan(soft), targets, (1 - weight) * targets + weight * soft)
-        findings = rest.pop() if self._finding_weight() > 0 and training else None
+        findings = rest.pop() if self._carries_findings() and training else None
         return Batch(images, labels, rest, findings, groups, targets, views, strata)
 
     def _mixed(self, batch: Batch) -> Batch:
@@ -214,7 +221,7 @@ class PneumoniaModule(L.LightningModule):
             guidance = box_guidance_loss(cams, cell_coverage(masks[0], tuple(cams.shape[-2:])))
             self.log("train_box_loss", guidance, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
             loss = loss + self.config["box_loss_weight"] * guidance
-        if findings is not None:
+        if findings is not None and self._finding_weight() > 0:
             finding = self._finding_loss(features, findings)
             self.log("train_finding_loss", finding, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=len(labels))
@@ -225,7 +232,8 @@ class PneumoniaModule(L.LightningModule):
                      batch_size=len(labels))
             loss = loss + own + self._adversary_strength() * confusion
         if strata is not None:
-            ranking = within_stratum_ranking(logits, labels, strata)
+            hard = None if self._rank_hard_weight() == 1 else 1 + (self._rank_hard_weight() - 1) * (findings == 1)
+            ranking = within_stratum_ranking(logits, labels, strata, hard)
             self.log("train_rank_loss", ranking, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
             loss = loss + self._rank_weight() * ranking
         if self._anchor_weight() > 0 and self.trainer.training:

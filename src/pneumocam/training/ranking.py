@@ -13,18 +13,29 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from pneumocam.config import TrainConfig
 
-def within_stratum_ranking(logits: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor) -> torch.Tensor:
+
+def hard_pairs(config: TrainConfig) -> bool:
+    """--rank-hard-weight is on: training batches must carry each film's finding to weigh the pairs by."""
+    return config.rank_weight > 0 and config.rank_hard_weight != 1
+
+
+def within_stratum_ranking(logits: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor,
+                           negative_weights: torch.Tensor | None = None) -> torch.Tensor:
     """softplus(negative's logit - positive's logit) over the batch's (positive, negative) pairs that share a
     stratum: the mean within each stratum, then over the strata that have a pair (so the few pneumonias on PA films
-    weigh as much as the many on AP films); 0 when no stratum has one. Masked rather than indexed, so the step never
-    waits for the device."""
+    weigh as much as the many on AP films); 0 when no stratum has one. `negative_weights` (per image; None: all 1)
+    make a stratum's mean a weighted one, a pair weighing what its negative does (--rank-hard-weight: the "Not
+    Normal" films). Masked rather than indexed, so the step never waits for the device."""
     positive = labels.bool()
     same = strata[:, None] == strata[None, :]
-    pairs = same & positive[:, None] & ~positive[None, :]
-    # each row's stratum's pair count: its positives times its negatives
-    count = (same & positive[None, :]).sum(1) * (same & ~positive[None, :]).sum(1)
-    weight = pairs / count.clamp(min=1)[:, None]  # each stratum's pairs sum to 1
+    pairs = (same & positive[:, None] & ~positive[None, :]).float()
+    if negative_weights is not None:
+        pairs = pairs * negative_weights.float()[None, :]
+    # each row's stratum's total pair weight: the sum of its positives' rows
+    total = (same & positive[None, :]).float() @ pairs.sum(1)
+    weight = pairs / total.clamp(min=1e-12)[:, None]  # each stratum's pairs sum to 1
     logits = logits.float()
     each = F.softplus(logits[None, :] - logits[:, None])  # row: the positive, column: the negative
     return (each * weight).sum() / weight.sum().clamp(min=1)
