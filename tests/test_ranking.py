@@ -24,14 +24,20 @@ def test_strata_without_labels_are_named_with_unknown_values_named():
     assert ids.tolist() == [2, 0, 2, 1]
 
 
-def test_the_loss_is_each_strata_mean_pair_loss_averaged_over_the_strata():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_loss_is_each_strata_mean_pair_loss_averaged_over_the_strata(weighted):
+    """With negative weights (--rank-hard-weight) each stratum's mean is a weighted one, a pair weighing what its
+    negative does; weights all 1 are the plain loss, exactly."""
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
         logits = torch.randn(12, generator=generator) * 3
         labels = torch.randint(0, 2, (12,), generator=generator)
         strata = torch.randint(0, 3, (12,), generator=generator)
-        assert within_stratum_ranking(logits, labels, strata).item() == pytest.approx(
-            _by_loops(logits, labels, strata), rel=1e-5, abs=1e-7)
+        hard = 1 + 2.0 * torch.randint(0, 2, (12,), generator=generator) if weighted else None  # 3 on some
+        assert within_stratum_ranking(logits, labels, strata, hard).item() == pytest.approx(
+            _by_loops(logits, labels, strata, hard), rel=1e-5, abs=1e-7)
+        assert torch.equal(within_stratum_ranking(logits, labels, strata, torch.ones(12)),
+                           within_stratum_ranking(logits, labels, strata))
 
 
 def test_what_only_tells_the_strata_apart_cannot_change_the_loss():
@@ -54,20 +60,6 @@ def test_a_batch_without_a_pair_in_any_stratum_gives_zero_and_a_gradient():
     loss = within_stratum_ranking(logits, labels, strata)
     loss.backward()
     assert loss.item() == 0.0 and logits.grad.abs().sum().item() == 0.0
-
-
-def test_negative_weights_make_each_stratum_mean_a_weighted_one():
-    """--rank-hard-weight: a pair weighs what its negative does; weights all 1 are the plain loss, exactly."""
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        logits = torch.randn(12, generator=generator) * 3
-        labels = torch.randint(0, 2, (12,), generator=generator)
-        strata = torch.randint(0, 3, (12,), generator=generator)
-        hard = 1 + 2.0 * torch.randint(0, 2, (12,), generator=generator)  # weight 3 on some negatives
-        assert within_stratum_ranking(logits, labels, strata, hard).item() == pytest.approx(
-            _by_loops(logits, labels, strata, hard), rel=1e-5, abs=1e-7)
-        assert torch.equal(within_stratum_ranking(logits, labels, strata, torch.ones(12)),
-                           within_stratum_ranking(logits, labels, strata))
 
 
 def test_a_hard_negative_ranked_above_its_positive_costs_more_the_more_it_weighs():
