@@ -528,8 +528,8 @@ def print_table(table: dict) -> None:
         pooled_cell = "-" if pooled is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(pooled["margin"],
                                                                                   *pooled["margin_ci95"])
         print(f"{name:<{width}}{_cell(s['auroc']):>16}{_cell(s['auroc_ap']):>16}{_cell(s['auroc_pa']):>16}"
-              f"{_cell(s['auroc_not_normal']):>16}{_cell(s['view_leak']):>16}{_cell(s['ece']):>16}{_cell(s['children_auroc']):>16}"
-              f"{_cell(s['margin']):>18}{pooled_cell:>22}{wall:>10.1f}")
+              f"{_cell(s['auroc_not_normal']):>16}{_cell(s['view_leak']):>16}{_cell(s['ece']):>16}"
+              f"{_cell(s['children_auroc']):>16}{_cell(s['margin']):>18}{pooled_cell:>22}{wall:>10.1f}")
     print(f"\n{'recipe':<{width}}{'operating rule':<28}{'PA sensitivity':>16}{'sensitivity':>16}{'specificity':>16}"
           f"{'Not Normal called':>20}")
     for name, entry in table["recipes"].items():
