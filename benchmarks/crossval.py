@@ -203,6 +203,9 @@ RECIPES = {
     "adult-finding-ema-6ep-rank-hard3": Recipe([*EMA, "--rank-weight", "1", "--rank-hard-weight", "3"], epochs=6),
     # the shipped recipe's fine-tuning (BatchNorm statistics kept) with the ranking, from the 4-epoch base
     "adult-finding-ema-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6),
+    # the ranking from the shipped recipe's 16-epoch base, with the statistics kept (as shipped) and free
+    "adult-finding-ema-longest-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6, start="base-longest"),
+    "adult-finding-ema-longest-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
