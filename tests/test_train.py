@@ -774,7 +774,8 @@ def test_rank_weight_trains_repeatably_changes_the_run_and_logs_its_loss(phantom
     data, _ = _with_findings(phantom_data, tmp_path / "data")
     runs = {name: fit(data, tmp_path / name, run).last_checkpoint
             for name, run in (("a", config), ("b", config), ("plain", replace(config, rank_weight=0.0)),
-                              ("hard", replace(config, rank_hard_weight=3.0)))}
+                              ("hard", replace(config, rank_hard_weight=3.0)),
+                              ("alone", replace(config, finding_loss_weight=0.0, rank_hard_weight=3.0)))}
     weights = {name: network_state(load_checkpoint(path)) for name, path in runs.items()}
     assert torch.equal(weights["a"]["fc.weight"], weights["b"]["fc.weight"])
     for other in ("plain", "hard"):  # the ranking, and the weight of its "Not Normal" pairs, reach the network
@@ -783,6 +784,10 @@ def test_rank_weight_trains_repeatably_changes_the_run_and_logs_its_loss(phantom
     assert load_checkpoint(runs["a"])["pneumocam"]["config"]["rank_weight"] == 1.0
     header = (tmp_path / "a" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train_rank_loss" in header
+    # --rank-hard-weight without the finding head: the findings weigh the pairs, and no head learns them
+    assert not any(key.startswith("finding_head") for key in load_checkpoint(runs["alone"])["state_dict"])
+    header = (tmp_path / "alone" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_rank_loss" in header and "train_finding_loss" not in header
 
 
 def test_rank_weight_must_not_be_negative_nor_meet_mixup(phantom_data, tmp_path):
