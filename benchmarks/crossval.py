@@ -448,8 +448,7 @@ def _auroc(items: list[dict], view: str | None = None) -> float | None:
 def _auroc_not_normal(items: list[dict]) -> float | None:
     """Pneumonia against RSNA's "No Lung Opacity / Not Normal" films alone: the ranking that decides how many of
     them an operating point calls, since the "Normal" films are easy."""
-    chosen = [x for x in items if x["label"] == 1 or x["finding"] == "not-normal"]
-    return fast_auroc(np.array([x["probability"] for x in chosen]), np.array([x["label"] for x in chosen]))
+    return _auroc([x for x in items if x["label"] == 1 or x["finding"] == "not-normal"])
 
 
 def _view_leak(items: list[dict]) -> float | None:

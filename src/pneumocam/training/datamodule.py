@@ -137,7 +137,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         takes them apart)."""
         files = self._training_files()[0]
         targets = []
-        if self.config.finding_loss_weight > 0 or hard_pairs(self.config):
+        if self.config.finding_loss_weight > 0 or hard_pairs(self.config.rank_weight, self.config.rank_hard_weight):
             flag = "--finding-loss-weight" if self.config.finding_loss_weight > 0 else "--rank-hard-weight"
             targets.append(self._known(finding_targets(self.data_dir, files), flag, "finding",
                                        '"Not Normal"', "has one in manifest.csv (prepare a source with RSNA's "

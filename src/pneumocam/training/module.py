@@ -32,7 +32,7 @@ from pneumocam.training.group_dro import GroupWeights
 from pneumocam.training.guidance import box_guidance_loss
 from pneumocam.training.losses import known_bce
 from pneumocam.training.mixup import mix_batch
-from pneumocam.training.ranking import within_stratum_ranking
+from pneumocam.training.ranking import hard_pairs, within_stratum_ranking
 from pneumocam.training.sharpness import sharpness_aware
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,11 @@ class PneumoniaModule(L.LightningModule):
         return float(self.config.get("rank_weight", 0.0))  # absent from runs made before the option
 
     def _rank_hard_weight(self) -> float:
-        return float(self.config.get("rank_hard_weight", 1.0)) if self._rank_weight() > 0 else 1.0
+        return float(self.config.get("rank_hard_weight", 1.0))  # absent from runs made before the option
 
     def _carries_findings(self) -> bool:
         """The finding head learns the findings; --rank-hard-weight weighs the ranking's pairs by them."""
-        return self._finding_weight() > 0 or self._rank_hard_weight() != 1
+        return self._finding_weight() > 0 or hard_pairs(self._rank_weight(), self._rank_hard_weight())
 
     def _unpack(self, batch) -> Batch:
         """Training batches carry the findings, the teacher's soft labels, the group indices, the views and the
@@ -232,7 +232,9 @@ class PneumoniaModule(L.LightningModule):
                      batch_size=len(labels))
             loss = loss + own + self._adversary_strength() * confusion
         if strata is not None:
-            hard = None if self._rank_hard_weight() == 1 else 1 + (self._rank_hard_weight() - 1) * (findings == 1)
+            hard = None  # every pair alike unless --rank-hard-weight weighs the "Not Normal" films' pairs
+            if hard_pairs(self._rank_weight(), self._rank_hard_weight()):
+                hard = 1 + (self._rank_hard_weight() - 1) * (findings == 1)
             ranking = within_stratum_ranking(logits, labels, strata, hard)
             self.log("train_rank_loss", ranking, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
             loss = loss + self._rank_weight() * ranking

@@ -13,12 +13,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pneumocam.config import TrainConfig
 
-
-def hard_pairs(config: TrainConfig) -> bool:
+def hard_pairs(rank_weight: float, rank_hard_weight: float) -> bool:
     """--rank-hard-weight is on: training batches must carry each film's finding to weigh the pairs by."""
-    return config.rank_weight > 0 and config.rank_hard_weight != 1
+    return rank_weight > 0 and rank_hard_weight != 1
 
 
 def within_stratum_ranking(logits: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor,
