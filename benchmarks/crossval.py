@@ -153,10 +153,10 @@ RECIPES = {
     # a second seed of the first and its baseline: the seed moves a fold by as much as the jitter does
     "adult-finding-ema-seed1": Recipe([*EMA, "--seed", "1"]),
     "adult-finding-ema-intensity-seed1": Recipe([*EMA, "--augment", "shift-intensity", "--seed", "1"]),
-    # the shipped recipe with the jitter
+    # the fifth build's recipe with the jitter
     "adult-finding-ema-longest-bn-intensity": Recipe([*EMA_BN, "--augment", "shift-intensity"], start="base-longest"),
-    # the shipped recipe with view and label made independent by sampling: on the 4-epoch base it lifted the
-    # ranking within PA films at the same overall AUROC; the PA films of fold 1 are what the shipped recipe misses
+    # the fifth build's recipe with view and label made independent by sampling: on the 4-epoch base it lifted the
+    # ranking within PA films at the same overall AUROC; the PA films of fold 1 are what that recipe misses
     "adult-finding-ema-longest-bn-view": Recipe([*EMA_BN, "--balance-by", "view"], start="base-longest"),
     # the hard-negative head weighing twice as much
     "adult-finding2-ema": Recipe([*ADULT, "--finding-loss-weight", "2", "--ema-decay", "0.98"]),
@@ -166,9 +166,9 @@ RECIPES = {
     # frozen BatchNorm statistics from the base trained 12 epochs, with and without an anchor of 0.3
     "adult-finding-ema-longer-bn": Recipe(EMA_BN, start="base-longer"),
     "adult-finding-ema-longer-bn-sp3": Recipe([*EMA_BN, "--anchor-weight", "0.3"], start="base-longer"),
-    # the same from the bases trained 16 (shipped) and 20 epochs
+    # the same from the bases trained 16 (the fifth build's) and 20 epochs
     "adult-finding-ema-longest-bn": Recipe(EMA_BN, start="base-longest"),
-    # the 4-epoch base's recipe and the shipped one, trained in bfloat16 from the bfloat16 chain
+    # the 4-epoch base's recipe and the fifth build's, trained in bfloat16 from the bfloat16 chain
     "adult-finding-ema-bf16": Recipe([*EMA, *BF16], start="base-bf16"),
     "adult-finding-ema-longest-bn-bf16": Recipe([*EMA_BN, *BF16], start="base-longest-bf16"),
     # two of the levers never run from a long base, screened in bfloat16 against the line above: the worst
@@ -201,23 +201,23 @@ RECIPES = {
     "adult-finding-ema-4ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=4),  # and with 4 epochs
     # its pairs against "Not Normal" films (the hard negatives the shipped rule calls most often) weighing 3 times
     "adult-finding-ema-6ep-rank-hard3": Recipe([*EMA, "--rank-weight", "1", "--rank-hard-weight", "3"], epochs=6),
-    # the shipped recipe's fine-tuning (BatchNorm statistics kept) with the ranking, from the 4-epoch base
+    # the fifth build's fine-tuning (BatchNorm statistics kept) with the ranking, from the 4-epoch base
     "adult-finding-ema-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6),
-    # the ranking from the shipped recipe's 16-epoch base, with the statistics kept (as shipped) and free
+    # the ranking from the 16-epoch base, statistics kept (as in the fifth build) or free (shipped since 2026-12-07)
     "adult-finding-ema-longest-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-longest-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
-    # the shipped recipe again with other seeds (data order, augmentation, the hard-negative head's start): how far
+    # the fifth build's recipe with other seeds (data order, augmentation, the hard-negative head's start): how far
     # a recipe's mean moves by chance alone, against the 0.005 the bundled model's rule counts as a tie
     "adult-finding-ema-longest-bn-seed1": Recipe([*EMA_BN, "--seed", "1"], start="base-longest"),
     "adult-finding-ema-longest-bn-seed2": Recipe([*EMA_BN, "--seed", "2"], start="base-longest"),
-    # the shipped recipe one epoch longer, and at twice and half the learning rate (pneumocam train keeps the last
+    # the fifth build's recipe one epoch longer, and at twice and half the learning rate (pneumocam train keeps the last
     # --lr given)
     "adult-finding-ema-longest-bn-3ep": Recipe(EMA_BN, epochs=3, start="base-longest"),
     "adult-finding-ema-longest-bn-lr2": Recipe([*EMA_BN, "--lr", "1e-3"], start="base-longest"),
     "adult-finding-ema-longest-bn-lrhalf": Recipe([*EMA_BN, "--lr", "2.5e-4"], start="base-longest"),
-    # the source balance of the shipped recipe: three times as many children in each fold folder
+    # the source balance of the fifth build's recipe: three times as many children in each fold folder
     "adult-finding-ema-longest-bn-children": Recipe(EMA_BN, start="base-longest",
                                                     shares={CHILDREN: 1500, EXTRA_ADULTS: 500}),
     # box guidance 4 times as strong, and none (the last --box-loss-weight given counts)
@@ -235,7 +235,7 @@ RECIPES = {
     **{f"adult-finding-ema-longest-bn-fs{n}": Recipe([*EMA_BN, "--freeze-stages", str(n)], start="base-longest")
        for n in (1, 2, 3)},
     # three stages fixed leave only layer4 and the head to learn: twice the learning rate, or one epoch more, for
-    # them to learn more of the adults; and two more seeds, to read its mean against the shipped recipe's three
+    # them to learn more of the adults; and two more seeds, to read its mean against the fifth build's three
     "adult-finding-ema-longest-bn-fs3-lr2": Recipe([*EMA_BN, "--freeze-stages", "3", "--lr", "1e-3"],
                                                    start="base-longest"),
     "adult-finding-ema-longest-bn-fs3-3ep": Recipe([*EMA_BN, "--freeze-stages", "3"], epochs=3, start="base-longest"),

@@ -13,7 +13,7 @@ trained (WORK/runs/RECIPE/foldF):
                          same recipe with other seeds, all from one start); the logit average of the same networks
                          (an ensemble, three networks to run) is scored beside it.
 
-With --freeze-batchnorm (the shipped recipe) every network averaged shares its BatchNorm statistics with the start
+With --freeze-batchnorm (the fifth build's recipe) every network averaged shares its BatchNorm statistics with the start
 model, so the average is normalised as they are; otherwise the statistics are averaged too.
 
 usage: python benchmarks/weight_averaging.py [--work cv-bench] --interpolate adult-finding-ema-longest-bn
