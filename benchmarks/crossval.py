@@ -203,7 +203,7 @@ RECIPES = {
     "adult-finding-ema-6ep-rank-hard3": Recipe([*EMA, "--rank-weight", "1", "--rank-hard-weight", "3"], epochs=6),
     # the fifth build's fine-tuning (BatchNorm statistics kept) with the ranking, from the 4-epoch base
     "adult-finding-ema-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6),
-    # the ranking from the 16-epoch base, statistics kept (as in the fifth build) or free (shipped since 2026-12-07)
+    # the ranking from the 16-epoch base, statistics kept (as in the fifth build; shipped since 2026-12-07) or free
     "adult-finding-ema-longest-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-longest-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
