@@ -10,8 +10,9 @@ per-view operating points measured on adults the network never saw; the shipped 
 
 Steps, each a pneumocam command or library call, each kept in WORK/bundle/RECIPE-foldN/ and skipped when done:
   1. the fold model as a bundled (float16) file;
-  2. `pneumocam calibrate` on the fold's adults: temperature and intercept, the overall threshold and one per
-     view by `--rule specificity --target-specificity 0.85`, the out-of-range detector on the fold's training data;
+  2. `pneumocam calibrate` on the fold's adults: temperature and intercept, overall and per view, the overall
+     threshold and one per view by `--rule specificity --target-specificity 0.85`, the out-of-range detector on
+     the fold's training data;
   3. `pneumocam evaluate` of the calibrated float16 file on the fold's adults (by view and finding) and on
      Kermany's validation children (never trained on: the base model's and the pool's validation split agree);
   4. `pneumocam localize` on the fold's adults (pointing game against the box prior);
@@ -108,7 +109,9 @@ def main() -> None:
         "validation": {"rsna": adults, "kermany": children},
         "per_view_operating_point": operating,
         "thresholds_by_view": calibration.get("thresholds_by_view"),
-        "calibration": {k: calibration[k] for k in ("before", "after_in_sample", "after_cross_fitted")},
+        "calibration": {k: calibration[k] for k in ("before", "after_in_sample", "after_cross_fitted",
+                                                     "after_cross_fitted_one_calibration", "calibration_by_view")
+                        if k in calibration},
         "localization": localization, "measured_on": table["machine"],
         "base_training_epochs": sum(epochs_of(TRAINED_ONCE[name].arguments) for name in lineage(recipe)[:-1]),
     }

@@ -11,7 +11,7 @@ from pneumocam.config import CalibrateConfig, EvalConfig
 from pneumocam.deploy import Predictor
 from pneumocam.errors import PneumocamError
 from pneumocam.files import read_csv
-from pneumocam.model import sigmoid
+from pneumocam.model import Calibration, sigmoid
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,26 @@ def test_calibrate_per_view_stores_thresholds_that_predict_applies_by_view(tiny_
     assert meta["thresholds_by_view"] == {v: r["threshold"] for v, r in report["thresholds_by_view"].items()}
     assert set(meta["thresholds_by_view"]) <= {"AP", "PA"} and meta["thresholds_by_view"]
     assert "per view" in meta["threshold_rule"]
+    # and a calibration for each of those views, measured cross-fitted per view and beside one calibration for all
+    assert set(meta["calibration_by_view"]) == set(meta["thresholds_by_view"])
+    assert report["after_cross_fitted"]["what"].endswith("a calibration per view")
+    assert report["after_cross_fitted_one_calibration"]["ece"] is not None
     predictor = Predictor.from_checkpoint(tmp_path / "cal" / "calibrated.ckpt")
     view = next(iter(meta["thresholds_by_view"]))
+    assert predictor.calibration_for(view) == Calibration.from_metadata(meta["calibration_by_view"][view])
+    assert predictor.calibration_for("") == predictor.calibration == Calibration.from_metadata(meta["calibration"])
+    # evaluate calls each film as predict would: its view's calibration against its view's threshold
+    metrics = evaluate(tmp_path / "cal" / "calibrated.ckpt", phantom_data, tmp_path / "eval",
+                       EvalConfig(split="val", bootstrap=0, maps=False, report=False))
+    rows = read_csv(tmp_path / "eval" / "predictions.csv")
+    manifest = {r["file"]: r for r in read_csv(phantom_data / "manifest.csv")}
+    views = [manifest[r["file"]].get("view", "") for r in rows]
+    probabilities = predictor.probabilities(np.array([float(r["logit"]) for r in rows]), views)
+    called = probabilities >= np.array([predictor.operating_point(v)[0] for v in views])
+    positives = np.array([int(r["label"]) for r in rows]) == 1
+    at_views = metrics["per_view_operating_point"]
+    assert at_views["all"]["sensitivity"] == pytest.approx(called[positives].mean())
+    assert at_views["calibration_by_view"]["ece"] is not None
     assert predictor.operating_point(view) == (meta["thresholds_by_view"][view], f"view {view}")
     assert predictor.operating_point("") == (meta["threshold"], "overall (view unknown)")
     assert predictor.operating_point("LL") == (meta["threshold"], "overall (no threshold for view LL)")
@@ -119,4 +137,8 @@ def test_calibrate_per_view_stores_thresholds_that_predict_applies_by_view(tiny_
     calibrate(tmp_path / "cal" / "calibrated.ckpt", phantom_data, tmp_path / "again",
               CalibrateConfig(rule="youden", folds=2, ood_train_images=16))
     again = torch.load(tmp_path / "again" / "calibrated.ckpt", weights_only=True)["pneumocam"]
-    assert "thresholds_by_view" not in again
+    assert "thresholds_by_view" not in again and "calibration_by_view" not in again
+    # a prevalence correction serves one calibration; with one per view the command says so instead of guessing
+    with pytest.raises(PneumocamError, match="--no-per-view-calibration"):
+        calibrate(tiny_checkpoint, phantom_data, tmp_path / "prevalence",
+                  CalibrateConfig(per_view=True, min_view_images=1, prevalence=0.1, ood_train_images=16))

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from pneumocam.evaluation import choose_threshold, expected_calibration_error, youden_threshold
-from pneumocam.model import Calibration, cross_fitted_probabilities, fit_calibration, logit, sigmoid
+from pneumocam.model import (
+    Calibration,
+    cross_fitted_probabilities,
+    fit_calibration,
+    fit_view_calibrations,
+    logit,
+    probabilities_by_view,
+    sigmoid,
+)
 
 
 def _model_logits(n, prevalence, rng, temperature=2.5, intercept=-1.0):
@@ -49,6 +57,44 @@ def test_calibration_lowers_the_error_on_held_out_images():
     assert after < before / 3
     crossed = cross_fitted_probabilities(raw[:2000], labels[:2000], np.arange(2000), folds=4)
     assert expected_calibration_error(crossed, labels[:2000]) < before / 3
+
+
+def _two_views(rng):
+    """AP films at 50% pneumonia and PA films at 10%, from a network whose logit does not know the view (the
+    same temperature and intercept for both): one calibration over-calls PA and under-calls AP."""
+    ap, ap_labels = _model_logits(150, 0.5, rng)
+    pa, pa_labels = _model_logits(150, 0.1, rng)
+    pa = pa - 2.5 * (logit(0.1) - logit(0.5))  # the network sees no difference in prior between the views
+    views = np.array(["AP"] * ap.size + ["PA"] * pa.size + ["LL"] * 4)
+    return (np.concatenate([ap, pa, [0.0, 1.0, -1.0, 2.0]]), np.concatenate([ap_labels, pa_labels, [1, 0, 0, 1]]),
+            views)
+
+
+def test_a_calibration_per_view_gives_each_view_its_own_frequencies_and_skips_thin_views():
+    raw, labels, views = _two_views(np.random.default_rng(4))
+    by_view = fit_view_calibrations(raw, labels, views, min_images=10)
+    assert set(by_view) == {"AP", "PA"}  # LL has 2 images of each class
+    overall = fit_calibration(raw, labels)
+    probs = probabilities_by_view(raw, views, overall, by_view)
+    for view in ("AP", "PA"):
+        inside = views == view
+        assert probs[inside].mean() == pytest.approx(labels[inside].mean(), abs=0.01)
+        assert np.allclose(probs[inside], by_view[view].probabilities(raw[inside]))
+    assert abs(overall.probabilities(raw[views == "PA"]).mean() - labels[views == "PA"].mean()) > 0.1
+    assert np.allclose(probs[views == "LL"], overall.probabilities(raw[views == "LL"]))  # the overall one
+
+
+def test_cross_fitting_per_view_measures_the_view_calibration_honestly():
+    raw, labels, views = _two_views(np.random.default_rng(5))
+    groups = np.arange(raw.size)
+    one = cross_fitted_probabilities(raw, labels, groups, folds=5)
+    per_view = cross_fitted_probabilities(raw, labels, groups, folds=5, views=views, min_view_images=10)
+    for view in ("AP", "PA"):  # pooled over both views the two errors partly cancel; within a view they do not
+        inside = views == view
+        assert expected_calibration_error(per_view[inside], labels[inside]) < 0.03
+        assert expected_calibration_error(one[inside], labels[inside]) > 0.08
+    # a view too thin in a fold's fitting images gets the overall calibration there, as calibrate would give it
+    assert np.isfinite(per_view).all() and ((per_view > 0) & (per_view < 1)).all()
 
 
 def test_thresholds_follow_their_stated_rule():

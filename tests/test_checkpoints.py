@@ -54,15 +54,16 @@ def test_bundled_model_loads_by_name_weights_only_and_predicts_a_real_xray(monke
     assert set(BUNDLED_MODELS) == {"pneumocam-cxr", "pneumocam-cxr@1"}
 
 
-def test_both_versions_load_by_name_offline_and_version_2_has_a_threshold_per_view(monkeypatch):
+def test_both_versions_load_by_name_offline_and_version_2_has_a_threshold_and_calibration_per_view(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is off in this test")
 
     monkeypatch.setattr("socket.socket.connect", offline)
     latest, first = load_checkpoint("pneumocam-cxr"), load_checkpoint("pneumocam-cxr@1")
     assert latest["pneumocam"]["model_card"]["version"] == 2 and "version" not in first["pneumocam"]["model_card"]
-    assert set(latest["pneumocam"]["thresholds_by_view"]) == {"AP", "PA"}
-    assert "thresholds_by_view" not in first["pneumocam"]
+    assert set(latest["pneumocam"]["thresholds_by_view"]) == set(latest["pneumocam"]["calibration_by_view"]) == \
+        {"AP", "PA"}
+    assert "thresholds_by_view" not in first["pneumocam"] and "calibration_by_view" not in first["pneumocam"]
     assert first["pneumocam"]["calibration"]["temperature"] == pytest.approx(1.674, abs=1e-3)  # v1's, unchanged
     assert not torch.equal(latest["state_dict"]["net.fc.weight"], first["state_dict"]["net.fc.weight"])
     for checkpoint in (latest, first):

@@ -115,19 +115,31 @@ def test_per_view_thresholds_are_applied_from_the_dicom_header_and_fall_back_wit
     dicoms = sorted((rsna_sample / "stage_2_train_images").glob("*.dcm"))[:6]
     views = {str(p): str(pydicom.dcmread(p, stop_before_pixels=True).ViewPosition) for p in dicoms}
     assert {"AP", "PA"} <= set(views.values())
+    from pneumocam.model import Calibration, logit, sigmoid
+
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
     predictor.thresholds_by_view = {"AP": 0.0, "PA": 1.01}  # every AP film called pneumonia, no PA film
+    # AP films through their own calibration, PA films (none fitted) and the PNG through the overall one
+    predictor.calibration, predictor.calibrations_by_view = Calibration(1.0, -1.0), {"AP": Calibration(2.0, 1.5)}
     png = tmp_path / "no-header.png"
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(png)
-    predictions, failures = predictor.predict_files([*dicoms, png], cam=False)
+    predictions, failures = predictor.predict_files([*dicoms, png])
     assert not failures
     for prediction in predictions[:-1]:
         view = views[prediction.source]
         assert prediction.view == view and prediction.threshold_basis == f"view {view}"
         assert prediction.predicted == (1 if view == "AP" else 0)
+        z = prediction.logit / 2.0 + 1.5 if view == "AP" else prediction.logit - 1.0
+        assert prediction.probability == pytest.approx(float(sigmoid(z)), abs=1e-6)
     fallback = predictions[-1]
     assert fallback.view == "" and fallback.threshold_basis == "overall (view unknown)"
     assert fallback.threshold == predictor.threshold
+    assert fallback.probability == pytest.approx(float(sigmoid(fallback.logit - 1.0)), abs=1e-6)
+    # the map carries the same calibrated logit, cell by cell, against the view's own threshold
+    predictor.thresholds_by_view = {"AP": 0.4, "PA": 0.6}
+    for prediction in predictor.predict_files([*dicoms, png])[0]:
+        margin = logit(prediction.probability) - logit(prediction.threshold)
+        assert prediction.evidence[::32, ::32].mean() == pytest.approx(margin, abs=1e-4)
 
 
 def test_the_absolute_map_carries_the_answer_on_real_x_rays(rsna_sample):

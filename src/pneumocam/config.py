@@ -235,13 +235,13 @@ class CalibrateConfig:
                                       "the most sensitive with so few false alarms) or youden", choices=THRESHOLD_RULES)
     target_sensitivity: float = option(0.9, "for --rule sensitivity")
     target_specificity: float = option(0.85, "for --rule specificity")
-    per_view: bool = option(False, "also choose a threshold per view position (manifest.csv's view: AP, PA...) by the "
-                                   "same rule, for every view with at least --min-view-images images of each class; "
-                                   "predict, serve and pacs apply it from the DICOM header (predict and cam also from "
-                                   "--views), and the overall threshold where the view is unknown or has none")
-    min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own threshold")
-    ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration split's "
-                                               "feature distances")
+    per_view: bool = option(False, "also a threshold and a calibration per view (manifest.csv's view: AP, PA...) with "
+                                   "--min-view-images of each class, applied by predict, serve and pacs from the DICOM "
+                                   "header (predict and cam also from --views); the overall ones for other views")
+    per_view_calibration: bool = option(True, "with --per-view: the calibration per view too (AP films carry pneumonia "
+                                              "far more often than PA films); not with --prevalence")
+    min_view_images: int = option(10, "with --per-view: fewest images of each class a view needs for its own")
+    ood_quantile: float = option(OOD_QUANTILE, "out-of-range threshold: this quantile of the calibration distances")
     ood_train_images: int = option(2000, "training images sampled for the out-of-range feature distribution")
     ood_data: str | None = option(None, "prepared data the model was trained on, when it is not DATA: the "
                                         "out-of-range detector is fitted on its train split", shown="DATA")

@@ -63,6 +63,10 @@ def calibrate(args, config) -> int:
     crossed = f", {after['ece']:.4f} cross-fitted" if after["ece"] is not None else ""
     print(f"ECE {before['ece']:.4f} -> {report['after_in_sample']['ece']:.4f} in sample{crossed}; Brier "
           f"{before['brier']:.4f} -> {report['after_in_sample']['brier']:.4f} in sample")
+    if one := report.get("after_cross_fitted_one_calibration"):
+        print(f"  (cross-fitted with one calibration for every view: ECE {one['ece']:.4f})")
+    for view, c in report["calibration_by_view"].items():
+        print(f"  view {view}: temperature {c['temperature']:.3f}, intercept {c['intercept']:+.3f} ({c['n']} images)")
     print(f"threshold {report['threshold']:.4f}: {report['threshold_rule']}")
     for view, row in report["thresholds_by_view"].items():
         print(f"  view {view}: threshold {row['threshold']:.4f} ({row['n']} images, {row['n_positive']} pneumonia; "

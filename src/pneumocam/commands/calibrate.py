@@ -10,7 +10,8 @@ trained on (`ood_data`, default DATA) and its threshold set on that data's calib
   OUT/calibration.pt    the same entries alone (what a bundled model ships beside its weights)
   OUT/calibration.json  parameters, ECE and Brier before and after (in-sample and cross-fitted), the threshold
                         and its rule (and, with --per-view, each view's threshold with its sensitivity and
-                        specificity there), the out-of-range threshold and its held-out false-flag rate
+                        specificity there, and its calibration), the out-of-range threshold and its held-out
+                        false-flag rate
   OUT/reliability.png + reliability.csv   reliability diagram before and after
 """
 
@@ -46,7 +47,9 @@ from pneumocam.model import (
     cross_fitted_probabilities,
     fit_calibration,
     fit_out_of_range,
+    fit_view_calibrations,
     load_checkpoint,
+    probabilities_by_view,
     sigmoid,
 )
 
@@ -118,20 +121,18 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     logits, features, labels, patients = split_features(predictor, data_dir, config.split, config.batch_size)
     if not 0 < labels.sum() < labels.size:
         raise PneumocamError(f"{data_dir}: the '{config.split}' split needs both classes to calibrate on")
-    try:
-        fitted = fit_calibration(logits, labels, config.intercept, config.prevalence)
-    except ValueError as exc:
-        raise PneumocamError(str(exc)) from exc
+    views = np.asarray(split_views(data_dir, config.split)) if config.per_view else None
+    fitted, by_view_calibration = _fit(logits, labels, views, config)
+    honest = _cross_fitted(logits, labels, patients, views if by_view_calibration else None, config)
     at_split = Calibration(fitted.temperature, fitted.intercept)  # the calibration split's own prevalence
-    before, after = sigmoid(logits), at_split.probabilities(logits)
-    folds = min(config.folds, int(labels.sum()), int(labels.size - labels.sum()), len(set(patients)))
-    crossed = cross_fitted_probabilities(logits, labels, np.asarray(patients), config.intercept, folds,
-                                         config.seed) if folds >= 2 else None
+    before = sigmoid(logits)
+    after = probabilities_by_view(logits, views if views is not None else [""] * labels.size, at_split,
+                                  by_view_calibration)
     threshold, rule_text = choose_threshold(fitted.probabilities(logits), labels, config.rule,
                                             config.target_sensitivity, config.target_specificity)
     rule = f"{rule_text}, chosen on the '{config.split}' split of {data_dir.name} ({labels.size} images)"
-    by_view = per_view_thresholds(fitted.probabilities(logits), labels, split_views(data_dir, config.split),
-                                  config) if config.per_view else {}
+    by_view = per_view_thresholds(probabilities_by_view(logits, views, fitted, by_view_calibration), labels,
+                                  views.tolist(), config) if views is not None else {}
     ood_dir = Path(config.ood_data) if config.ood_data else data_dir
     already_read = (features, patients) if ood_dir == data_dir else None
     detector, ood_features, ood_patients = _fit_detector(predictor, ood_dir, already_read, config)
@@ -141,18 +142,20 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                      "config": asdict(config)}
     entries = {"calibration": fitted.to_metadata(), "threshold": threshold, "threshold_rule": rule,
                "ood": detector.to_metadata(), "calibrated_on": calibrated_on}
+    if by_view_calibration:
+        entries["calibration_by_view"] = {view: c.to_metadata() for view, c in by_view_calibration.items()}
     if by_view:
         entries["thresholds_by_view"] = {view: row["threshold"] for view, row in by_view.items()}
         entries["threshold_rule"] = (f"{rule}; per view ({', '.join(by_view)}) by the same rule on that view's images "
                                      "of the split, the overall threshold for other or unknown views")
     report = {
-        "checkpoint": checkpoint_label(checkpoint), **{k: v for k, v in entries.items() if k != "ood"},
-        "before": scores(before, labels), "after_in_sample": scores(after, labels),
-        "after_cross_fitted": {**scores(crossed, labels), "folds": folds,
-                               "what": "each image calibrated by a fit without its patient's fold"}
-        if crossed is not None else {"ece": None, "brier": None, "folds": folds,
-                                     "what": "not computed: too few images of one class for two folds"},
+        "checkpoint": checkpoint_label(checkpoint),
+        **{k: v for k, v in entries.items() if k not in ("ood", "calibration_by_view")},
+        "before": scores(before, labels), "after_in_sample": scores(after, labels), **honest,
         "thresholds_by_view": by_view,
+        "calibration_by_view": {view: {**c.to_metadata(), "n": int((views == view).sum()),
+                                       "n_positive": int(labels[views == view].sum())}
+                                for view, c in by_view_calibration.items()},
         "ood": summarize_detector(detector, held_out_false_flag_rate(
             detector.distances(ood_features), ood_patients, config.ood_quantile, config.seed)),
     }
@@ -166,6 +169,49 @@ def calibrate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     log.info("calibrated: temperature %.3f, intercept %+.3f, threshold %.4f; ECE %.4f -> %.4f", fitted.temperature,
              fitted.intercept, threshold, report["before"]["ece"], report["after_in_sample"]["ece"])
     return report
+
+
+def _fit(logits: np.ndarray, labels: np.ndarray, views: np.ndarray | None,
+         config: CalibrateConfig) -> tuple[Calibration, dict[str, Calibration]]:
+    """The overall calibration (with the prevalence correction) and, with --per-view, one per view."""
+    try:
+        fitted = fit_calibration(logits, labels, config.intercept, config.prevalence)
+        return fitted, _view_calibrations(logits, labels, views, config)
+    except ValueError as exc:
+        raise PneumocamError(str(exc)) from exc
+
+
+def _cross_fitted(logits: np.ndarray, labels: np.ndarray, patients: list[str], views: np.ndarray | None,
+                  config: CalibrateConfig) -> dict:
+    """after_cross_fitted: ECE and Brier of each image calibrated by a fit without its patient's fold (per view
+    where `views` are given, as predict applies it; then also with one calibration for all, to compare)."""
+    folds = min(config.folds, int(labels.sum()), int(labels.size - labels.sum()), len(set(patients)))
+    if folds < 2:
+        return {"after_cross_fitted": {"ece": None, "brier": None, "folds": folds,
+                                       "what": "not computed: too few images of one class for two folds"}}
+
+    def crossed(by_view: np.ndarray | None) -> np.ndarray:
+        return cross_fitted_probabilities(logits, labels, np.asarray(patients), config.intercept, folds,
+                                          config.seed, by_view, config.min_view_images)
+
+    what = "each image calibrated by a fit without its patient's fold"
+    out = {"after_cross_fitted": {**scores(crossed(views), labels), "folds": folds,
+                                  "what": what + (", a calibration per view" if views is not None else "")}}
+    if views is not None:
+        out["after_cross_fitted_one_calibration"] = {**scores(crossed(None), labels), "folds": folds,
+                                                     "what": what + ", one calibration for every view"}
+    return out
+
+
+def _view_calibrations(logits: np.ndarray, labels: np.ndarray, views: np.ndarray | None,
+                       config: CalibrateConfig) -> dict[str, Calibration]:
+    """With --per-view (and --per-view-calibration), a calibration for every view that also gets its own threshold."""
+    if views is None or not config.per_view_calibration:
+        return {}
+    if config.prevalence is not None:
+        raise PneumocamError("--prevalence corrects one calibration to one target prevalence, and each view has its "
+                             "own: give --no-per-view-calibration with it (the thresholds stay per view)")
+    return fit_view_calibrations(logits, labels, views, config.min_view_images, config.intercept)
 
 
 def split_views(data_dir: Path, split: str) -> list[str]:
@@ -210,8 +256,8 @@ def summarize_detector(detector: OutOfRange, held_out_rate: float) -> dict:
 def write_calibrated(checkpoint: str | Path, out_dir: Path, entries: dict) -> None:
     """OUT/calibrated.ckpt (a full copy with the entries in its metadata) and OUT/calibration.pt (them alone)."""
     full = load_checkpoint(checkpoint)
-    # per-view thresholds of an earlier calibration must not outlive it
-    earlier = {k: v for k, v in full["pneumocam"].items() if k != "thresholds_by_view"}
+    # per-view thresholds and calibrations of an earlier calibration must not outlive it
+    earlier = {k: v for k, v in full["pneumocam"].items() if k not in ("thresholds_by_view", "calibration_by_view")}
     full["pneumocam"] = {**earlier, **entries}
     with atomic_path(out_dir / "calibrated.ckpt") as tmp:
         torch.save(full, tmp)

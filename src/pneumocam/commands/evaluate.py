@@ -1,7 +1,9 @@
 """Evaluation stage: a checkpoint on a prepared split -> metrics.json, predictions.csv, plots, report.html.
 
 Probabilities are sigmoid(logit), through the checkpoint's calibration when `pneumocam calibrate` fitted
-one; the decision is probability >= threshold (by default the checkpoint's: 0.5, or the one calibrate chose).
+one (the overall one; per_view_operating_point applies each view's threshold, and its calibration where calibrate
+fitted one per view); the decision is probability >= threshold (by default the checkpoint's: 0.5, or the one
+calibrate chose).
 Where the manifest knows sex, age and view, metrics.json also holds the subgroup table and the shortcut checks.
 Data-driven thresholds (Youden, target sensitivity) are chosen on `threshold_from` (default: the
 evaluated split itself, which the report flags as optimistic). metrics.json also records the
@@ -115,13 +117,22 @@ def audit(preds: SplitPredictions, data_dir: Path, config: EvalConfig) -> dict:
 
 
 def per_view_operating_point(preds: SplitPredictions, data_dir: Path, predictor: Predictor) -> dict:
-    """The calls as predict makes them with the checkpoint's per-view thresholds (views from the manifest)."""
+    """The calls as predict makes them with the checkpoint's per-view thresholds (views from the manifest), on
+    each film's probability through its view's calibration where calibrate fitted one per view."""
     manifest = manifest_rows(data_dir)
     rows = [manifest.get(f, {}) for f in preds.files]
-    thresholds = np.array([predictor.operating_point(r.get("view", ""))[0] for r in rows])
-    return {"thresholds_by_view": predictor.thresholds_by_view, "overall_threshold": predictor.threshold,
-            **calls_by_view(preds.probabilities, preds.labels, thresholds, [r.get("view", "") for r in rows],
-                            [r.get("finding", "") for r in rows])}
+    views = [r.get("view", "") for r in rows]
+    thresholds = np.array([predictor.operating_point(view)[0] for view in views])
+    probabilities = predictor.probabilities(preds.logits, views)
+    out = {"thresholds_by_view": predictor.thresholds_by_view, "overall_threshold": predictor.threshold,
+           **calls_by_view(probabilities, preds.labels, thresholds, views, [r.get("finding", "") for r in rows])}
+    if predictor.calibrations_by_view:
+        out["calibration_by_view"] = {
+            "views": sorted(predictor.calibrations_by_view),
+            "what": "each film through its view's calibration (the overall one for other views), as predict "
+                    "reports it; the metrics above use the overall calibration, as for a film of unknown view",
+            **calibration_scores(probabilities, preds.labels)}
+    return out
 
 
 def _warnings(meta: dict, config: EvalConfig, data_dir: Path) -> list[str]:

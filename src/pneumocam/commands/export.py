@@ -79,6 +79,9 @@ def export_model(checkpoint: str | Path, out: str | Path, config: ExportConfig =
                                    "receptive-field alignment draws it"},
         "normalization": meta.get("normalization"), "threshold": predictor.threshold,
         "threshold_rule": meta.get("threshold_rule"), "calibration": predictor.calibration.to_metadata(),
+        # a film of a view named here: that view's threshold and calibration instead
+        "thresholds_by_view": predictor.thresholds_by_view,
+        "calibration_by_view": {view: c.to_metadata() for view, c in predictor.calibrations_by_view.items()},
         # how a file becomes the input above: read as gray [0, 1], then this size and resize mode
         "preprocessing": asdict(predictor.contract),
         "fc_weight": net.fc.weight.detach().reshape(-1).tolist(), "fc_bias": float(net.fc.bias.detach()),

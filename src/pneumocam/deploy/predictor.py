@@ -22,7 +22,12 @@ from pneumocam.deploy.backends import INT8_BACKENDS, Runner, make_runner, onnx_r
 from pneumocam.deploy.onnx_cache import CachedModel, load_cached, save_cached
 from pneumocam.errors import PneumocamError
 from pneumocam.explain.cam_grid import cam_cells, pooled, upsample_and_normalize_cells, upsample_cells
-from pneumocam.model.calibration import Calibration, logit, sigmoid  # noqa: F401  (sigmoid: part of this module's API)
+from pneumocam.model.calibration import (  # noqa: F401  (sigmoid: part of this module's API)
+    Calibration,
+    logit,
+    probabilities_by_view,
+    sigmoid,
+)
 from pneumocam.model.ood import OutOfRange
 
 if TYPE_CHECKING:
@@ -147,7 +152,8 @@ class Predictor:
                  metadata: dict | None = None, device: str = "cpu", alignment: str | None = None,
                  contract: Contract = Contract(), calibration: Calibration = Calibration(),
                  out_of_range: OutOfRange | None = None, backend: str = "torch",
-                 thresholds_by_view: dict[str, float] | None = None, compiled: Compiled | None = None):
+                 thresholds_by_view: dict[str, float] | None = None, compiled: Compiled | None = None,
+                 calibrations_by_view: dict[str, Calibration] | None = None):
         """`net`: the network; or None with `compiled` (an ONNX backend's forward pass, the classifier's weights
         and how to load the network should a gradient method need it): then nothing here imports torch."""
         alignment = alignment or contract.cam_alignment
@@ -172,6 +178,7 @@ class Predictor:
         self.thresholds_by_view = dict(thresholds_by_view or {})  # operating points per view (calibrate --per-view)
         self.metadata = metadata or {}
         self.calibration = calibration  # maps raw logits to calibrated probabilities (identity when uncalibrated)
+        self.calibrations_by_view = dict(calibrations_by_view or {})  # calibrate --per-view; others: the overall
         self.out_of_range = out_of_range  # flags inputs unlike the training images (None when not fitted)
 
     @property
@@ -218,11 +225,13 @@ class Predictor:
                    device=device, alignment=alignment, contract=contract,
                    calibration=Calibration.from_metadata(meta.get("calibration")),
                    out_of_range=OutOfRange.from_metadata(meta.get("ood")), backend=backend,
-                   thresholds_by_view=meta.get("thresholds_by_view") if threshold is None else None, compiled=compiled)
+                   thresholds_by_view=meta.get("thresholds_by_view") if threshold is None else None, compiled=compiled,
+                   calibrations_by_view={view: Calibration.from_metadata(entry)
+                                         for view, entry in (meta.get("calibration_by_view") or {}).items()})
 
     def operating_point(self, view: str = "") -> tuple[float, str]:
-        """(threshold, which one) for a film of `view`: the view's own where calibrate chose one, else the
-        overall threshold, saying why."""
+        """(threshold, which one) for a film of `view`: the view's own where calibrate chose one (with the view's
+        calibration where it fitted one), else the overall threshold, saying why."""
         if not self.thresholds_by_view:
             return self.threshold, "overall"
         if view in self.thresholds_by_view:
@@ -230,9 +239,16 @@ class Predictor:
         why = "view unknown" if not view else f"no threshold for view {view}"
         return self.threshold, f"overall ({why})"
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Raw logits -> probabilities, through the checkpoint's calibration when it has one."""
-        return self.calibration.probabilities(logits)
+    def calibration_for(self, view: str = "") -> Calibration:
+        """The calibration a film of `view` gets: its view's own where calibrate fitted one, else the overall."""
+        return self.calibrations_by_view.get(view, self.calibration)
+
+    def probabilities(self, logits: np.ndarray, views: Sequence[str] | None = None) -> np.ndarray:
+        """Raw logits -> probabilities, through the checkpoint's calibration when it has one (each image's view's
+        own with `views`; without them, the overall one, as for a film of unknown view)."""
+        if views is None:
+            return self.calibration.probabilities(logits)
+        return probabilities_by_view(logits, list(views), self.calibration, self.calibrations_by_view)
 
     def load(self, path: str | Path) -> np.ndarray:
         """A file -> the (size, size) image in [0, 1] the network sees, by the checkpoint's contract (the same
@@ -318,10 +334,11 @@ class Predictor:
             chunk = [to_model_input(np.asarray(im, dtype=np.float32), size, mode)
                      for im in images[start : start + batch_size]]
             logits, raw, maps, pooled = self.saliency(chunk, method) if cam else self.forward(chunk)
-            probabilities = self.probabilities(logits)
+            chunk_views = views[start : start + len(chunk)]
+            probabilities = self.probabilities(logits, chunk_views)
             distances = self.out_of_range.distances(pooled) if self.out_of_range else [None] * len(chunk)
-            points = [self.operating_point(view) for view in views[start : start + len(chunk)]]
-            evidence = self.evidence_maps(raw, [t for t, _ in points]) if cam and method == "cam" else None
+            points = [self.operating_point(view) for view in chunk_views]
+            evidence = self.evidence_maps(raw, [t for t, _ in points], chunk_views) if cam and method == "cam" else None
             for i, image in enumerate(chunk):
                 probability = float(probabilities[i])
                 distance = None if distances[i] is None else float(distances[i])
@@ -337,13 +354,18 @@ class Predictor:
                 ))
         return out
 
-    def evidence_maps(self, raw: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    def evidence_maps(self, raw: np.ndarray, thresholds: Sequence[float],
+                      views: Sequence[str] | None = None) -> np.ndarray:
         """(B, 7, 7) raw CAMs -> (B, 224, 224) Prediction.evidence: each cell as the whole image's logit (cell +
-        bias, since logit = mean of the cells + bias), calibrated, minus the logit of each image's threshold."""
+        bias, since logit = mean of the cells + bias), calibrated (by each image's view's calibration), minus the
+        logit of each image's threshold."""
         size = (self.contract.image_size, self.contract.image_size)
         cells = upsample_cells(raw, size, self.alignment)
+        views = list(views) if views is not None else [""] * len(cells)
         boundary = np.array([logit(min(max(t, 1e-6), 1 - 1e-6)) for t in thresholds])[:, None, None]
-        return (self.calibration.apply(cells + self.head_bias) - boundary).astype(np.float32)
+        calibrated = np.stack([self.calibration_for(v).apply(c + self.head_bias) for c, v in zip(cells, views,
+                                                                                                  strict=True)])
+        return (calibrated - boundary).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,
                       method: str = "cam", views: Mapping[str, str] | None = None,

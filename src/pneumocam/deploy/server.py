@@ -212,6 +212,7 @@ def model_description(predictor: Predictor) -> dict:
             "threshold": predictor.threshold, "thresholds_by_view": predictor.thresholds_by_view,
             "threshold_rule": meta.get("threshold_rule"),
             "calibration": predictor.calibration.to_metadata(),
+            "calibration_by_view": {view: c.to_metadata() for view, c in predictor.calibrations_by_view.items()},
             "detects_out_of_range": predictor.out_of_range is not None,
             "data_fingerprint": meta.get("data_fingerprint"),
             "git_commit": meta.get("git_commit"), "versions": meta.get("versions"), "backend": predictor.backend}

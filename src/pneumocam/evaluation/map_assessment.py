@@ -212,8 +212,11 @@ def _which_probability(predictor: Predictor) -> str:
     calibration = predictor.calibration
     if calibration == Calibration():
         return "the raw sigmoid (the checkpoint is not calibrated)"
-    return (f"calibrated (temperature {calibration.temperature:.3f}, intercept "
-            f"{calibration.intercept + calibration.prevalence_shift:+.3f}), as predict reports it")
+    overall = (f"calibrated (temperature {calibration.temperature:.3f}, intercept "
+               f"{calibration.intercept + calibration.prevalence_shift:+.3f})")
+    if predictor.calibrations_by_view:
+        return f"{overall}: the overall calibration, as predict reports it for a film of unknown view"
+    return f"{overall}, as predict reports it"
 
 
 def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_maps: dict[str, np.ndarray],
