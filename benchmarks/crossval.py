@@ -208,6 +208,9 @@ RECIPES = {
     # the ranking from the 16-epoch base, statistics kept (as in the fifth build; shipped since 2026-12-07) or free
     "adult-finding-ema-longest-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-longest-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6, start="base-longest"),
+    # the shipped recipe with other seeds: how far its mean, and its PA sensitivity per fold, move by chance alone
+    **{f"adult-finding-ema-longest-bn-6ep-rank-seed{n}": Recipe([*EMA_BN, "--rank-weight", "1", "--seed", str(n)],
+                                                                epochs=6, start="base-longest") for n in (1, 2)},
     "adult-finding-ema-20ep-bn": Recipe(EMA_BN, start="base-20ep"),
     "adult-finding-ema-kermany-base-bn": Recipe(EMA_BN, start="kermany-base"),
     # the fifth build's recipe with other seeds (data order, augmentation, the hard-negative head's start): how far
