@@ -107,6 +107,7 @@ def test_models_lists_the_bundled_model_with_its_card(capsys):
     assert main(["models", "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described[0]["name"] == "pneumocam-cxr" and set(described[0]["validation"]) == {"kermany", "rsna"}
+    assert set(described[0]["thresholds_by_view"]) == set(described[0]["calibration_by_view"]) == {"AP", "PA"}
 
 
 @pytest.mark.slow

@@ -34,11 +34,20 @@ def test_deletion_curves_follow_the_calibrated_probability_and_report_their_end_
     predictions, _ = predictor.predict_files(files)
     images = [p.image for p in predictions]
     maps = {"cam": np.stack([p.cam for p in predictions]), "random": random_maps(3, 0)}
-    summary = faithfulness_summary(predictor, images, maps, LocalizeConfig(road=False), np.arange(3))
+    views = [p.view for p in predictions]  # from the DICOM headers: each film gets its view's calibration
+    assert set(views) <= set(predictor.calibrations_by_view) and views
+    summary = faithfulness_summary(predictor, images, maps, LocalizeConfig(road=False), np.arange(3), views)
     calibrated = np.mean([p.probability for p in predictions])
     raw = np.mean(1 / (1 + np.exp(-np.array([p.logit for p in predictions]))))
-    assert abs(calibrated - raw) > 0.01  # the two differ on these images, so the check below can fail
+    overall = np.mean(predictor.probabilities(np.array([p.logit for p in predictions])))
+    # the three differ on these images, so the checks below can fail
+    assert abs(calibrated - raw) > 0.01 and abs(calibrated - overall) > 0.005
     assert summary["original_probability"] == pytest.approx(calibrated, abs=1e-5)
     assert summary["maps"]["cam"]["deletion"]["curve"]["probability"][0] == pytest.approx(calibrated, abs=1e-5)
     assert summary["probability"].startswith(f"calibrated (temperature {predictor.calibration.temperature:.3f}")
+    assert "each film's view" in summary["probability"]
     assert 0 <= summary["all_replaced_probability"] <= 1
+    # without the views, the overall calibration, as predict gives a film of unknown view, and it says so
+    unknown = faithfulness_summary(predictor, images, {"cam": maps["cam"]}, LocalizeConfig(road=False), np.arange(3))
+    assert unknown["original_probability"] == pytest.approx(overall, abs=1e-5)
+    assert "unknown view" in unknown["probability"]

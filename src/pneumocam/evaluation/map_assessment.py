@@ -208,27 +208,33 @@ def assess_maps(predictor: Predictor, data_dir: Path, split: str, config: Locali
     return MapAssessment(result, files, boxes, images, maps, per_image, probabilities)
 
 
-def _which_probability(predictor: Predictor) -> str:
+def _which_probability(predictor: Predictor, by_view: bool) -> str:
     calibration = predictor.calibration
     if calibration == Calibration():
         return "the raw sigmoid (the checkpoint is not calibrated)"
     overall = (f"calibrated (temperature {calibration.temperature:.3f}, intercept "
                f"{calibration.intercept + calibration.prevalence_shift:+.3f})")
-    if predictor.calibrations_by_view:
-        return f"{overall}: the overall calibration, as predict reports it for a film of unknown view"
-    return f"{overall}, as predict reports it"
+    if not predictor.calibrations_by_view:
+        return f"{overall}, as predict reports it"
+    if by_view:
+        views = ", ".join(predictor.calibrations_by_view)
+        return f"{overall}, or the calibration of each film's view ({views}), as predict reports it"
+    return f"{overall}: the overall calibration, as predict reports it for a film of unknown view"
 
 
 def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_maps: dict[str, np.ndarray],
-                         config: LocalizeConfig, groups: np.ndarray) -> dict:
+                         config: LocalizeConfig, groups: np.ndarray, views: list[str] | None = None) -> dict:
     """Deletion and insertion areas (logit and probability) and ROAD MoRF / LeRF for every map, each with a
     patient-level CI, plus the mean curves; timed. The logit and probability are the calibrated ones where the
-    checkpoint has a calibration (the probability the user sees), and the summary says which."""
+    checkpoint has a calibration (the probability the user sees), and the summary says which. `views`: each
+    image's view, for the calibration predict gives a film of that view (without them, the overall one, as for a
+    prepared file or a film of unknown view)."""
     start = time.perf_counter()
+    calibrations = [predictor.calibration_for(view) for view in views or [""] * len(images)]
 
-    def score(batch: np.ndarray) -> np.ndarray:
+    def score(batch: np.ndarray) -> np.ndarray:  # every call scores all the images, in their order
         raw = np.concatenate([predictor.features(list(chunk))[0] for chunk in batches(batch, config.batch_size)])
-        return predictor.calibration.apply(raw)[:, None]
+        return np.array([c.apply(z) for c, z in zip(calibrations, raw, strict=True)], dtype=np.float64)[:, None]
 
     stack = np.stack(images)
     boot = Bootstrap(1000, config.seed)
@@ -257,7 +263,7 @@ def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_m
         replacement = f"Gaussian blur, sigma {BLUR_SIGMA:g} px"
     else:
         replacement = f"the normalisation mean {predictor.normalization.mean:.4f}"
-    return {"probability": _which_probability(predictor),
+    return {"probability": _which_probability(predictor, views is not None),
             "original_probability": ends[0], "all_replaced_probability": ends[-1],
             "replacement": config.replacement, "replacement_value": replacement,
             "steps": STEPS, "road_percentages": list(ROAD_PERCENTAGES) if config.road else None,

@@ -31,5 +31,8 @@ def describe(name: str) -> dict:
         "validation": card.get("validation", {}), "localization": card.get("localization"),
         "cross_validation": card.get("cross_validation"),
         "normalization": meta.get("normalization"), "threshold": meta.get("threshold", 0.5),
+        # the operating point and probability a film of a named view gets instead (calibrate --per-view)
+        "thresholds_by_view": meta.get("thresholds_by_view", {}), "calibration": meta.get("calibration"),
+        "calibration_by_view": meta.get("calibration_by_view", {}),
         "data_fingerprint": meta.get("data_fingerprint"), "versions": meta.get("versions"),
     }
