@@ -189,6 +189,12 @@ def test_the_bundled_model_answers_calibrated_and_flags_what_is_not_a_chest_x_ra
     assert xray["threshold_basis"] == "overall (view unknown)"  # a JPEG carries no ViewPosition
     stated = _post(client, example.name, example.read_bytes(), params={"view": "pa"}).json()  # unless ?view= says
     assert (stated["view"], stated["threshold_basis"]) == ("PA", "view PA") and stated["threshold"] < xray["threshold"]
+    # and the probability through the PA films' own calibration, which /v1/model lists
+    model = client.get("/v1/model").json()
+    overall, pa = model["calibration"], model["calibration_by_view"]["PA"]
+    logit = (np.log(xray["probability"] / (1 - xray["probability"])) - overall["intercept"]) * overall["temperature"]
+    expected = 1 / (1 + np.exp(-(logit / pa["temperature"] + pa["intercept"])))
+    assert stated["probability"] == pytest.approx(expected, abs=1e-5) and stated["probability"] != xray["probability"]
     bad = _post(client, example.name, example.read_bytes(), params={"view": "P-A"})
     assert bad.status_code == 422 and "?view='P-A' is not a view position" in bad.json()["detail"]
     noise = io.BytesIO()
