@@ -24,6 +24,7 @@ from pneumocam.errors import PneumocamError
 from pneumocam.explain.cam_grid import cam_cells, pooled, upsample_and_normalize_cells, upsample_cells
 from pneumocam.model.calibration import (  # noqa: F401  (sigmoid: part of this module's API)
     Calibration,
+    apply_by_view,
     logit,
     probabilities_by_view,
     sigmoid,
@@ -363,8 +364,7 @@ class Predictor:
         cells = upsample_cells(raw, size, self.alignment)
         views = list(views) if views is not None else [""] * len(cells)
         boundary = np.array([logit(min(max(t, 1e-6), 1 - 1e-6)) for t in thresholds])[:, None, None]
-        calibrated = np.stack([self.calibration_for(v).apply(c + self.head_bias) for c, v in zip(cells, views,
-                                                                                                  strict=True)])
+        calibrated = apply_by_view(cells + self.head_bias, views, self.calibration, self.calibrations_by_view)
         return (calibrated - boundary).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], cam: bool = True, batch_size: int = 32,

@@ -36,7 +36,7 @@ from pneumocam.explain.faithfulness import (
     road_curves,
 )
 from pneumocam.explain.localization import centre_prior, per_image_values, rank_correlation, score_images, summarize
-from pneumocam.model.calibration import Calibration
+from pneumocam.model.calibration import Calibration, apply_by_view
 from pneumocam.provenance import package_versions
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,11 @@ def faithfulness_summary(predictor: Predictor, images: list[np.ndarray], named_m
     image's view, for the calibration predict gives a film of that view (without them, the overall one, as for a
     prepared file or a film of unknown view)."""
     start = time.perf_counter()
-    calibrations = [predictor.calibration_for(view) for view in views or [""] * len(images)]
+    image_views = views or [""] * len(images)
 
     def score(batch: np.ndarray) -> np.ndarray:  # every call scores all the images, in their order
         raw = np.concatenate([predictor.features(list(chunk))[0] for chunk in batches(batch, config.batch_size)])
-        return np.array([c.apply(z) for c, z in zip(calibrations, raw, strict=True)], dtype=np.float64)[:, None]
+        return apply_by_view(raw, image_views, predictor.calibration, predictor.calibrations_by_view)[:, None]
 
     stack = np.stack(images)
     boot = Bootstrap(1000, config.seed)

@@ -6,9 +6,9 @@ a calibrated checkpoint carries.
 from pneumocam.exports import lazy_exports
 
 _HOMES = {  # public name -> the module of this package that holds it
-    "Calibration": "calibration", "cross_fitted_probabilities": "calibration", "fit_calibration": "calibration",
-    "fit_view_calibrations": "calibration", "logit": "calibration", "probabilities_by_view": "calibration",
-    "sigmoid": "calibration",
+    "Calibration": "calibration", "apply_by_view": "calibration", "cross_fitted_probabilities": "calibration",
+    "fit_calibration": "calibration", "fit_view_calibrations": "calibration", "logit": "calibration",
+    "probabilities_by_view": "calibration", "sigmoid": "calibration",
     "describe": "cards", "model_card": "cards",
     "BUNDLED_MODELS": "checkpoints", "BundledModel": "checkpoints", "WEIGHTS_PACKAGE": "checkpoints",
     "bundle": "checkpoints", "bundled_file": "checkpoints", "checkpoint_label": "checkpoints",

@@ -92,15 +92,22 @@ def fit_view_calibrations(logits: np.ndarray, labels: np.ndarray, views: np.ndar
     return out
 
 
+def apply_by_view(logits: np.ndarray, views: np.ndarray | list[str], overall: Calibration,
+                  by_view: dict[str, Calibration]) -> np.ndarray:
+    """Raw logits (first axis: images; an image's CAM cells too) -> calibrated logits, each image through its
+    view's calibration, the overall one where its view has none."""
+    z, views = np.asarray(logits, dtype=np.float64), np.asarray(views)
+    out = overall.apply(z)
+    for view, calibration in by_view.items():
+        inside = views == view
+        out[inside] = calibration.apply(z[inside])
+    return out
+
+
 def probabilities_by_view(logits: np.ndarray, views: np.ndarray | list[str], overall: Calibration,
                           by_view: dict[str, Calibration]) -> np.ndarray:
     """Each image's probability through its view's calibration, the overall one where its view has none."""
-    z, views = np.asarray(logits, dtype=np.float64), np.asarray(views)
-    out = overall.probabilities(z)
-    for view, calibration in by_view.items():
-        inside = views == view
-        out[inside] = calibration.probabilities(z[inside])
-    return out
+    return sigmoid(apply_by_view(logits, views, overall, by_view))
 
 
 def cross_fitted_probabilities(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, intercept: bool = True,
