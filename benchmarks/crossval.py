@@ -539,9 +539,6 @@ def summarize(results: list[dict]) -> dict:
     return {"folds": per_fold, "summary": summary}
 
 
-NONE = {"mean": None}  # a summary from before a measure existed
-
-
 def _cell(stats: dict) -> str:
     return "-" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
@@ -570,8 +567,8 @@ def print_table(table: dict) -> None:
           "   (calibrated: cross-fitted within the fold)")
     for name, entry in table["recipes"].items():
         s = entry["summary"]
-        print(f"{name:<{width}}{_cell(s['ece']):>16}{_cell(s.get('ece_calibrated', NONE)):>16}"
-              f"{_cell(s.get('ece_calibrated_by_view', NONE)):>16}")
+        print(f"{name:<{width}}{_cell(s['ece']):>16}{_cell(s['ece_calibrated']):>16}"
+              f"{_cell(s['ece_calibrated_by_view']):>16}")
     print(f"\nmean ± sd over {table['k']} folds; thresholds chosen on the other folds' out-of-fold predictions; "
           f"machine: {table['machine']}")
 
