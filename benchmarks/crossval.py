@@ -208,6 +208,9 @@ RECIPES = {
     # the ranking from the 16-epoch base, statistics kept (as in the fifth build; shipped since 2026-12-07) or free
     "adult-finding-ema-longest-bn-6ep-rank": Recipe([*EMA_BN, "--rank-weight", "1"], epochs=6, start="base-longest"),
     "adult-finding-ema-longest-6ep-rank": Recipe([*EMA, "--rank-weight", "1"], epochs=6, start="base-longest"),
+    # and its other seeds, so that the rule compares the tied recipes over the same three seeds
+    **{f"adult-finding-ema-longest-6ep-rank-seed{n}": Recipe([*EMA, "--rank-weight", "1", "--seed", str(n)],
+                                                             epochs=6, start="base-longest") for n in (1, 2)},
     # the shipped recipe with its pairs against "Not Normal" films weighing 3 times (the 4-epoch base's screen above)
     "adult-finding-ema-longest-bn-6ep-rank-hard3": Recipe([*EMA_BN, "--rank-weight", "1", "--rank-hard-weight", "3"],
                                                           epochs=6, start="base-longest"),
